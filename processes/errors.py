@@ -1,0 +1,42 @@
+"""Errors a user can act on: one family, mapped once to OGC exceptions at the edge.
+
+They subclass pygeoapi's ``ProcessorExecuteError`` so pygeoapi itself turns them into an OGC
+exception document with the status code given here.
+"""
+from http import HTTPStatus
+
+from pygeoapi.process.base import ProcessorExecuteError
+
+
+class AquamaskError(ProcessorExecuteError):
+    """Base of errors caused by the request, not by the server."""
+
+    http_status_code = HTTPStatus.BAD_REQUEST
+    ogc_exception_code = "InvalidParameterValue"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, user_msg=message)
+
+
+class InvalidInput(AquamaskError):
+    """An input value is malformed, out of range or inconsistent."""
+
+
+class MissingInput(AquamaskError):
+    ogc_exception_code = "MissingParameterValue"
+
+
+class Forbidden(AquamaskError):
+    """The request names something it may not reach (e.g. a path outside the data root)."""
+
+    http_status_code = HTTPStatus.FORBIDDEN
+
+
+class TooLarge(AquamaskError):
+    """The request exceeds a configured limit."""
+
+    http_status_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+
+class Cancelled(Exception):
+    """The job was dismissed while it ran; not a user error, the work just stops."""
