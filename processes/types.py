@@ -72,15 +72,15 @@ class MaskStats:
 
 @dataclass
 class Mask:
-    """Detection output: a tiled GeoTIFF with band 1 = classes (DRY, WATER, INVALID) and, when
-    the method yields one, band 2 = water probability (float32, NaN where invalid)."""
+    """Detection output: a tiled uint8 GeoTIFF of classes (DRY, WATER, INVALID) and, beside it,
+    the float32 water probability (NaN where invalid) the classes were thresholded from."""
 
     path: Path
+    probability_path: Path
     profile: dict[str, Any]
     method: str
     threshold: float
     stats: MaskStats
-    has_probability: bool
     model: dict[str, str] | None = None  # name, version, weights_sha256
 
 

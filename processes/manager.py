@@ -1,0 +1,191 @@
+"""aquamask's pygeoapi process manager: jobs in SQL, executed in worker processes.
+
+pygeoapi's own managers run a job as a thread inside the web worker: no bound, no progress, no
+cancellation, and a killed web worker leaves the job ``accepted`` for ever. Here every execution,
+sync or async, runs in a separate worker process (``aquamask.processes.worker``) that takes one of
+``jobs.max_running`` slots, writes progress to the job store, and is killed on dismissal. A job
+whose worker died is seen as such (its pid is gone) and marked failed with the reason.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+from pygeoapi.process.base import (BaseProcessor, JobNotFoundError, JobResultNotFoundError,
+                                   ProcessorExecuteError)
+from pygeoapi.process.manager.base import BaseManager
+from pygeoapi.util import JobStatus, RequestedResponse, get_current_datetime
+
+from aquamask.processes.jobstore import JobStore
+from aquamask.processes.settings import Settings
+
+LOGGER = logging.getLogger(__name__)
+ACTIVE = (JobStatus.accepted.value, JobStatus.running.value)
+HOST = socket.gethostname()
+
+
+def worker_alive(pid: int | None, job_id: str) -> bool:
+    """Whether ``pid`` is still the worker of ``job_id`` (not gone, not a zombie, not reused)."""
+    if not pid:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z" and job_id.encode() in cmdline
+
+
+def remove_job_files(results_dir: Path, job_id: str) -> None:
+    shutil.rmtree(results_dir / job_id, ignore_errors=True)
+    for leftover in results_dir.glob(f".*-{job_id}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+class JobFailed(ProcessorExecuteError):
+    """A synchronous job's failure, re-raised with the status the worker recorded."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        message = record.get("message") or "the job failed"
+        super().__init__(message, user_msg=message)
+        self.http_status_code = HTTPStatus(record.get("error_status") or 500)
+        self.ogc_exception_code = record.get("error_code") or "NoApplicableCode"
+
+
+class AquamaskManager(BaseManager):
+    def __init__(self, manager_def: dict) -> None:
+        super().__init__(manager_def)
+        self.is_async = True
+        self.supports_subscribing = False
+        self.settings = Settings.load()
+        self.settings.ensure_dirs()
+        self.database = manager_def.get("connection") or self.settings.database_url
+        self.store = JobStore(self.database)
+
+    # -- execution ------------------------------------------------------------------------
+    def execute_process(self, process_id: str, data_dict: dict, execution_mode=None,
+                        requested_outputs: Optional[dict] = None, subscriber=None,
+                        requested_response=RequestedResponse.raw.value):
+        # Validate before a job exists: bad input is a 4xx with nothing stored.
+        processor = self.get_processor(process_id)
+        validate = getattr(processor, "validate", None)
+        if validate is not None:
+            validate(data_dict)
+        return super().execute_process(process_id, data_dict, execution_mode,
+                                       requested_outputs, subscriber, requested_response)
+
+    def _spawn(self, p: BaseProcessor, job_id: str, data_dict: dict) -> subprocess.Popen:
+        process_id = p.metadata["id"]
+        dotted = self.processes[process_id]["processor"]["name"]
+        self.store.update(job_id, {"inputs": data_dict, "host": HOST,
+                                   "message": "queued: waiting for a worker"})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aquamask.processes.worker", job_id, dotted, self.database],
+            stdin=subprocess.DEVNULL, start_new_session=True)
+        # reap it when it ends, so a finished worker never lingers as a zombie
+        threading.Thread(target=proc.wait, daemon=True).start()
+        self.store.update(job_id, {"pid": proc.pid})
+        return proc
+
+    def _execute_handler_async(self, p, job_id, data_dict, requested_outputs=None,
+                               subscriber=None, requested_response=None):
+        self._spawn(p, job_id, data_dict)
+        return "application/json", None, JobStatus.accepted
+
+    def _execute_handler_sync(self, p, job_id, data_dict, requested_outputs=None,
+                              subscriber=None, requested_response=None):
+        proc = self._spawn(p, job_id, data_dict)
+        proc.wait()
+        record = self.get_job(job_id)
+        if record["status"] == JobStatus.successful.value:
+            return "application/json", record["outputs"], JobStatus.successful
+        raise JobFailed(record)
+
+    # -- job records ----------------------------------------------------------------------
+    def _checked(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Mark a job failed when its worker on this host is gone without finishing it."""
+        if record["status"] in ACTIVE and record.get("host") == HOST and record.get("pid") \
+                and not worker_alive(record["pid"], record["identifier"]):
+            now = get_current_datetime()
+            changes = {"status": JobStatus.failed.value, "finished": now, "updated": now,
+                       "error_status": 500, "error_code": "NoApplicableCode",
+                       "message": f"the worker process (pid {record['pid']}) ended without "
+                                  "finishing the job; it was killed or crashed"}
+            if self.store.update(record["identifier"], changes, only_if_status=ACTIVE):
+                LOGGER.warning("job %s: %s", record["identifier"], changes["message"])
+                remove_job_files(self.settings.results_dir, record["identifier"])
+            record = self.store.get(record["identifier"]) or record
+        return record
+
+    def get_jobs(self, status: JobStatus = None, limit: Optional[int] = None,
+                 offset: Optional[int] = None) -> dict:
+        records, total = self.store.list(limit, offset,
+                                         status.value if status is not None else None)
+        return {"jobs": [self._checked(r) for r in records], "numberMatched": total}
+
+    def add_job(self, job_metadata: dict) -> str:
+        return self.store.add(job_metadata)
+
+    def update_job(self, job_id: str, update_dict: dict) -> bool:
+        return self.store.update(job_id, update_dict)
+
+    def get_job(self, job_id: str) -> dict:
+        record = self.store.get(job_id)
+        if record is None:
+            raise JobNotFoundError()
+        return self._checked(record)
+
+    def get_job_result(self, job_id: str) -> Tuple[str, Any]:
+        record = self.get_job(job_id)
+        if record["status"] != JobStatus.successful.value:
+            return (None,)
+        if record.get("outputs") is None:
+            raise JobResultNotFoundError()
+        return "application/json", record["outputs"]
+
+    def delete_job(self, job_id: str) -> bool:
+        """Dismiss: stop the worker if it runs, unpublish the layer, remove files and record."""
+        record = self.get_job(job_id)
+        if record["status"] in ACTIVE:
+            self.store.update(job_id, {"status": JobStatus.dismissed.value,
+                                       "message": "dismissed", "updated": get_current_datetime()},
+                              only_if_status=ACTIVE)
+            self._stop_worker(record)
+        try:
+            from aquamask.processes.pipeline import publisher_from_settings
+            publisher_from_settings(self.settings).unpublish(job_id)
+        except Exception:  # a layer that cannot be removed must not keep the files alive
+            LOGGER.exception("job %s: unpublishing failed", job_id)
+        remove_job_files(self.settings.results_dir, job_id)
+        return self.store.delete(job_id)
+
+    @staticmethod
+    def _stop_worker(record: dict[str, Any], grace: float = 10.0) -> None:
+        pid, job_id = record.get("pid"), record["identifier"]
+        if record.get("host") != HOST or not worker_alive(pid, job_id):
+            return
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while worker_alive(pid, job_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if worker_alive(pid, job_id):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def __repr__(self) -> str:
+        return f"<AquamaskManager> {self.database}"

@@ -1,0 +1,131 @@
+"""The water-detection pipeline as plain functions: read -> detect -> write -> publish.
+
+Process plugins validate their inputs into a ``DetectionRequest`` and call ``run_detection``;
+the CLI calls ``detect_to_file``. Neither knows about HTTP.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from aquamask.processes.detection import detect
+from aquamask.processes.products import COG_MEDIA_TYPE, write_cogs, write_product
+from aquamask.processes.publishers import Publisher
+from aquamask.processes.settings import Settings
+from aquamask.processes.sources.raster import RasterSource
+from aquamask.processes.types import Layer, Product, ProgressCallback
+
+
+@dataclass
+class DetectionRequest:
+    href: str
+    method: str = "unet"
+    threshold: float = 0.5
+    bands: dict[str, int] | None = field(default=None)
+
+    def parameters(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "href" and v is not None}
+
+
+@lru_cache(maxsize=2)
+def load_model(weights: str | None, device: str | None):
+    """The U-Net, loaded once per process (job workers run many blocks, the CLI one scene)."""
+    from aquamask.model.inference import WaterModel  # torch is imported only when needed
+    return WaterModel.load(weights, device=None if device in (None, "auto") else device)
+
+
+def source_from_settings(settings: Settings) -> RasterSource:
+    return RasterSource(settings.data_root, int(settings.get("limits", "max_pixels")),
+                        list(settings.get("limits", "href_schemes") or []))
+
+
+def publisher_from_settings(settings: Settings) -> Publisher:
+    dotted = settings.get("publisher", "name")
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name).from_settings(settings)
+
+
+def _scaled(progress: ProgressCallback, start: float, end: float) -> ProgressCallback:
+    return lambda pct, msg: progress(start + (end - start) * pct / 100.0, msg)
+
+
+def run_detection(request: DetectionRequest, settings: Settings, product_id: str,
+                  progress: ProgressCallback) -> tuple[Product, Layer]:
+    started = dt.datetime.now(dt.timezone.utc)
+    progress(2, f"opening {request.href}")
+    scene = source_from_settings(settings).read({"href": request.href, "bands": request.bands})
+    model = None
+    if request.method == "unet":
+        progress(4, "loading the water model")
+        model = load_model(settings.get("detection", "weights"),
+                           settings.get("detection", "device"))
+    work = Path(tempfile.mkdtemp(prefix=f".work-{product_id}-", dir=settings.results_dir))
+    try:
+        mask = detect(scene, request.method, request.threshold, work, model=model,
+                      progress=_scaled(progress, 5, 80))
+        progress(82, "writing the cloud-optimized GeoTIFFs and the STAC item")
+        product = write_product(product_id, mask, scene, request.parameters(),
+                                settings.results_dir, started)
+    finally:
+        scene.close()
+        shutil.rmtree(work, ignore_errors=True)
+    progress(95, "publishing the WMS/WCS layer")
+    layer = publisher_from_settings(settings).publish(product)
+    return product, layer
+
+
+def outputs_document(product: Product, layer: Layer, request: DetectionRequest,
+                     base_url: str) -> dict[str, Any]:
+    """The OGC API - Processes results document: values inline, files as links."""
+    results = f"{base_url}/results/{product.id}"
+    stats = product.stats
+    return {
+        "mask": {"href": f"{results}/{product.mask_cog.name}", "type": COG_MEDIA_TYPE,
+                 "title": "water mask: 1 water, 0 dry, 255 no data"},
+        "probability": {"href": f"{results}/{product.probability_cog.name}",
+                        "type": COG_MEDIA_TYPE, "title": "water probability"},
+        "stac_item": {"href": f"{results}/{product.stac_item.name}",
+                      "type": "application/geo+json", "title": "STAC Item with provenance"},
+        "water_area_km2": round(stats.water_area_km2, 6),
+        "water_fraction": round(stats.water_fraction, 6),
+        "valid_fraction": round(stats.valid_fraction, 6),
+        "valid_area_km2": round(stats.valid_area_km2, 6),
+        "bbox": list(product.bbox_wgs84),
+        "crs": product.crs,
+        "method": request.method,
+        "threshold": request.threshold,
+        "layer": layer.as_output(),
+    }
+
+
+def detect_to_file(href: str, out: Path, settings: Settings, method: str = "unet",
+                   threshold: float = 0.5, bands: dict[str, int] | None = None,
+                   progress: ProgressCallback = lambda pct, msg: None):
+    """The CLI's detection: one mask COG at ``out`` (and ``out``'s .probability.tif), no server.
+
+    Local paths are read as given (the data-root rule protects the server, not the CLI user).
+    """
+    out = out.resolve()
+    source = RasterSource(Path("/"), int(settings.get("limits", "max_pixels")), ["http", "https"])
+    if "://" not in href:
+        href = str(Path(href).expanduser().resolve())
+    scene = source.read({"href": href, "bands": bands})
+    model = load_model(settings.get("detection", "weights"),
+                       settings.get("detection", "device")) if method == "unet" else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".aquamask-", dir=out.parent))
+    try:
+        mask = detect(scene, method, threshold, work, model=model, progress=progress)
+        mask_cog, probability_cog = write_cogs(mask, work)
+        mask_cog.replace(out)
+        probability_cog.replace(out.with_suffix(".probability.tif"))
+    finally:
+        scene.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return mask

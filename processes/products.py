@@ -1,0 +1,119 @@
+"""Products: the mask and probability as Cloud-Optimized GeoTIFFs, and a STAC Item beside them
+with the statistics and the provenance (input, model, parameters, software, times)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pystac
+from pyproj import CRS
+from rasterio.transform import array_bounds
+from rasterio.warp import transform_bounds
+from rio_cogeo.cogeo import cog_translate
+from rio_cogeo.profiles import cog_profiles
+from shapely.geometry import box, mapping
+
+from aquamask import __version__
+from aquamask.processes.types import INVALID, Mask, Product, Scene
+
+COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+MASK_FILE = "mask.tif"
+PROBABILITY_FILE = "probability.tif"
+ITEM_FILE = "item.json"
+PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
+PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+
+
+def write_cogs(mask: Mask, directory: Path) -> tuple[Path, Path]:
+    """Mask (mode overviews, colour table, nodata 255) and probability (average overviews)."""
+    profile = cog_profiles.get("deflate")
+    mask_cog = directory / MASK_FILE
+    probability_cog = directory / PROBABILITY_FILE
+    cog_translate(mask.path, mask_cog, profile, nodata=INVALID, overview_resampling="mode",
+                  quiet=True, in_memory=False)
+    cog_translate(mask.probability_path, probability_cog, dict(profile, predictor=3),
+                  overview_resampling="average", quiet=True, in_memory=False)
+    return mask_cog, probability_cog
+
+
+def stac_item(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, Any],
+              started: dt.datetime, bbox: tuple[float, float, float, float]) -> pystac.Item:
+    now = dt.datetime.now(dt.timezone.utc)
+    stats = mask.stats
+    crs = CRS.from_user_input(mask.profile["crs"])
+    lineage = {"input": {"href": scene.href, "sha256": scene.sha256,
+                         "source_ids": scene.source_ids},
+               "method": mask.method, "parameters": parameters, "model": mask.model}
+    item = pystac.Item(
+        id=product_id, geometry=mapping(box(*bbox)), bbox=list(bbox),
+        datetime=scene.acquired or now,
+        properties={
+            "title": f"Water mask ({mask.method})",
+            "created": now.isoformat(),
+            "aquamask:water_area_km2": stats.water_area_km2,
+            "aquamask:valid_area_km2": stats.valid_area_km2,
+            "aquamask:water_fraction": stats.water_fraction,
+            "aquamask:valid_fraction": stats.valid_fraction,
+            "aquamask:lineage": lineage,
+            "processing:software": {"aquamask": __version__},
+            "processing:lineage": (f"{mask.method} water detection of {scene.href}"
+                                   + (f" with {mask.model['name']} {mask.model['version']}"
+                                      if mask.model else "")),
+            "processing:datetime": started.isoformat(),
+            "proj:code": f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else None,
+            "proj:wkt2": None if crs.to_epsg() else crs.to_wkt(),
+            "proj:shape": [mask.profile["height"], mask.profile["width"]],
+            "proj:transform": list(mask.profile["transform"])[:6],
+        },
+        stac_extensions=[PROCESSING_EXTENSION, PROJECTION_EXTENSION])
+    item.add_asset("mask", pystac.Asset(
+        href=f"./{MASK_FILE}", media_type=COG_MEDIA_TYPE, roles=["data"],
+        title="Water mask: 1 water, 0 dry, 255 no data",
+        extra_fields={"classification:classes": [
+            {"value": 0, "name": "dry"}, {"value": 1, "name": "water"},
+            {"value": 255, "name": "nodata", "nodata": True}]}))
+    item.add_asset("probability", pystac.Asset(
+        href=f"./{PROBABILITY_FILE}", media_type=COG_MEDIA_TYPE, roles=["data"],
+        title="Water probability (0-1, NaN no data)"))
+    if scene.href.startswith(("http://", "https://")):
+        item.add_link(pystac.Link("derived_from", scene.href, title="input image"))
+    return item
+
+
+def wgs84_bounds(profile: dict[str, Any]) -> tuple[float, float, float, float]:
+    bounds = array_bounds(profile["height"], profile["width"], profile["transform"])
+    west, south, east, north = bounds[1], bounds[2], bounds[3], bounds[0]
+    return tuple(transform_bounds(profile["crs"], "EPSG:4326", west, south, east, north,
+                                  densify_pts=21))  # type: ignore[return-value]
+
+
+def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, Any],
+                  results_dir: Path, started: dt.datetime) -> Product:
+    """Write COGs and STAC item into a temporary folder, then rename it into place, so a
+    reader never sees a half-written product and a failure leaves nothing behind."""
+    final = results_dir / product_id
+    staging = results_dir / f".staging-{product_id}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        mask_cog, probability_cog = write_cogs(mask, staging)
+        bbox = wgs84_bounds(mask.profile)
+        item = stac_item(product_id, mask, scene, parameters, started, bbox)
+        (staging / ITEM_FILE).write_text(json.dumps(item.to_dict(include_self_link=False),
+                                                    indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    crs = CRS.from_user_input(mask.profile["crs"])
+    return Product(id=product_id, directory=final, mask_cog=final / MASK_FILE,
+                   probability_cog=final / PROBABILITY_FILE, stac_item=final / ITEM_FILE,
+                   stats=mask.stats, bbox_wgs84=bbox,
+                   crs=f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_wkt(),
+                   title=f"Water mask ({mask.method}) of {Path(scene.href).name}",
+                   datetime=scene.acquired)

@@ -1,0 +1,96 @@
+"""Settings: config/aquamask.yml, overridden by the environment (12-factor).
+
+``AQUAMASK_CONFIG`` names the file to start from (default: the packaged aquamask.yml) and
+``AQUAMASK__SECTION__KEY=value`` overrides one key (the value is parsed as YAML, so numbers and
+lists work). Secrets belong in the environment, never in the file.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "AQUAMASK__"
+DEFAULT_CONFIG = files("aquamask.config") / "aquamask.yml"
+
+
+def _apply_env_overrides(config: dict[str, Any], environ: dict[str, str]) -> None:
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = [k.lower() for k in name[len(ENV_PREFIX):].split("__") if k]
+        node = config
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    raw: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None,
+             environ: dict[str, str] | None = None) -> "Settings":
+        environ = dict(os.environ if environ is None else environ)
+        source = path or environ.get("AQUAMASK_CONFIG") or DEFAULT_CONFIG
+        with open(source, encoding="utf-8") as fh:  # type: ignore[arg-type]
+            config = yaml.safe_load(fh) or {}
+        # The packaged defaults fill what a user's file leaves out.
+        if source != DEFAULT_CONFIG:
+            with DEFAULT_CONFIG.open(encoding="utf-8") as fh:
+                config = _merge(yaml.safe_load(fh), config)
+        _apply_env_overrides(config, environ)
+        return cls(config)
+
+    def get(self, section: str, key: str, default: Any = None) -> Any:
+        return (self.raw.get(section) or {}).get(key, default)
+
+    @cached_property
+    def home(self) -> Path:
+        return Path(self.raw.get("home") or "var").expanduser().resolve()
+
+    def path(self, value: str | os.PathLike) -> Path:
+        """A configured path: absolute as given, else relative to ``home``."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.home / p
+
+    @property
+    def url(self) -> str:
+        return str(self.get("server", "url")).rstrip("/")
+
+    @property
+    def data_root(self) -> Path:
+        return self.path(self.get("paths", "data_root")).resolve()
+
+    @property
+    def results_dir(self) -> Path:
+        return self.path(self.get("paths", "results"))
+
+    @property
+    def database_url(self) -> str:
+        url = str(self.get("jobs", "database"))
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/"):
+            url = prefix + str(self.path(url[len(prefix):]))
+        return url
+
+    def ensure_dirs(self) -> None:
+        for directory in (self.home, self.data_root, self.results_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

@@ -1,0 +1,120 @@
+"""The WSGI app: pygeoapi's Flask app, configured from aquamask settings, plus what it lacks
+(result files, the /ows map services, health)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from http import HTTPStatus
+from importlib.resources import files
+from pathlib import Path
+
+import yaml
+from flask import Blueprint, Flask, jsonify, send_from_directory
+from jinja2 import Template
+from werkzeug.exceptions import HTTPException
+
+from aquamask.processes.products import ITEM_FILE, MASK_FILE, PROBABILITY_FILE
+from aquamask.processes.settings import Settings
+
+RESULT_FILES = {MASK_FILE: "image/tiff; application=geotiff; profile=cloud-optimized",
+                PROBABILITY_FILE: "image/tiff; application=geotiff; profile=cloud-optimized",
+                ITEM_FILE: "application/geo+json"}
+
+
+def ogc_exception(status: int, code: str, description: str):
+    response = jsonify({"type": code, "code": code, "title": HTTPStatus(status).phrase,
+                        "status": status, "description": description})
+    response.status_code = status
+    return response
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def render_pygeoapi_config(settings: Settings) -> tuple[Path, Path]:
+    """Write pygeoapi's config and OpenAPI document under ``home`` from our settings."""
+    from pygeoapi.openapi import get_oas
+
+    bind = str(settings.get("server", "bind"))
+    host, _, port = bind.rpartition(":")
+    template = Template((files("aquamask.config") / "pygeoapi.yml.j2").read_text())
+    text = template.render(
+        host=host or "127.0.0.1", port=int(port or 5000), url=settings.url,
+        database=settings.database_url, results=settings.results_dir,
+        log_level=settings.get("logging", "level", "INFO"),
+        basemap_url=settings.get("viewer", "basemap_url",
+                                 "https://tile.openstreetmap.org/{z}/{x}/{y}.png"),
+        basemap_attribution=settings.get("viewer", "basemap_attribution",
+                                         "&copy; OpenStreetMap contributors"))
+    config_path = settings.home / "pygeoapi.yml"
+    openapi_path = settings.home / "openapi.yml"
+    _atomic_write(config_path, text)
+    _atomic_write(openapi_path, yaml.safe_dump(get_oas(yaml.safe_load(text)), sort_keys=False))
+    return config_path, openapi_path
+
+
+def results_blueprint(settings: Settings) -> Blueprint:
+    blueprint = Blueprint("aquamask_results", __name__)
+
+    @blueprint.get("/results/<job_id>/<name>")
+    def result_file(job_id: str, name: str):
+        directory = settings.results_dir / job_id
+        if name not in RESULT_FILES or "/" in job_id or job_id.startswith(".") \
+                or not (directory / name).is_file():
+            return ogc_exception(404, "NotFound", f"no result file {name!r} for job {job_id!r}")
+        # conditional and range requests are honoured, so GDAL can read the COG over HTTP
+        return send_from_directory(directory, name, mimetype=RESULT_FILES[name],
+                                   conditional=True)
+
+    return blueprint
+
+
+def health_blueprint(settings: Settings, manager) -> Blueprint:
+    blueprint = Blueprint("aquamask_health", __name__)
+
+    @blueprint.get("/health")
+    def health():
+        checks = {}
+        try:
+            manager.store.list(limit=1)
+            checks["job_store"] = "ok"
+        except Exception as err:  # noqa: BLE001 - reported, not raised
+            checks["job_store"] = f"error: {err}"
+        binary = settings.get("mapserver", "binary") or shutil.which("mapserv") \
+            or "/usr/lib/cgi-bin/mapserv"
+        checks["map_engine"] = "ok" if os.access(binary, os.X_OK) else f"missing: {binary}"
+        healthy = all(v == "ok" for v in checks.values())
+        response = jsonify({"status": "ok" if healthy else "degraded", "checks": checks})
+        response.status_code = 200 if healthy else 503
+        return response
+
+    return blueprint
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app once per process (pygeoapi configures itself when first imported)."""
+    settings = settings or Settings.load()
+    settings.ensure_dirs()
+    config_path, openapi_path = render_pygeoapi_config(settings)
+    os.environ["PYGEOAPI_CONFIG"] = str(config_path)
+    os.environ["PYGEOAPI_OPENAPI"] = str(openapi_path)
+    from pygeoapi.flask_app import APP, api_
+
+    from aquamask.server.ows import make_ows_blueprint
+
+    APP.config["MAX_CONTENT_LENGTH"] = int(settings.get("limits", "max_request_bytes"))
+    APP.register_blueprint(results_blueprint(settings))
+    APP.register_blueprint(health_blueprint(settings, api_.manager))
+    APP.register_blueprint(make_ows_blueprint(settings))
+
+    @APP.errorhandler(HTTPException)
+    def http_error(err: HTTPException):
+        return ogc_exception(err.code or 500, err.name.replace(" ", ""), err.description or "")
+
+    APP.config["AQUAMASK_SETTINGS"] = settings
+    return APP

@@ -1,0 +1,227 @@
+"""The ``aquamask`` command: serve, detect, train, evaluate, demo."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
+
+import click
+import requests
+from tqdm import tqdm
+
+from aquamask import __version__
+from aquamask.processes.errors import AquamaskError
+from aquamask.processes.settings import Settings
+
+
+@contextmanager
+def progress_bar(description: str):
+    """A tqdm bar fed by the pipeline's (percent, message) progress callbacks."""
+    with tqdm(total=100, desc=description, unit="%", bar_format=(
+            "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")) as bar:
+        def update(percent: float, message: str) -> None:
+            bar.n = round(percent, 1)
+            bar.set_postfix_str(message[:60])
+            bar.refresh()
+        yield update
+        bar.n = 100
+        bar.refresh()
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="aquamask")
+def main() -> None:
+    """aquamask: find water in satellite imagery, serve it through OGC APIs."""
+
+
+def gunicorn_command(settings: Settings, host: str | None, port: int | None,
+                     workers: int | None) -> list[str]:
+    bind_host, _, bind_port = str(settings.get("server", "bind")).rpartition(":")
+    bind = f"{host or bind_host}:{port or bind_port}"
+    config = files("aquamask.server") / "gunicorn.conf.py"
+    return [sys.executable, "-m", "gunicorn", "--config", str(config), "--bind", bind,
+            "--workers", str(workers or settings.get("server", "workers")),
+            "--timeout", str(settings.get("server", "timeout"))]
+
+
+def _serve_environment(host: str | None, port: int | None) -> dict[str, str]:
+    env = dict(os.environ)
+    settings = Settings.load()
+    if (host or port) and "AQUAMASK__SERVER__URL" not in env:
+        bind_host, _, bind_port = str(settings.get("server", "bind")).rpartition(":")
+        env["AQUAMASK__SERVER__URL"] = f"http://{host or bind_host}:{port or bind_port}"
+    return env
+
+
+@main.command()
+@click.option("--host", help="address to listen on (default from config: 127.0.0.1)")
+@click.option("--port", type=int, help="port to listen on (default from config: 5000)")
+@click.option("--workers", type=int, help="gunicorn worker processes")
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
+    """Start the server (gunicorn serving pygeoapi, /ows, results)."""
+    env = _serve_environment(host, port)
+    command = gunicorn_command(Settings.load(environ=env), host, port, workers)
+    os.execve(sys.executable, command, env)
+
+
+@main.command()
+@click.argument("image")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="the mask COG to write (the probability goes beside it)")
+@click.option("--method", type=click.Choice(["unet", "ndwi", "mndwi"]), default="unet",
+              show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--bands", help='band indexes as JSON, e.g. \'{"B02": 1, ...}\'')
+def detect(image: str, out: Path, method: str, threshold: float, bands: str | None) -> None:
+    """Detect water in IMAGE without a server and write the mask COG."""
+    from aquamask.processes.pipeline import detect_to_file
+
+    try:
+        mapping = json.loads(bands) if bands else None
+    except json.JSONDecodeError as err:
+        fail(f"--bands is not valid JSON: {err}")
+    try:
+        with progress_bar(f"detecting water ({method})") as update:
+            mask = detect_to_file(image, out, Settings.load(), method, threshold, mapping,
+                                  progress=update)
+    except AquamaskError as err:
+        fail(err.message)
+    stats = mask.stats
+    click.echo(f"wrote {out} and {out.with_suffix('.probability.tif')}\n"
+               f"water: {stats.water_area_km2:.4f} km² ({stats.water_fraction:.1%} of valid "
+               f"pixels); valid: {stats.valid_fraction:.1%} of the image")
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--layout", type=click.Choice(["chips128", "sen1floods11"]), default="chips128",
+              show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="folder for the weights and metrics (default: the package's weights/)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
+def train(data_dir: Path, layout: str, out_dir: Path | None, seed: int,
+          epochs: int | None) -> None:
+    """Train the water U-Net on DATA_DIR (seeded, reproducible)."""
+    from aquamask.model.train import train as train_model
+
+    kwargs = {"seed": seed}
+    if out_dir:
+        kwargs["out_dir"] = out_dir
+    if epochs:
+        kwargs["epochs"] = epochs
+    with progress_bar("training") as update:
+        metrics = train_model(data_dir, layout, progress=update, **kwargs)
+    click.echo(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)},
+                          indent=2, default=str))
+
+
+@main.command()
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--layout", type=click.Choice(["chips128", "sen1floods11"]), required=True)
+@click.option("--method", "methods", multiple=True,
+              type=click.Choice(["unet", "ndwi", "mndwi", "otsu-mndwi"]),
+              help="methods to compare (repeatable; default: all)")
+@click.option("--split", type=click.Choice(["val", "all"]), default="val", show_default=True,
+              help="chips128: the validation split the model never saw, or every chip")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--worst-png", type=click.Path(dir_okay=False, path_type=Path),
+              help="write a PNG of the worst chips (image / label / prediction)")
+@click.option("--json", "as_json", is_flag=True, help="print the full report as JSON")
+def evaluate(data_dir: Path, layout: str, methods: tuple[str, ...], split: str,
+             weights: Path | None, worst_png: Path | None, as_json: bool) -> None:
+    """Water IoU, precision, recall and F1 of the model and the index baselines."""
+    from aquamask.model import evaluate as ev
+
+    kwargs = {"split": split, "weights": weights}
+    if methods:
+        kwargs["methods"] = methods
+    with progress_bar("evaluating") as update:
+        report = ev.evaluate(data_dir, layout, progress=update, **kwargs)
+    if worst_png:
+        ev.write_worst_chips_png(report, worst_png)
+        click.echo(f"wrote {worst_png}", err=True)
+    click.echo(json.dumps(report, indent=2, default=float) if as_json
+               else ev.format_table(report))
+
+
+def wait_for(url: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code < 500:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"the server did not answer at {url} within {timeout:.0f} s")
+
+
+@main.command()
+@click.option("--image", help="a GeoTIFF to use instead of the generated demo scene")
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--exit", "exit_after", is_flag=True, help="stop the server after the demo")
+def demo(image: str | None, port: int, exit_after: bool) -> None:
+    """Start the server, detect water in a demo scene through the API, print where to look."""
+    from aquamask.processes.demo import make_demo_scene
+
+    env = _serve_environment("127.0.0.1", port)
+    settings = Settings.load(environ=env)
+    settings.ensure_dirs()
+    if image:
+        href = str(Path(image).resolve())
+        env["AQUAMASK__PATHS__DATA_ROOT"] = str(Path(href).parent)
+    else:
+        href = "demo/demo-scene.tif"
+        make_demo_scene(settings.data_root / href)
+    server = subprocess.Popen(gunicorn_command(Settings.load(environ=env), "127.0.0.1", port,
+                                               None), env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{base}/health")
+        click.echo(f"server up at {base}; executing water-detection on {href}")
+        response = requests.post(f"{base}/processes/water-detection/execution",
+                                 json={"inputs": {"image": {"href": href}}},
+                                 headers={"Prefer": "respond-async"}, timeout=30)
+        if response.status_code != 201:
+            fail(f"execution refused ({response.status_code}): {response.text}")
+        job_url = response.headers["Location"]
+        with progress_bar("water-detection job") as update:
+            while True:
+                status = requests.get(job_url, timeout=10).json()
+                update(float(status.get("progress") or 0), status.get("message") or "")
+                if status["status"] not in ("accepted", "running"):
+                    break
+                time.sleep(0.5)
+        if status["status"] != "successful":
+            fail(f"the job {status['status']}: {status.get('message')}")
+        outputs = requests.get(f"{job_url}/results", timeout=10).json()
+        click.echo("\n".join([
+            f"job:          {job_url}",
+            f"results:      {job_url}/results",
+            f"mask (COG):   {outputs['mask']['href']}",
+            f"STAC item:    {outputs['stac_item']['href']}",
+            f"water area:   {outputs['water_area_km2']:.3f} km² "
+            f"({outputs['water_fraction']:.1%} of valid pixels)",
+            f"WMS GetMap:   {outputs['layer']['getmap']}",
+            f"WMS:          {outputs['layer']['getcapabilities']}",
+            f"processes:    {base}/processes",
+        ]))
+        if not exit_after:
+            click.echo("serving; Ctrl-C to stop")
+            server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,4 @@
+"""WSGI entry point: ``gunicorn aquamask.server.wsgi:app``."""
+from aquamask.server.app import create_app
+
+app = create_app()
