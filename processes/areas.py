@@ -2,7 +2,8 @@
 
 No library gives per-pixel ellipsoidal areas of a raster grid, so they are computed here from
 pyproj's geodesic polygon areas on a coarse grid of cells (the area varies smoothly across a
-scene, so a cell of CELL x CELL pixels shares one per-pixel area; the error is far below 0.01 %).
+scene, so a cell of CELL x CELL pixels shares one per-pixel area: for 10-60 m pixels the
+per-pixel error stays below 0.02 % even at 80° latitude, and each cell's total is exact).
 """
 from __future__ import annotations
 

@@ -225,3 +225,7 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -33,7 +33,7 @@ def canonical_band(name: str) -> str | None:
     if not match:
         return None
     number = match.group(1).upper()
-    return f"B{number.zfill(3 if number.endswith('A') else 2)}"
+    return f"B{number}" if number.endswith("A") else f"B{number.zfill(2)}"
 
 
 def band_indexes(descriptions: tuple[str | None, ...], count: int,

@@ -1,0 +1,44 @@
+"""Input validation of the water-detection process and the settings it reads."""
+from __future__ import annotations
+
+import pytest
+
+from aquamask.processes.errors import InvalidInput, MissingInput
+from aquamask.processes.settings import Settings
+from aquamask.processes.water_detection import parse_inputs
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return Settings.load(environ={"AQUAMASK__HOME": str(tmp_path)})
+
+
+def test_defaults_come_from_settings(settings):
+    request = parse_inputs({"image": {"href": " scene.tif "}}, settings)
+    assert (request.href, request.method, request.threshold) == ("scene.tif", "unet", 0.5)
+
+
+@pytest.mark.parametrize("inputs,error,match", [
+    ({}, MissingInput, "'image' is required"),
+    ({"image": {"href": ""}}, InvalidInput, "string 'href'"),
+    ({"image": {"href": "a.tif"}, "method": "magic"}, InvalidInput, "method must be one of"),
+    ({"image": {"href": "a.tif"}, "threshold": 1.5}, InvalidInput, "between 0 and 1"),
+    ({"image": {"href": "a.tif"}, "threshold": "high"}, InvalidInput, "between 0 and 1"),
+    ({"image": {"href": "a.tif"}, "threshold": True}, InvalidInput, "between 0 and 1"),
+    ({"image": {"href": "a.tif"}, "bands": {"B02": 1}}, InvalidInput, "bands must map"),
+    ({"image": {"href": "a.tif"}, "colour": "red"}, InvalidInput, "unknown input"),
+])
+def test_bad_inputs_are_4xx_errors_with_a_message(settings, inputs, error, match):
+    with pytest.raises(error, match=match) as info:
+        parse_inputs(inputs, settings)
+    assert 400 <= int(info.value.http_status_code) < 500
+
+
+def test_environment_overrides_the_file(tmp_path):
+    settings = Settings.load(environ={"AQUAMASK__HOME": str(tmp_path),
+                                      "AQUAMASK__JOBS__MAX_RUNNING": "7",
+                                      "AQUAMASK__LIMITS__HREF_SCHEMES": "[https]"})
+    assert settings.get("jobs", "max_running") == 7
+    assert settings.get("limits", "href_schemes") == ["https"]
+    assert settings.database_url == f"sqlite:///{tmp_path}/jobs.sqlite"
+    assert settings.data_root == tmp_path / "data"
