@@ -30,7 +30,8 @@ PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/sche
 
 def write_cogs(mask: Mask, directory: Path) -> tuple[Path, Path]:
     """Mask (mode overviews, colour table, nodata 255) and probability (average overviews)."""
-    profile = cog_profiles.get("deflate")
+    # 256 px blocks: overviews start at 512 px, and WMS clients read small tiles
+    profile = dict(cog_profiles.get("deflate"), blockxsize=256, blockysize=256)
     mask_cog = directory / MASK_FILE
     probability_cog = directory / PROBABILITY_FILE
     cog_translate(mask.path, mask_cog, profile, nodata=INVALID, overview_resampling="mode",
@@ -85,8 +86,8 @@ def stac_item(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, A
 
 
 def wgs84_bounds(profile: dict[str, Any]) -> tuple[float, float, float, float]:
-    bounds = array_bounds(profile["height"], profile["width"], profile["transform"])
-    west, south, east, north = bounds[1], bounds[2], bounds[3], bounds[0]
+    west, south, east, north = array_bounds(profile["height"], profile["width"],
+                                            profile["transform"])
     return tuple(transform_bounds(profile["crs"], "EPSG:4326", west, south, east, north,
                                   densify_pts=21))  # type: ignore[return-value]
 

@@ -1,0 +1,342 @@
+"""The embedded publisher: MapServer 8 serves every published mask over WMS 1.3.0 and WCS 2.0.1.
+
+The publisher keeps a small catalogue (``catalogue.json``) of the products it has published and
+renders one mapfile from it (``config/mapfile.j2``) on every publish/unpublish. MapServer reads
+the mapfile on each request, so nothing has to be reloaded. Gunicorn workers and job worker
+processes publish concurrently, so the read-modify-write of the catalogue and the rendering of the
+mapfile run under one cross-process file lock, and both files are written to a temporary name and
+renamed into place: a reader (MapServer, another worker) sees the old file or the new one, never
+half of one.
+
+Beside the mapfile it writes the MapServer 8 configuration file (``mapserver.conf``) that the
+``/ows`` endpoint (``aquamask.server.ows``) hands to ``mapserv`` through ``MAPSERVER_CONFIG_FILE``:
+it names the mapfile as the default map and forbids map paths from the client.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+from filelock import FileLock
+
+from aquamask.processes.publishers import Publisher
+from aquamask.processes.types import Layer, Product
+
+LOGGER = logging.getLogger(__name__)
+
+NAME = "embedded"
+PRODUCT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+LAYER_PREFIX = "water-"
+CATALOGUE_FILE = "catalogue.json"
+MAPFILE = "aquamask.map"
+CONFIG_FILE = "mapserver.conf"
+LOCK_FILE = ".publish.lock"
+MAP_ALIAS = "AQUAMASK"
+TEMPLATE = "mapfile.j2"
+# One blue for the mapfile, the SLD (config/styles/water.sld) and the viewer legend.
+WATER_RGB = (0, 112, 255)
+WATER_HEX = "#0070ff"
+BASE_SRS = ("EPSG:4326", "EPSG:3857")
+GETMAP_WIDTH = 512
+LOCK_TIMEOUT_S = 120
+
+
+def layer_name(product_id: str) -> str:
+    """The WMS layer name and WCS coverage id of a product.
+
+    WCS 2.0 coverage ids are NCNames, which cannot start with a digit, and product ids are often
+    UUIDs: the letter prefix makes every valid id a valid coverage id.
+    """
+    return LAYER_PREFIX + validate_product_id(product_id)
+
+
+def validate_product_id(product_id: str) -> str:
+    if not isinstance(product_id, str) or not PRODUCT_ID.fullmatch(product_id):
+        raise ValueError(f"invalid product id {product_id!r}: expected 1 to 64 letters, digits, "
+                         "'-' or '_', starting with a letter or digit")
+    return product_id
+
+
+def _mapserver_string(value: Any) -> str:
+    """A double-quoted MapServer string that cannot end early or span lines."""
+    text = "" if value is None else str(value)
+    text = re.sub(r"[\x00-\x1f\x7f]+", " ", text).replace("\\", "/").replace('"', "'")
+    return f'"{text}"'
+
+
+def _safe_path(path: Path) -> str:
+    text = str(path)
+    if re.search(r'["\x00-\x1f\x7f]', text):
+        raise ValueError(f"path {text!r} cannot be written into a mapfile")
+    return text
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _template() -> jinja2.Template:
+    import aquamask.config
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(aquamask.config.__file__).parent),
+        autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["q"] = _mapserver_string
+    return env.get_template(TEMPLATE)
+
+
+def _raster_facts(path: Path) -> dict[str, Any]:
+    """What the mapfile needs from the COG itself: native extent, size, resolution, CRS."""
+    import rasterio
+
+    with rasterio.open(path) as src:
+        if src.count < 1 or src.dtypes[0] != "uint8":
+            raise ValueError(f"{path} is not a uint8 mask")
+        if src.crs is None:
+            raise ValueError(f"{path} has no CRS")
+        epsg = src.crs.to_epsg()
+        left, bottom, right, top = src.bounds
+        return {
+            "extent": [left, bottom, right, top],
+            "width": src.width,
+            "height": src.height,
+            "resolution": [abs(src.transform.a), abs(src.transform.e)],
+            "epsg": int(epsg) if epsg else None,
+            "wkt": src.crs.to_wkt(),
+        }
+
+
+class MapServerPublisher(Publisher):
+    """Publishes products as layers of one MapServer mapfile in ``workdir``.
+
+    ``base_url`` is the public URL of the server; the services are at ``{base_url}/ows``.
+    """
+
+    name = NAME
+
+    def __init__(self, workdir: Path | str, base_url: str) -> None:
+        self.workdir = Path(workdir).expanduser().resolve()
+        self.base_url = base_url.rstrip("/")
+        self.ows_url = f"{self.base_url}/ows"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        _safe_path(self.workdir)
+        self._lock = FileLock(str(self.workdir / LOCK_FILE), timeout=LOCK_TIMEOUT_S)
+        if not self.mapfile_path.exists() or not self.config_path.exists():
+            with self._lock:
+                self._write_config()
+                if not self.mapfile_path.exists():
+                    self._render(self._read_catalogue())
+
+    @classmethod
+    def from_settings(cls, settings) -> "MapServerPublisher":
+        """``mapserver.workdir`` (default ``mapserver`` under ``home``) and ``server.url``."""
+        workdir = settings.get("mapserver", "workdir") or "mapserver"
+        return cls(settings.path(workdir), settings.url)
+
+    # -- files ---------------------------------------------------------------------------------
+    @property
+    def mapfile_path(self) -> Path:
+        return self.workdir / MAPFILE
+
+    @property
+    def config_path(self) -> Path:
+        """The MapServer 8 config file to pass as ``MAPSERVER_CONFIG_FILE``."""
+        return self.workdir / CONFIG_FILE
+
+    @property
+    def catalogue_path(self) -> Path:
+        return self.workdir / CATALOGUE_FILE
+
+    def config_text(self) -> str:
+        mapfile = _safe_path(self.mapfile_path)
+        return (
+            "# Generated by aquamask: the MapServer 8 configuration of the /ows endpoint.\n"
+            "CONFIG\n"
+            "  ENV\n"
+            "    # clients never name a mapfile: only the aliases below, and /ows strips map=\n"
+            '    MS_MAP_NO_PATH "1"\n'
+            f'    MS_MAPFILE "{mapfile}"\n'
+            "  END\n"
+            "  MAPS\n"
+            f'    {MAP_ALIAS} "{mapfile}"\n'
+            "  END\n"
+            "END\n"
+        )
+
+    def _write_config(self) -> None:
+        text = self.config_text()
+        try:
+            if self.config_path.read_text(encoding="utf-8") == text:
+                return
+        except FileNotFoundError:
+            pass
+        _atomic_write(self.config_path, text)
+
+    def _read_catalogue(self) -> dict[str, dict[str, Any]]:
+        try:
+            with open(self.catalogue_path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except FileNotFoundError:
+            return {}
+        return {entry["id"]: entry for entry in data.get("products", [])}
+
+    def _write_catalogue(self, catalogue: dict[str, dict[str, Any]]) -> None:
+        products = sorted(catalogue.values(), key=lambda e: (e.get("published", ""), e["id"]))
+        _atomic_write(self.catalogue_path,
+                      json.dumps({"version": 1, "products": products}, indent=1) + "\n")
+
+    def render_mapfile(self, catalogue: dict[str, dict[str, Any]] | None = None) -> str:
+        catalogue = self._read_catalogue() if catalogue is None else catalogue
+        entries = sorted(catalogue.values(), key=lambda e: (e.get("published", ""), e["id"]))
+        layers, epsgs = [], []
+        for entry in entries:
+            if entry.get("epsg") and f"EPSG:{entry['epsg']}" not in BASE_SRS + tuple(epsgs):
+                epsgs.append(f"EPSG:{entry['epsg']}")
+            native = [f"EPSG:{entry['epsg']}"] if entry.get("epsg") else []
+            layers.append({
+                "name": entry["name"],
+                "srs": native + [s for s in BASE_SRS if s not in native],
+                "path": _safe_path(Path(entry["path"])),
+                "epsg": entry.get("epsg"),
+                "extent": [float(v) for v in entry["extent"]],
+                "width": int(entry["width"]),
+                "height": int(entry["height"]),
+                "resolution": [float(v) for v in entry["resolution"]],
+                "title": entry.get("title") or entry["name"],
+                "abstract": entry.get("abstract") or "",
+            })
+        if entries:
+            boxes = [e["bbox_wgs84"] for e in entries]
+            map_extent = [min(b[0] for b in boxes), min(b[1] for b in boxes),
+                          max(b[2] for b in boxes), max(b[3] for b in boxes)]
+        else:
+            map_extent = [-180.0, -90.0, 180.0, 90.0]
+        return _template().render(
+            generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            title="aquamask water masks",
+            abstract="Water detected in satellite imagery by aquamask: blue is water; dry land "
+                     "and no data are transparent. WCS coverages hold the classes "
+                     "(0 dry, 1 water, 255 no data).",
+            ows_url=self.ows_url,
+            srs=list(BASE_SRS) + epsgs,
+            map_extent=map_extent,
+            layers=layers,
+            water_rgb=WATER_RGB,
+        )
+
+    def _render(self, catalogue: dict[str, dict[str, Any]]) -> None:
+        _atomic_write(self.mapfile_path, self.render_mapfile(catalogue))
+
+    # -- Publisher -----------------------------------------------------------------------------
+    def publish(self, product: Product) -> Layer:
+        name = layer_name(product.id)
+        path = Path(product.mask_cog).expanduser().resolve()
+        _safe_path(path)
+        facts = _raster_facts(path)
+        bbox = [float(v) for v in product.bbox_wgs84]
+        if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
+            raise ValueError(f"invalid WGS84 bbox {product.bbox_wgs84!r}")
+        stats = product.stats
+        abstract = (f"Water mask {product.id}"
+                    + (f", acquired {product.datetime.isoformat()}" if product.datetime else "")
+                    + f": {stats.water_area_km2:.3f} km2 of water in {stats.valid_area_km2:.3f} "
+                      "km2 observed. Blue is water; dry land and no data are transparent.")
+        entry = {
+            "id": product.id,
+            "name": name,
+            "title": product.title or f"Water mask {product.id}",
+            "abstract": abstract,
+            "path": str(path),
+            "bbox_wgs84": bbox,
+            "crs": product.crs,
+            "datetime": product.datetime.isoformat() if product.datetime else None,
+            **facts,
+        }
+        with self._lock:
+            catalogue = self._read_catalogue()
+            previous = catalogue.get(product.id)
+            entry["published"] = (previous or {}).get("published") or \
+                dt.datetime.now(dt.timezone.utc).isoformat()
+            catalogue[product.id] = entry
+            self._write_config()
+            self._render(catalogue)  # the mapfile first: a failed render leaves both unchanged
+            self._write_catalogue(catalogue)
+        LOGGER.info("published %s as %s", product.id, name)
+        return self.layer(product.id, bbox)
+
+    def unpublish(self, product_id: str) -> None:
+        validate_product_id(product_id)
+        with self._lock:
+            catalogue = self._read_catalogue()
+            if catalogue.pop(product_id, None) is None:
+                return
+            self._render(catalogue)
+            self._write_catalogue(catalogue)
+        LOGGER.info("unpublished %s", product_id)
+
+    # -- reading -------------------------------------------------------------------------------
+    def layers(self) -> list[dict[str, Any]]:
+        """The published products, oldest first, as stored in the catalogue."""
+        return sorted(self._read_catalogue().values(),
+                      key=lambda e: (e.get("published", ""), e["id"]))
+
+    def is_published(self, product_id: str) -> bool:
+        return validate_product_id(product_id) in self._read_catalogue()
+
+    def layer(self, product_id: str, bbox_wgs84: tuple[float, ...] | list[float] | None = None
+              ) -> Layer:
+        """The ``Layer`` (service URLs) of a product; ``bbox_wgs84`` defaults to the catalogue's."""
+        name = layer_name(product_id)
+        if bbox_wgs84 is None:
+            entry = self._read_catalogue().get(product_id)
+            if entry is None:
+                raise KeyError(product_id)
+            bbox_wgs84 = entry["bbox_wgs84"]
+        minx, miny, maxx, maxy = (float(v) for v in bbox_wgs84)
+        aspect = (maxy - miny) / (maxx - minx) if maxx > minx else 1.0
+        height = max(1, min(8192, round(GETMAP_WIDTH * aspect)))
+
+        def url(**params: Any) -> str:
+            return f"{self.ows_url}?{urlencode(params, safe=',:/')}"
+
+        return Layer(
+            name=name,
+            publisher=self.name,
+            wms_url=self.ows_url,
+            wcs_url=self.ows_url,
+            get_capabilities_url=url(SERVICE="WMS", VERSION="1.3.0", REQUEST="GetCapabilities"),
+            # WMS 1.3.0 with EPSG:4326: the BBOX axis order is lat,lon
+            get_map_url=url(SERVICE="WMS", VERSION="1.3.0", REQUEST="GetMap", LAYERS=name,
+                            STYLES="", CRS="EPSG:4326",
+                            BBOX=f"{miny!r},{minx!r},{maxy!r},{maxx!r}",
+                            WIDTH=GETMAP_WIDTH, HEIGHT=height, FORMAT="image/png",
+                            TRANSPARENT="TRUE"),
+            get_coverage_url=url(SERVICE="WCS", VERSION="2.0.1", REQUEST="GetCoverage",
+                                 COVERAGEID=name, FORMAT="image/tiff"),
+            describe_coverage_url=url(SERVICE="WCS", VERSION="2.0.1",
+                                      REQUEST="DescribeCoverage", COVERAGEID=name),
+            legend_url=url(SERVICE="WMS", VERSION="1.3.0", REQUEST="GetLegendGraphic",
+                           LAYER=name, FORMAT="image/png", SLD_VERSION="1.1.0"),
+        )
