@@ -10,6 +10,7 @@ from aquamask.processes.detection import METHODS
 from aquamask.processes.errors import InvalidInput, MissingInput
 from aquamask.processes.pipeline import DetectionRequest, outputs_document, run_detection
 from aquamask.processes.settings import Settings
+from aquamask.processes.sources.raster import resolve_href
 from aquamask.processes.types import DETECTION_BANDS, ProgressCallback
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -117,7 +118,10 @@ class WaterDetectionProcessor(BaseProcessor):
         self.settings = Settings.load()
 
     def validate(self, data: dict[str, Any]) -> None:
-        parse_inputs(data, self.settings)
+        """Everything that can be checked without reading the image, before a job exists."""
+        request = parse_inputs(data, self.settings)
+        resolve_href(request.href, self.settings.data_root,
+                     list(self.settings.get("limits", "href_schemes") or []))
 
     def run(self, data: dict[str, Any], job_id: str,
             progress: ProgressCallback) -> dict[str, Any]:
