@@ -210,6 +210,11 @@ class MapServerPublisher(Publisher):
     def render_mapfile(self, catalogue: dict[str, dict[str, Any]] | None = None) -> str:
         catalogue = self._read_catalogue() if catalogue is None else catalogue
         entries = sorted(catalogue.values(), key=lambda e: (e.get("published", ""), e["id"]))
+        # a COG removed without unpublishing would make every request naming it fail
+        missing = [e["id"] for e in entries if not Path(e["path"]).is_file()]
+        if missing:
+            LOGGER.warning("left out of the mapfile, their COG is gone: %s", ", ".join(missing))
+            entries = [e for e in entries if e["id"] not in missing]
         layers, epsgs = [], []
         for entry in entries:
             if entry.get("epsg") and f"EPSG:{entry['epsg']}" not in BASE_SRS + tuple(epsgs):
@@ -316,7 +321,7 @@ class MapServerPublisher(Publisher):
             bbox_wgs84 = entry["bbox_wgs84"]
         minx, miny, maxx, maxy = (float(v) for v in bbox_wgs84)
         aspect = (maxy - miny) / (maxx - minx) if maxx > minx else 1.0
-        height = max(1, min(8192, round(GETMAP_WIDTH * aspect)))
+        height = max(1, min(4096, round(GETMAP_WIDTH * aspect)))
 
         def url(**params: Any) -> str:
             return f"{self.ows_url}?{urlencode(params, safe=',:/')}"

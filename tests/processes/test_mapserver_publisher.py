@@ -226,3 +226,32 @@ def test_the_mapfile_is_valid_for_map2img(publisher, masks, tmp_path):
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert find_mapserv()
+
+
+def test_a_layer_whose_cog_is_gone_is_left_out(publisher, client, tmp_path):
+    from tests.processes.conftest_mapserver import write_mask_cog
+
+    doomed = write_mask_cog(tmp_path / "doomed" / "mask.tif", "EPSG:4326")
+    kept = write_mask_cog(tmp_path / "kept" / "mask.tif", "EPSG:4326")
+    publisher.publish(make_product(doomed, "doomed"))
+    doomed.path.unlink()
+    publisher.publish(make_product(kept, "kept"))
+    assert layer_names(client.get(WMS_CAPS).data) == ["water-kept"]
+    assert {e["id"] for e in publisher.layers()} == {"doomed", "kept"}
+    publisher.unpublish("doomed")
+    assert [e["id"] for e in publisher.layers()] == ["kept"]
+
+
+def test_getfeatureinfo_answers_the_class(publisher, client, masks):
+    from tests.processes.conftest_mapserver import WATER_PIXEL
+
+    mask = masks["EPSG:32630"]
+    publisher.publish(make_product(mask, "fi"))
+    left, bottom, right, top = mask.bounds
+    row, col = WATER_PIXEL
+    response = client.get(
+        "/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetFeatureInfo&LAYERS=water-fi"
+        f"&QUERY_LAYERS=water-fi&STYLES=&CRS=EPSG:32630&BBOX={left},{bottom},{right},{top}"
+        f"&WIDTH=256&HEIGHT=256&I={col}&J={row}&INFO_FORMAT=text/plain&FORMAT=image/png")
+    assert response.status_code == 200
+    assert "value_0 = '1'" in response.data.decode() and "Water" in response.data.decode()
