@@ -70,7 +70,7 @@ def test_model_beats_ndwi_on_the_hand_labelled_chip(spain_job, tmp_path):
         green, nir = image.read(3).astype("float32"), image.read(8).astype("float32")
     baseline = iou((ndwi(green, nir) > 0).astype(np.uint8), truth)
     model = iou(predicted, truth)
-    assert model > baseline, f"U-Net IoU {model:.3f} <= NDWI IoU {baseline:.3f}"
+    assert model > baseline + 0.02, f"U-Net IoU {model:.3f} <= NDWI IoU {baseline:.3f}"
 
 
 def test_statistics_and_provenance(spain_job):
@@ -100,7 +100,7 @@ def test_wms_getmap_draws_water_blue_and_dry_transparent(spain_job, server, tmp_
         west, south, east, north = mask.bounds
     size = classes.shape[0]
     image = wms.getmap(layers=[layer["name"]], srs="EPSG:4326",
-                       bbox=(south, west, north, east),  # WMS 1.3.0: lat,lon axis order
+                       bbox=(west, south, east, north),  # OWSLib swaps to lat,lon itself
                        size=(size, size), format="image/png", transparent=True)
     rgba = np.asarray(Image.open(io.BytesIO(image.read())).convert("RGBA"))
     water_rows, water_cols = np.nonzero(classes == 1)
@@ -143,6 +143,10 @@ def test_async_execution_reports_progress_and_results(server):
     assert status["jobID"] in [j["jobID"] for j in listing["jobs"]]
 
 
+def job_count(server) -> int:
+    return len(requests.get(f"{server.url}/jobs?limit=1000", timeout=10).json()["jobs"])
+
+
 @pytest.mark.parametrize("inputs,status,text", [
     ({"image": {"href": "../../etc/passwd"}}, 403, "outside the data root"),
     ({"image": {"href": "/etc/passwd"}}, 403, "outside the data root"),
@@ -153,13 +157,13 @@ def test_async_execution_reports_progress_and_results(server):
 ])
 def test_bad_inputs_are_ogc_exceptions_and_leave_nothing(server, inputs, status, text):
     before = sorted(p.name for p in server.results.iterdir())
-    jobs_before = requests.get(f"{server.url}/jobs", timeout=10).json()["numberMatched"]
+    jobs_before = job_count(server)
     response = server.execute(inputs)
     assert response.status_code == status, response.text
     body = response.json()
     assert text in body["description"] and body["code"]
     assert sorted(p.name for p in server.results.iterdir()) == before
-    assert requests.get(f"{server.url}/jobs", timeout=10).json()["numberMatched"] == jobs_before
+    assert job_count(server) == jobs_before
 
 
 def test_failures_found_while_reading_are_4xx_too(server):
