@@ -8,9 +8,9 @@ from pygeoapi.process.base import BaseProcessor
 
 from aquamask.processes.detection import METHODS
 from aquamask.processes.errors import InvalidInput, MissingInput
-from aquamask.processes.pipeline import DetectionRequest, outputs_document, run_detection
+from aquamask.processes.pipeline import (DetectionRequest, outputs_document, run_detection,
+                                         source_from_settings)
 from aquamask.processes.settings import Settings
-from aquamask.processes.sources.raster import resolve_href
 from aquamask.processes.types import DETECTION_BANDS, ProgressCallback
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -120,8 +120,7 @@ class WaterDetectionProcessor(BaseProcessor):
     def validate(self, data: dict[str, Any]) -> None:
         """Everything that can be checked without reading the image, before a job exists."""
         request = parse_inputs(data, self.settings)
-        resolve_href(request.href, self.settings.data_root,
-                     list(self.settings.get("limits", "href_schemes") or []))
+        source_from_settings(self.settings).check({"href": request.href, "bands": request.bands})
 
     def run(self, data: dict[str, Any], job_id: str,
             progress: ProgressCallback) -> dict[str, Any]:

@@ -104,6 +104,17 @@ class RasterSource(Source):
         self.schemes = schemes
 
     def read(self, request: dict[str, Any]) -> Scene:
+        scene, local = self._open(request)
+        scene.sha256 = sha256_of(local) if local else None
+        return scene
+
+    def check(self, request: dict[str, Any]) -> None:
+        """Open the image's header and apply every check ``read`` would, without reading
+        pixels: lets a server refuse bad input before it creates a job."""
+        scene, _ = self._open(request)
+        scene.close()
+
+    def _open(self, request: dict[str, Any]) -> tuple[Scene, Path | None]:
         href = request["href"]
         gdal_path, local = resolve_href(href, self.data_root, self.schemes)
         try:
@@ -111,12 +122,10 @@ class RasterSource(Source):
         except RasterioIOError as err:
             raise InvalidInput(f"image.href: '{href}' cannot be read as a raster ({err})") from err
         try:
-            scene = self._scene(dataset, href, request.get("bands"))
+            return self._scene(dataset, href, request.get("bands")), local
         except Exception:
             dataset.close()
             raise
-        scene.sha256 = sha256_of(local) if local else None
-        return scene
 
     def _scene(self, dataset: rasterio.DatasetReader, href: str,
                mapping: Mapping[str, Any] | None) -> Scene:

@@ -166,15 +166,28 @@ def test_bad_inputs_are_ogc_exceptions_and_leave_nothing(server, inputs, status,
     assert job_count(server) == jobs_before
 
 
-def test_failures_found_while_reading_are_4xx_too(server):
-    """Band count is only known once the file is open, in the worker: still a 4xx."""
+def test_images_are_checked_before_a_job_exists(server):
+    """Band count and size are read from the file's header before any job is stored."""
     with rasterio.open(server.data_root / "two-bands.tif", "w", driver="GTiff", width=8,
                        height=8, count=2, dtype="int16", crs="EPSG:4326",
                        transform=rasterio.transform.from_origin(0, 1, 0.1, 0.1)) as dst:
         dst.write(np.ones((2, 8, 8), np.int16))
+    (server.data_root / "junk.tif").write_text("not a raster")
+    jobs_before = job_count(server)
     response = server.execute({"image": {"href": "two-bands.tif"}})
     assert response.status_code == 400, response.text
     assert "2 bands" in response.json()["description"]
+    response = server.execute({"image": {"href": "junk.tif"}}, asynchronous=True)
+    assert response.status_code == 400 and "cannot be read" in response.json()["description"]
+    assert job_count(server) == jobs_before
+
+
+def test_images_over_the_pixel_limit_are_413(server):
+    from aquamask.processes.demo import make_demo_scene
+    make_demo_scene(server.data_root / "huge.tif", size=2400)  # 5.76 Mpx > the 5 Mpx limit
+    response = server.execute({"image": {"href": "huge.tif"}})
+    assert response.status_code == 413, response.text
+    assert "at most 5,000,000" in response.json()["description"]
 
 
 def _job_pid(server, job_id: str) -> int:
