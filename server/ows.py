@@ -25,7 +25,7 @@ import time
 from html import escape, unescape
 from pathlib import Path
 from typing import IO, Callable, Iterator
-from urllib.parse import unquote_plus
+from urllib.parse import parse_qsl, unquote_plus
 
 from flask import Blueprint, Response, request
 
@@ -33,6 +33,9 @@ LOGGER = logging.getLogger(__name__)
 
 DEFAULT_BINARY = "/usr/lib/cgi-bin/mapserv"
 DEFAULT_TIMEOUT_S = 60.0
+# The largest WMS image served. The mapfile's MAXSIZE is raised to the largest coverage so that
+# WCS can return whole Sentinel-2 tiles; WMS images are capped here instead.
+DEFAULT_MAX_IMAGE_SIZE = 4096
 CHUNK = 256 * 1024
 HEADER_LIMIT = 64 * 1024
 XML_TYPES = ("text/xml", "application/xml")
@@ -81,6 +84,33 @@ def ows_exception(status: int, code: str, message: str) -> Response:
             "  </ows:Exception>\n"
             "</ows:ExceptionReport>\n")
     return Response(body, status=status, content_type="application/xml; charset=utf-8")
+
+
+def wms_exception(code: str, message: str, status: int = 400) -> Response:
+    body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<ServiceExceptionReport version="1.3.0" xmlns="http://www.opengis.net/ogc">\n'
+            f'  <ServiceException code="{escape(code)}">{escape(message)}</ServiceException>\n'
+            "</ServiceExceptionReport>\n")
+    return Response(body, status=status, content_type="text/xml; charset=utf-8")
+
+
+def oversized_image(query: str, max_size: int) -> Response | None:
+    """A WMS exception when a GetMap/GetFeatureInfo/GetLegendGraphic asks for an image wider
+    or taller than ``max_size``; None otherwise."""
+    params = {k.strip().lower(): v for k, v in parse_qsl(query, keep_blank_values=True)}
+    if params.get("request", "").lower() not in ("getmap", "map", "getfeatureinfo",
+                                                   "feature_info", "getlegendgraphic"):
+        return None
+    for key in ("width", "height"):
+        try:
+            value = int(float(params.get(key, "0")))
+        except ValueError:
+            continue  # MapServer answers malformed sizes itself
+        if value > max_size:
+            return wms_exception("InvalidParameterValue",
+                                 f"{key.upper()}={value} exceeds the largest image served "
+                                 f"({max_size} pixels).")
+    return None
 
 
 def _parse_headers(raw: bytes) -> tuple[int | None, list[tuple[str, str]]]:
@@ -218,7 +248,8 @@ class MapServCGI:
 
 def ows_blueprint(publisher_factory: Callable[[], object],
                   binary: str | os.PathLike | None = None,
-                  timeout: float = DEFAULT_TIMEOUT_S, name: str = "aquamask_ows") -> Blueprint:
+                  timeout: float = DEFAULT_TIMEOUT_S, name: str = "aquamask_ows",
+                  max_image_size: int = DEFAULT_MAX_IMAGE_SIZE) -> Blueprint:
     """A blueprint serving ``GET``/``POST /ows`` for the mapfile of
     ``publisher_factory()`` (a ``MapServerPublisher``; called once, on the first request)."""
     blueprint = Blueprint(name, __name__)
@@ -240,11 +271,12 @@ def ows_blueprint(publisher_factory: Callable[[], object],
         if request.method == "GET":
             if not query:
                 query = "SERVICE=WMS&REQUEST=GetCapabilities"
-            return cgi().run("GET", query)
+            return oversized_image(query, max_image_size) or cgi().run("GET", query)
         mimetype = (request.mimetype or "").lower()
         if mimetype == FORM_TYPE:
             form = sanitize_query(request.get_data(cache=False))
-            return cgi().run("GET", "&".join(p for p in (query, form) if p))
+            query = "&".join(p for p in (query, form) if p)
+            return oversized_image(query, max_image_size) or cgi().run("GET", query)
         if mimetype in XML_TYPES:
             return cgi().run("POST", query, request.get_data(cache=False),
                              request.content_type or "text/xml")

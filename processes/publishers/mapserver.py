@@ -47,6 +47,8 @@ WATER_RGB = (0, 112, 255)
 WATER_HEX = "#0070ff"
 BASE_SRS = ("EPSG:4326", "EPSG:3857")
 GETMAP_WIDTH = 512
+# the largest WMS image /ows asks MapServer for (MapServer's own default MAXSIZE)
+WMS_MAX_SIZE = 4096
 LOCK_TIMEOUT_S = 120
 
 
@@ -248,6 +250,7 @@ class MapServerPublisher(Publisher):
             srs=list(BASE_SRS) + epsgs,
             map_extent=map_extent,
             layers=layers,
+            maxsize=max([WMS_MAX_SIZE] + [max(l["width"], l["height"]) for l in layers]),
             water_rgb=WATER_RGB,
         )
 
@@ -321,7 +324,7 @@ class MapServerPublisher(Publisher):
             bbox_wgs84 = entry["bbox_wgs84"]
         minx, miny, maxx, maxy = (float(v) for v in bbox_wgs84)
         aspect = (maxy - miny) / (maxx - minx) if maxx > minx else 1.0
-        height = max(1, min(4096, round(GETMAP_WIDTH * aspect)))
+        height = max(1, min(WMS_MAX_SIZE, round(GETMAP_WIDTH * aspect)))
 
         def url(**params: Any) -> str:
             return f"{self.ows_url}?{urlencode(params, safe=',:/')}"

@@ -319,3 +319,29 @@ def test_owslib_wcs(live_server, masks):
     np.testing.assert_array_equal(values, masks["EPSG:4326"].classes[
         row0:row0 + values.shape[0], col0:col0 + values.shape[1]])
     assert values.shape == (120, 64)
+
+
+def test_wms_images_are_capped_but_whole_large_coverages_are_served(tmp_path):
+    """MAXSIZE follows the largest coverage (WCS returns it whole); /ows caps WMS at 4096."""
+    from tests.processes.conftest_mapserver import write_mask_cog
+
+    big = write_mask_cog(tmp_path / "big" / "mask.tif", "EPSG:4326")
+    with rasterio.open(big.path) as src:
+        profile = dict(src.profile, width=4200, height=64, blockxsize=512, blockysize=64)
+    wide = tmp_path / "wide.tif"
+    with rasterio.open(wide, "w", **profile) as dst:
+        dst.write(np.ones((1, 64, 4200), np.uint8))
+    pub = MapServerPublisher(tmp_path / "mapserver", BASE_URL)
+    product = make_product(big, "wide")
+    product.mask_cog = wide
+    pub.publish(product)
+    assert "MAXSIZE 4200" in pub.mapfile_path.read_text()
+    client = ows_app(pub).test_client()
+    coverage = get(client, SERVICE="WCS", VERSION="2.0.1", REQUEST="GetCoverage",
+                   COVERAGEID="water-wide", FORMAT="image/tiff")
+    assert coverage.status_code == 200, coverage.data
+    assert read_tiff(coverage.data)[0].shape == (64, 4200)
+    too_big = get(client, SERVICE="WMS", VERSION="1.3.0", REQUEST="GetMap", LAYERS="water-wide",
+                  STYLES="", CRS="EPSG:4326", BBOX="42,-3,43,-2", WIDTH=4200, HEIGHT=10,
+                  FORMAT="image/png")
+    assert too_big.status_code == 400 and b"ServiceException" in too_big.data
