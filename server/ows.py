@@ -240,7 +240,7 @@ class MapServCGI:
             LOGGER.error("/ows: mapserv cannot load its configuration: %s", text)
             return ows_exception(500, "NoApplicableCode",
                                  "The map service is misconfigured; see the server log.")
-        text = re.sub(r"(/[^\s/()]+)+/?", "<path>", text)  # no server paths to the client
+        text = re.sub(r"(?<![\w.])/[^\s()'\"]+", "<path>", text)  # no server paths to clients
         return ows_exception(status if status and status >= 400 else 400,
                              "InvalidRequest" if "query" in text.lower() else "NoApplicableCode",
                              text or "Invalid request.")

@@ -145,10 +145,10 @@ class MapServerPublisher(Publisher):
         self.workdir.mkdir(parents=True, exist_ok=True)
         _safe_path(self.workdir)
         self._lock = FileLock(str(self.workdir / LOCK_FILE), timeout=LOCK_TIMEOUT_S)
-        if not self.mapfile_path.exists() or not self.config_path.exists():
+        if not self._files_current():
             with self._lock:
                 self._write_config()
-                if not self.mapfile_path.exists():
+                if not self._files_current():
                     self._render(self._read_catalogue())
 
     @classmethod
@@ -180,12 +180,23 @@ class MapServerPublisher(Publisher):
             "    # clients never name a mapfile: only the aliases below, and /ows strips map=\n"
             '    MS_MAP_NO_PATH "1"\n'
             f'    MS_MAPFILE "{mapfile}"\n'
+            "    # MapServer's errors go to its stderr, which /ows logs\n"
+            '    MS_ERRORFILE "stderr"\n'
             "  END\n"
             "  MAPS\n"
             f'    {MAP_ALIAS} "{mapfile}"\n'
             "  END\n"
             "END\n"
         )
+
+    def _files_current(self) -> bool:
+        """The config file is this one and the mapfile advertises this ``base_url``."""
+        try:
+            return (self.config_path.read_text(encoding="utf-8") == self.config_text()
+                    and f'"ows_onlineresource" "{self.ows_url}?"'
+                    in self.mapfile_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return False
 
     def _write_config(self) -> None:
         text = self.config_text()

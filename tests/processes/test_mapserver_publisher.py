@@ -255,3 +255,12 @@ def test_getfeatureinfo_answers_the_class(publisher, client, masks):
         f"&WIDTH=256&HEIGHT=256&I={col}&J={row}&INFO_FORMAT=text/plain&FORMAT=image/png")
     assert response.status_code == 200
     assert "value_0 = '1'" in response.data.decode() and "Water" in response.data.decode()
+
+
+def test_a_new_base_url_is_advertised_without_a_publish(publisher, masks):
+    publisher.publish(make_product(masks["EPSG:4326"], "moved"))
+    moved = MapServerPublisher(publisher.workdir, "https://maps.example.org/aquamask")
+    assert '"ows_onlineresource" "https://maps.example.org/aquamask/ows?"' in \
+        moved.mapfile_path.read_text()
+    assert [e["id"] for e in moved.layers()] == ["moved"]
+    assert 'NAME "water-moved"' in moved.mapfile_path.read_text()
