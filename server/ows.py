@@ -290,7 +290,8 @@ def make_ows_blueprint(settings=None, *, workdir: Path | str | None = None,
                        base_url: str | None = None, binary: str | os.PathLike | None = None,
                        timeout: float | None = None) -> Blueprint:
     """``/ows`` for the app: from ``Settings`` (``mapserver.binary``, ``mapserver.timeout``,
-    the publisher's ``mapserver.workdir`` and ``server.url``), or from ``workdir``/``base_url``."""
+    ``mapserver.max_image_size``, the publisher's ``mapserver.workdir`` and ``server.url``), or
+    from ``workdir``/``base_url``."""
     from aquamask.processes.publishers.mapserver import MapServerPublisher
 
     if settings is not None:
@@ -307,5 +308,7 @@ def make_ows_blueprint(settings=None, *, workdir: Path | str | None = None,
         def factory() -> MapServerPublisher:
             return MapServerPublisher(Path(workdir), base_url)
 
+    max_size = (settings.get("mapserver", "max_image_size") if settings is not None else None)
     return ows_blueprint(factory, binary=binary,
-                         timeout=float(timeout if timeout is not None else DEFAULT_TIMEOUT_S))
+                         timeout=float(timeout if timeout is not None else DEFAULT_TIMEOUT_S),
+                         max_image_size=int(max_size or DEFAULT_MAX_IMAGE_SIZE))
