@@ -42,7 +42,9 @@ def load_model(weights: str | None, device: str | None):
 
 def source_from_settings(settings: Settings) -> RasterSource:
     return RasterSource(settings.data_root, int(settings.get("limits", "max_pixels")),
-                        list(settings.get("limits", "href_schemes") or []))
+                        list(settings.get("limits", "href_schemes") or []),
+                        list(settings.get("limits", "href_hosts") or []),
+                        list(settings.get("limits", "href_private_hosts") or []))
 
 
 def publisher_from_settings(settings: Settings) -> Publisher:

@@ -19,6 +19,7 @@ from rasterio.windows import Window
 from aquamask.processes.errors import Forbidden, InvalidInput, TooLarge
 from aquamask.processes.sources import Source
 from aquamask.processes.types import DETECTION_BANDS, Scene
+from aquamask.processes.urls import safe_remote_url
 
 # Band order of the layouts recognised by count (1-based indices of DETECTION_BANDS).
 SENTINEL2_13 = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10",
@@ -62,15 +63,15 @@ def band_indexes(descriptions: tuple[str | None, ...], count: int,
     return [layout.index(b) + 1 for b in DETECTION_BANDS]
 
 
-def resolve_href(href: str, data_root: Path, schemes: list[str]) -> tuple[str, Path | None]:
+def resolve_href(href: str, data_root: Path, schemes: list[str], hosts: list[str] = (),
+                 private_hosts: list[str] = ()) -> tuple[str, Path | None]:
     """The GDAL path to open and, for local files, the resolved file."""
     if not isinstance(href, str) or not href.strip():
         raise InvalidInput("image.href must be a non-empty string")
     parsed = urlparse(href)
     if parsed.scheme in ("http", "https"):
-        if parsed.scheme not in schemes:
-            raise Forbidden(f"image.href: the scheme '{parsed.scheme}' is not allowed here")
-        return f"/vsicurl/{href}", None
+        url = safe_remote_url(href, schemes, list(hosts), list(private_hosts))
+        return f"/vsicurl/{url}", None
     if parsed.scheme not in ("", "file"):
         raise InvalidInput(f"image.href: unsupported scheme '{parsed.scheme}' "
                            "(use a path under the data root, or http(s))")
@@ -98,10 +99,13 @@ class RasterSource(Source):
 
     name = "raster"
 
-    def __init__(self, data_root: Path, max_pixels: int, schemes: list[str]) -> None:
+    def __init__(self, data_root: Path, max_pixels: int, schemes: list[str],
+                 hosts: list[str] = (), private_hosts: list[str] = ()) -> None:
         self.data_root = data_root
         self.max_pixels = max_pixels
         self.schemes = schemes
+        self.hosts = list(hosts)
+        self.private_hosts = list(private_hosts)
 
     def read(self, request: dict[str, Any]) -> Scene:
         scene, local = self._open(request)
@@ -116,7 +120,8 @@ class RasterSource(Source):
 
     def _open(self, request: dict[str, Any]) -> tuple[Scene, Path | None]:
         href = request["href"]
-        gdal_path, local = resolve_href(href, self.data_root, self.schemes)
+        gdal_path, local = resolve_href(href, self.data_root, self.schemes, self.hosts,
+                                        self.private_hosts)
         try:
             dataset = rasterio.open(gdal_path)
         except RasterioIOError as err:
