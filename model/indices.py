@@ -54,5 +54,8 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     m1 = (s0[-1] - s0) / np.maximum(w1, 1)
     between = w0 * w1 * (m0 - m1) ** 2
     between[(w0 == 0) | (w1 == 0)] = -1
-    i = int(np.argmax(between))
-    return float(edges[i + 1])                         # upper edge of the last bin of class 0
+    # empty bins between two well separated modes give a plateau of equal maxima: take the
+    # middle of it rather than its first cut
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-12))
+    i_lo, i_hi = int(best[0]), int(best[-1])
+    return float((edges[i_lo + 1] + edges[i_hi + 1]) / 2.0)

@@ -180,14 +180,29 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
     """Train on ``data_dir`` (layout "chips128" or "sen1floods11"), write
     ``<out_dir>/<name>-<version>.pt`` and ``.metrics.json`` (atomically) and return the
     metrics. Same seed, data and thread count -> same weights and losses."""
-    progress = progress or (lambda pct, msg: None)
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return _train(Path(data_dir), layout, Path(out_dir), seed=seed, epochs=epochs,
+                      batch_size=batch_size, progress=progress or (lambda pct, msg: None),
+                      base_channels=base_channels, depth=depth, lr=lr, patience=patience,
+                      crop=crop, name=name, version=version,
+                      max_train_chips=max_train_chips)
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
+
+
+def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int,
+           batch_size: int, progress: Progress, base_channels: int, depth: int, lr: float,
+           patience: int, crop: int | None, name: str, version: str,
+           max_train_chips: int | None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
-    if threads:
-        torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.RandomState(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
     started = time.time()
 
     progress(0, "reading chips")

@@ -1,0 +1,32 @@
+import numpy as np
+
+from aquamask.model.indices import mndwi, ndwi, otsu_threshold
+
+
+def test_ndwi_known_values():
+    g = np.array([300.0, 100.0, 0.0, np.nan, 500.0], np.float32)
+    n = np.array([100.0, 300.0, 0.0, 100.0, 500.0], np.float32)
+    out = ndwi(g, n)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out[[0, 1, 4]], [0.5, -0.5, 0.0], atol=1e-6)
+    assert np.isnan(out[2]) and np.isnan(out[3])      # zero denominator, NaN input
+
+
+def test_mndwi_known_values_2d():
+    g = np.full((2, 3), 800, np.float32)
+    s = np.array([[200, 800, 3200], [np.nan, 0, 1600]], np.float32)
+    out = mndwi(g, s)
+    assert out.shape == (2, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0], [0.6, 0.0, -0.6], atol=1e-6)
+    assert np.isnan(out[1, 0])
+    np.testing.assert_allclose(out[1, 1:], [1.0, -1 / 3], atol=1e-6)
+
+
+def test_otsu_separates_two_modes_and_ignores_nan():
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(-0.5, 0.05, 5000), rng.normal(0.4, 0.05, 2000),
+                        [np.nan] * 100])
+    t = otsu_threshold(v)
+    assert -0.3 < t < 0.25
+    assert np.isnan(otsu_threshold(np.array([np.nan, np.nan])))
+    assert otsu_threshold(np.array([0.2, 0.2])) == 0.2

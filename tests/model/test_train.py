@@ -1,0 +1,44 @@
+import json
+
+import torch
+
+from aquamask.model.inference import WaterModel
+from aquamask.model.train import train
+
+
+def _tiny_dataset(chips_dir, dest, n=10):
+    (dest / "images").mkdir(parents=True)
+    (dest / "labels").mkdir()
+    ids = sorted(int(p.stem) for p in (chips_dir / "images").glob("*.tif"))[:n]
+    for i in ids:
+        (dest / "images" / f"{i}.tif").symlink_to(chips_dir / "images" / f"{i}.tif")
+        (dest / "labels" / f"{i}.png").symlink_to(chips_dir / "labels" / f"{i}.png")
+    return dest
+
+
+def test_tiny_training_is_reproducible_and_writes_metrics(chips_dir, tmp_path):
+    data = _tiny_dataset(chips_dir, tmp_path / "data")
+    kwargs = dict(seed=3, epochs=2, batch_size=4, base_channels=4, depth=2, version="0.0.1")
+    seen = []
+    a = train(data, "chips128", tmp_path / "a", progress=lambda p, m: seen.append(p), **kwargs)
+    b = train(data, "chips128", tmp_path / "b", **kwargs)
+
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert a["val_iou"] == b["val_iou"] and a["temperature"] == b["temperature"]
+    wa = torch.load(tmp_path / "a" / "unet-s2-water-0.0.1.pt", weights_only=True)
+    wb = torch.load(tmp_path / "b" / "unet-s2-water-0.0.1.pt", weights_only=True)
+    assert wa["state_dict"].keys() == wb["state_dict"].keys()
+    for k in wa["state_dict"]:
+        assert torch.equal(wa["state_dict"][k], wb["state_dict"][k]), k
+    assert wa["train_ids"] and wa["val_ids"] and not set(wa["train_ids"]) & set(wa["val_ids"])
+
+    metrics = json.loads((tmp_path / "a" / "unet-s2-water-0.0.1.metrics.json").read_text())
+    assert len(metrics["history"]) == 2 and metrics["best_epoch"] in (1, 2)
+    assert {"train_loss", "val_iou", "epoch"} <= set(metrics["history"][0])
+    assert metrics["train_seconds"] > 0
+    assert seen and seen[-1] == 100 and seen == sorted(seen)
+    assert not list((tmp_path / "a").glob(".*tmp*"))              # atomic writes cleaned up
+
+    model = WaterModel.load(tmp_path / "a" / "unet-s2-water-0.0.1.pt", device="cpu")
+    assert model.version == "0.0.1" and model.predict(
+        torch.rand(6, 40, 40).numpy() * 3000).shape == (40, 40)
