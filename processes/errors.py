@@ -38,5 +38,12 @@ class TooLarge(AquamaskError):
     http_status_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
 
 
+class TooManyJobs(AquamaskError):
+    """The caller already has as many jobs queued or running as the limit allows."""
+
+    http_status_code = HTTPStatus.TOO_MANY_REQUESTS
+    ogc_exception_code = "TooManyRequests"
+
+
 class Cancelled(Exception):
     """The job was dismissed while it ran; not a user error, the work just stops."""

@@ -37,6 +37,7 @@ jobs = Table(
     Column("owner", String(255)),
     Index("ix_jobs_started", "started"),
     Index("ix_jobs_status", "status"),
+    Index("ix_jobs_owner_started", "owner", "started"),
 )
 JSON_COLUMNS = ("inputs", "outputs")
 COLUMNS = {c.name for c in jobs.columns}
@@ -101,21 +102,27 @@ class JobStore:
         return self._decode(row) if row else None
 
     def list(self, limit: int | None = None, offset: int | None = None,
-             status: str | None = None) -> tuple[list[dict[str, Any]], int]:
+             status: str | None = None,
+             owner: str | None = None) -> tuple[list[dict[str, Any]], int]:
         query = select(jobs).order_by(jobs.c.started.desc())
         count = select(func.count()).select_from(jobs)
         if status:
             query = query.where(jobs.c.status == status)
             count = count.where(jobs.c.status == status)
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
+            count = count.where(jobs.c.owner == owner)
         with self.engine.connect() as conn:
             rows = conn.execute(query.limit(limit).offset(offset or 0)).all()
             total = conn.execute(count).scalar_one()
         return [self._decode(r) for r in rows], total
 
-    def active(self) -> list[dict[str, Any]]:
+    def active(self, owner: str | None = None) -> list[dict[str, Any]]:
+        query = select(jobs).where(jobs.c.status.in_(("accepted", "running")))
+        if owner is not None:
+            query = query.where(jobs.c.owner == owner)
         with self.engine.connect() as conn:
-            rows = conn.execute(select(jobs).where(
-                jobs.c.status.in_(("accepted", "running")))).all()
+            rows = conn.execute(query).all()
         return [self._decode(r) for r in rows]
 
     def delete(self, job_id: str) -> bool:

@@ -26,6 +26,8 @@ from pygeoapi.process.base import (BaseProcessor, JobNotFoundError, JobResultNot
 from pygeoapi.process.manager.base import BaseManager
 from pygeoapi.util import JobStatus, RequestedResponse, get_current_datetime
 
+from aquamask.processes.errors import TooManyJobs
+from aquamask.processes.identity import current_identity
 from aquamask.processes.jobstore import JobStore
 from aquamask.processes.settings import Settings
 
@@ -81,6 +83,13 @@ class AquamaskManager(BaseManager):
         validate = getattr(processor, "validate", None)
         if validate is not None:
             validate(data_dict)
+        identity = current_identity.get()
+        limit = int(self.settings.get("limits", "max_jobs_per_user") or 0)
+        if identity is not None and limit:
+            running = len(self.store.active(owner=identity.subject))
+            if running >= limit:
+                raise TooManyJobs(f"you have {running} jobs queued or running; the limit is "
+                                  f"{limit}: wait for one to finish or dismiss one")
         return super().execute_process(process_id, data_dict, execution_mode,
                                        requested_outputs, subscriber, requested_response)
 
@@ -129,19 +138,30 @@ class AquamaskManager(BaseManager):
 
     def get_jobs(self, status: JobStatus = None, limit: Optional[int] = None,
                  offset: Optional[int] = None) -> dict:
+        identity = current_identity.get()
+        owner = None if identity is None or identity.sees_all_jobs else identity.subject
         records, total = self.store.list(limit, offset,
-                                         status.value if status is not None else None)
+                                         status.value if status is not None else None, owner)
         return {"jobs": [self._checked(r) for r in records], "numberMatched": total}
 
     def add_job(self, job_metadata: dict) -> str:
+        # pygeoapi starts jobs at 5 %; ours count from 0 so progress only ever goes up
+        job_metadata = dict(job_metadata, progress=0)
+        identity = current_identity.get()
+        if identity is not None:
+            job_metadata["owner"] = identity.subject
         return self.store.add(job_metadata)
 
     def update_job(self, job_id: str, update_dict: dict) -> bool:
         return self.store.update(job_id, update_dict)
 
     def get_job(self, job_id: str) -> dict:
+        """The job, if it exists and the caller may see it: someone else's job is 'not found'
+        rather than 'forbidden', so job ids cannot be probed."""
         record = self.store.get(job_id)
-        if record is None:
+        identity = current_identity.get()
+        if record is None or (identity is not None and not identity.sees_all_jobs
+                              and record.get("owner") != identity.subject):
             raise JobNotFoundError()
         return self._checked(record)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from http import HTTPStatus
@@ -10,13 +11,16 @@ from importlib.resources import files
 from pathlib import Path
 
 import yaml
-from flask import Blueprint, Flask, jsonify, send_from_directory
+from flask import Blueprint, Flask, jsonify, request, send_from_directory
 from jinja2 import Template
+from pygeoapi.process.base import JobNotFoundError
 from werkzeug.exceptions import HTTPException
 
 from aquamask.processes.products import ITEM_FILE, MASK_FILE, PROBABILITY_FILE
 from aquamask.processes.settings import Settings
+from aquamask.server.auth import Auth
 
+JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RESULT_FILES = {MASK_FILE: "image/tiff; application=geotiff; profile=cloud-optimized",
                 PROBABILITY_FILE: "image/tiff; application=geotiff; profile=cloud-optimized",
                 ITEM_FILE: "application/geo+json"}
@@ -58,15 +62,20 @@ def render_pygeoapi_config(settings: Settings) -> tuple[Path, Path]:
     return config_path, openapi_path
 
 
-def results_blueprint(settings: Settings) -> Blueprint:
+def results_blueprint(settings: Settings, manager) -> Blueprint:
     blueprint = Blueprint("aquamask_results", __name__)
 
     @blueprint.get("/results/<job_id>/<name>")
     def result_file(job_id: str, name: str):
         directory = settings.results_dir / job_id
-        if name not in RESULT_FILES or "/" in job_id or job_id.startswith(".") \
+        missing = ogc_exception(404, "NotFound", f"no result file {name!r} for job {job_id!r}")
+        if name not in RESULT_FILES or not JOB_ID.match(job_id) \
                 or not (directory / name).is_file():
-            return ogc_exception(404, "NotFound", f"no result file {name!r} for job {job_id!r}")
+            return missing
+        try:
+            manager.get_job(job_id)  # the owner's (or a manager's) only
+        except JobNotFoundError:
+            return missing
         # conditional and range requests are honoured, so GDAL can read the COG over HTTP
         return send_from_directory(directory, name, mimetype=RESULT_FILES[name],
                                    conditional=True)
@@ -96,6 +105,46 @@ def health_blueprint(settings: Settings, manager) -> Blueprint:
     return blueprint
 
 
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    # pages load scripts and styles from this server only; map tiles and images may come from
+    # a configured base map
+    "Content-Security-Policy": ("default-src 'self'; img-src 'self' data: blob: https:; "
+                                "style-src 'self' 'unsafe-inline'; script-src 'self'; "
+                                "connect-src 'self'; frame-ancestors 'none'"),
+}
+
+
+PYGEOAPI_HTML_CSP = ("default-src 'self' https:; img-src 'self' data: blob: https:; "
+                     "style-src 'self' 'unsafe-inline' https:; "
+                     "script-src 'self' 'unsafe-inline' https:; frame-ancestors 'none'")
+
+
+def add_security_headers(app: Flask, settings: Settings) -> None:
+    origins = list(settings.get("security", "cors_origins") or [])
+
+    @app.after_request
+    def headers(response):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if response.mimetype == "text/html" and not request.path.startswith("/viewer"):
+            # pygeoapi's own HTML pages use inline scripts and a CDN map library
+            response.headers["Content-Security-Policy"] = PYGEOAPI_HTML_CSP
+        if request.is_secure:
+            response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        origin = request.headers.get("Origin")
+        if origin and ("*" in origins or origin in origins):
+            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+            response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Prefer"
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, DELETE, OPTIONS"
+            response.headers["Access-Control-Expose-Headers"] = "Location, Preference-Applied"
+            response.headers.add("Vary", "Origin")
+        return response
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app once per process (pygeoapi configures itself when first imported)."""
     settings = settings or Settings.load()
@@ -108,7 +157,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     from aquamask.server.ows import make_ows_blueprint
 
     APP.config["MAX_CONTENT_LENGTH"] = int(settings.get("limits", "max_request_bytes"))
-    APP.register_blueprint(results_blueprint(settings))
+    Auth(settings).init_app(APP)
+    add_security_headers(APP, settings)
+    APP.register_blueprint(results_blueprint(settings, api_.manager))
     APP.register_blueprint(health_blueprint(settings, api_.manager))
     APP.register_blueprint(make_ows_blueprint(settings))
 

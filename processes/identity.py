@@ -1,0 +1,35 @@
+"""Who is asking: set by the server's auth layer for each request, read by the job manager to
+give jobs an owner and to hide other users' jobs. Outside a request (CLI, job workers) there is
+no identity and nothing is filtered."""
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+ROLES = ("viewer", "researcher", "manager")  # each role includes the ones before it
+
+
+@dataclass(frozen=True)
+class Identity:
+    subject: str
+    roles: frozenset[str]
+    anonymous: bool = False
+
+    def has(self, role: str) -> bool:
+        return role in self.roles
+
+    @property
+    def sees_all_jobs(self) -> bool:
+        return self.has("manager")
+
+
+def with_implied_roles(roles: set[str]) -> frozenset[str]:
+    """manager implies researcher implies viewer."""
+    granted = set(roles)
+    for i, role in enumerate(ROLES):
+        if role in roles:
+            granted.update(ROLES[:i])
+    return frozenset(granted & set(ROLES))
+
+
+current_identity: ContextVar[Identity | None] = ContextVar("aquamask_identity", default=None)
