@@ -205,10 +205,10 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
                 time.sleep(0.5)
         if status["status"] != "successful":
             fail(f"the job {status['status']}: {status.get('message')}")
-        outputs = requests.get(f"{job_url}/results", timeout=10).json()
+        outputs = requests.get(f"{job_url}/results?f=json", timeout=10).json()
         click.echo("\n".join([
             f"job:          {job_url}",
-            f"results:      {job_url}/results",
+            f"results:      {job_url}/results?f=json",
             f"mask (COG):   {outputs['mask']['href']}",
             f"STAC item:    {outputs['stac_item']['href']}",
             f"water area:   {outputs['water_area_km2']:.3f} km² "

@@ -137,7 +137,7 @@ def test_async_execution_reports_progress_and_results(server):
     assert status["status"] == "successful", status
     assert progress == sorted(progress), "progress never goes backwards"
     assert status["progress"] == 100
-    results = requests.get(f"{job_url}/results", timeout=10).json()
+    results = requests.get(f"{job_url}/results?f=json", timeout=10).json()
     assert results["water_fraction"] > 0.1
     listing = requests.get(f"{server.url}/jobs", timeout=10).json()
     assert status["jobID"] in [j["jobID"] for j in listing["jobs"]]
