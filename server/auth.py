@@ -38,6 +38,8 @@ class OIDCValidator:
     audience: str | None
     jwks_uri: str | None = None
     leeway: int = 30
+    # at most one JWKS refetch per this many seconds for unknown key ids (no fetch storms)
+    refresh_cooldown: float = 30.0
     introspection_client_id: str | None = None
     introspection_client_secret: str | None = None
     http_timeout: float = 5.0
@@ -64,7 +66,8 @@ class OIDCValidator:
             uri = self.jwks_uri or self.discovery()["jwks_uri"]
             # PyJWKClient caches the key set and refetches it when a kid is not in the cache
             self._jwks = jwt.PyJWKClient(uri, cache_keys=True, lifespan=3600,
-                                         timeout=int(self.http_timeout))
+                                         timeout=self.http_timeout,
+                                         cooldown_duration=self.refresh_cooldown)
         return self._jwks
 
     def claims(self, token: str) -> dict[str, Any]:
@@ -185,6 +188,7 @@ class Auth:
             self.validator = OIDCValidator(
                 issuer=conf["issuer"], audience=conf.get("audience"),
                 jwks_uri=conf.get("jwks_uri"), leeway=int(conf.get("leeway_s", 30)),
+                refresh_cooldown=float(conf.get("jwks_refresh_cooldown_s", 30)),
                 introspection_client_id=conf.get("introspection_client_id"),
                 introspection_client_secret=conf.get("introspection_client_secret"))
         elif self.mode != "none":
