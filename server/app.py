@@ -2,6 +2,7 @@
 (result files, the /ows map services, health)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -145,6 +146,27 @@ def add_security_headers(app: Flask, settings: Settings) -> None:
         return response
 
 
+def reject_non_object_execute_bodies(app: Flask) -> None:
+    """pygeoapi assumes an execute body is a JSON object and fails with a 500 on ``[]`` or
+    ``"x"``: answer those with a 400 before it sees them."""
+
+    @app.before_request
+    def check_execute_body():
+        if request.method != "POST" or not request.path.endswith("/execution"):
+            return None
+        raw = request.get_data(cache=True)
+        if not raw:
+            return None  # pygeoapi answers a missing body with its own 400
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return None  # and malformed JSON too
+        if not isinstance(body, dict):
+            return ogc_exception(400, "InvalidParameterValue",
+                                 "the execute request must be a JSON object with 'inputs'")
+        return None
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app once per process (pygeoapi configures itself when first imported)."""
     settings = settings or Settings.load()
@@ -155,13 +177,16 @@ def create_app(settings: Settings | None = None) -> Flask:
     from pygeoapi.flask_app import APP, api_
 
     from aquamask.server.ows import make_ows_blueprint
+    from aquamask.server.viewer import viewer_blueprint
 
     APP.config["MAX_CONTENT_LENGTH"] = int(settings.get("limits", "max_request_bytes"))
     Auth(settings).init_app(APP)
+    reject_non_object_execute_bodies(APP)
     add_security_headers(APP, settings)
     APP.register_blueprint(results_blueprint(settings, api_.manager))
     APP.register_blueprint(health_blueprint(settings, api_.manager))
     APP.register_blueprint(make_ows_blueprint(settings))
+    APP.register_blueprint(viewer_blueprint(settings))
 
     @APP.errorhandler(HTTPException)
     def http_error(err: HTTPException):

@@ -98,7 +98,9 @@ def server(tmp_path_factory) -> Server:
     make_demo_scene(data / "demo" / "demo-scene.tif")
     if SPAIN_IMAGE.exists():
         shutil.copy(SPAIN_IMAGE, data / SPAIN_IMAGE.name)
-    srv = start_server(home, {"AQUAMASK__LIMITS__MAX_PIXELS": "5000000"})
+    # 127.0.0.2 stands for an internal data server the operator allows hrefs to
+    srv = start_server(home, {"AQUAMASK__LIMITS__MAX_PIXELS": "5000000",
+                              "AQUAMASK__LIMITS__HREF_PRIVATE_HOSTS": '["127.0.0.2"]'})
     yield srv
     srv.process.terminate()
     srv.process.wait(timeout=30)
