@@ -143,3 +143,24 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     assert result.returncode == 0, summary
     assert "generated" in summary and " passed" in summary, summary
     assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+def test_jobs_beyond_the_per_user_limit_are_429(tmp_path):
+    from aquamask.processes.demo import make_demo_scene
+    from tests.conftest import start_server
+
+    make_demo_scene(tmp_path / "data" / "scene.tif", size=1024)
+    limited = start_server(tmp_path, {"AQUAMASK__LIMITS__MAX_JOBS_PER_USER": "1",
+                                      "AQUAMASK__JOBS__MAX_RUNNING": "1"}, workers=1)
+    try:
+        first = limited.execute({"image": {"href": "scene.tif"}}, asynchronous=True)
+        assert first.status_code == 201
+        second = limited.execute({"image": {"href": "scene.tif"}}, asynchronous=True)
+        assert second.status_code == 429, second.text
+        assert "limit is 1" in second.json()["description"]
+        requests.delete(first.headers["Location"], timeout=30)
+        third = limited.execute({"image": {"href": "scene.tif"}, "method": "ndwi"})
+        assert third.status_code == 200, "a dismissed job frees its place"
+    finally:
+        limited.process.terminate()
+        limited.process.wait(30)
