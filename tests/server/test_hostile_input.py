@@ -138,7 +138,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
          "--url", server.url, "--checks", "not_a_server_error", "--max-examples", "10",
          "--generation-deterministic", "--request-timeout", "60",
          "--report-json-path", str(report)],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
     summary = result.stdout[-3000:]
     assert result.returncode == 0, summary
     assert "generated" in summary and " passed" in summary, summary
