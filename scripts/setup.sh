@@ -39,3 +39,33 @@ if [[ ! -f $stamp ]] || ! grep -qx "$want" "$stamp" 2>/dev/null; then
   "${PIP[@]}" install -e ".$extra"
   echo "$want" > "$stamp"
 fi
+
+# --- viewer (/viewer page) -------------------------------------------------------------------
+# Node/npm (Debian's when missing), `npm ci` of server/viewer when its lock file changed, and the
+# esbuild build into server/viewer/static when a source changed; with --test, Debian's chromium
+# for the browser tests (Playwright drives it; no browser download). Fast on a second run.
+VIEWER=server/viewer
+apt_install() {
+  local SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  echo "setup: installing $* (apt)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+command -v npm >/dev/null || apt_install nodejs npm
+lock_sum="$(sha256sum "$VIEWER/package-lock.json" | cut -c1-16)"
+if [[ ! -f $VIEWER/node_modules/.aquamask-lock ]] \
+    || [[ "$(cat "$VIEWER/node_modules/.aquamask-lock")" != "$lock_sum" ]]; then
+  echo "setup: npm ci (viewer)"
+  (cd "$VIEWER" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$lock_sum" > "$VIEWER/node_modules/.aquamask-lock"
+fi
+build_sum="$(cat "$VIEWER/package-lock.json" "$VIEWER/build.mjs" "$VIEWER"/src/* | sha256sum | cut -c1-16)"
+if [[ ! -f $VIEWER/static/.aquamask-build ]] \
+    || [[ "$(cat "$VIEWER/static/.aquamask-build")" != "$build_sum" ]]; then
+  echo "setup: building the viewer"
+  (cd "$VIEWER" && npm run --silent build)
+  echo "$build_sum" > "$VIEWER/static/.aquamask-build"
+fi
+if ((WITH_TEST)) && [[ ! -x /usr/bin/chromium ]]; then
+  apt_install chromium
+fi

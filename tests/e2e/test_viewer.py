@@ -1,0 +1,318 @@
+"""The /viewer page in a real browser: Debian's chromium driven by Playwright, against a real
+aquamask server on loopback (gunicorn, job workers, MapServer behind /ows).
+
+A person's journey: draw a box over the demo scene, run, watch the progress bar reach 100 %, see
+the water drawn from the server's WMS (checked on a screenshot: a known lake pixel is the water
+colour, a known dry pixel is not), read the statistics, download the mask; pick the result again
+later; see the server's own message when a request is refused. Screenshots and the browser's
+console of failing tests go to test-artifacts/viewer/.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+from pyproj import Transformer
+
+from tests.conftest import REPO
+
+CHROMIUM = Path(os.environ.get("AQUAMASK_CHROMIUM", "/usr/bin/chromium"))
+BUILT = REPO / "server" / "viewer" / "static" / "viewer.js"
+ARTIFACTS = REPO / "test-artifacts" / "viewer"
+# Playwright gives each launch a fresh profile of its own (its --user-data-dir)
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+VIEWPORT = {"width": 1366, "height": 768}  # a laptop screen
+
+# The demo scene (aquamask.processes.demo): 512 x 512 px of 10 m, UTM 30N, origin (600000,
+# 4220000); a lake centred at row 0.35, column 0.6 of the scene; row 0.6, column 0.85 is dry land.
+DEMO = "demo/demo-scene.tif"
+SIZE, ORIGIN_X, ORIGIN_Y, PIXEL = 512, 600000.0, 4220000.0, 10.0
+_TO_WGS84 = Transformer.from_crs("EPSG:32630", "EPSG:4326", always_xy=True)
+
+
+def demo_lonlat(row: float, col: float) -> tuple[float, float]:
+    """WGS84 longitude/latitude of a (fractional) pixel centre of the demo scene."""
+    return _TO_WGS84.transform(ORIGIN_X + (col + 0.5) * PIXEL, ORIGIN_Y - (row + 0.5) * PIXEL)
+
+
+LAKE = demo_lonlat(0.35 * SIZE, 0.6 * SIZE)
+DRY = demo_lonlat(0.6 * SIZE, 0.85 * SIZE)
+
+
+def require_browser() -> None:
+    pytest.importorskip("playwright.sync_api",
+                        reason="playwright is absent: bash scripts/setup.sh --test installs it")
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent: bash scripts/setup.sh --test installs Debian's "
+                    "chromium")
+    if not BUILT.exists():
+        pytest.fail("the viewer is not built: bash scripts/setup.sh runs npm ci and the build")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                              args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh browser context per test; on failure its screenshot and console are kept."""
+    context = browser.new_context(viewport=VIEWPORT)
+    tab = context.new_page()
+    tab.set_default_timeout(30_000)
+    console: list[str] = []
+    tab.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    tab.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    tab.console_messages = console  # type: ignore[attr-defined]
+    failed_before = request.session.testsfailed
+    yield tab
+    if request.session.testsfailed > failed_before:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^\w.-]+", "_", request.node.name)
+        try:
+            tab.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        finally:
+            (ARTIFACTS / f"{name}.console.txt").write_text("\n".join(console) + "\n")
+    context.close()
+
+
+def expect(locator):
+    from playwright.sync_api import expect as playwright_expect
+    return playwright_expect(locator)
+
+
+def open_viewer(page, server) -> None:
+    page.goto(f"{server.url}/viewer")
+    page.wait_for_selector("body[data-ready=true]")
+
+
+def page_errors(page) -> list[str]:
+    return [m for m in page.console_messages if m.startswith("pageerror")]
+
+
+def pixel_of(page, lonlat: tuple[float, float]) -> tuple[int, int]:
+    x, y = page.evaluate("([lon, lat]) => window.aquamaskViewer.pixelOf(lon, lat)",
+                         list(lonlat))
+    return round(x), round(y)
+
+
+def screenshot_rgb(page, name: str | None = None) -> Image.Image:
+    png = page.screenshot()
+    if name:  # kept for a person to look at
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / name).write_bytes(png)
+    return Image.open(io.BytesIO(png)).convert("RGB")
+
+
+def is_water_colour(rgb: tuple[int, int, int]) -> bool:
+    """The mask's water colour (0, 112, 255) over the base map at the page's opacity."""
+    r, g, b = rgb
+    return b > 200 and r < 90 and b - r > 140
+
+
+def draw_box(page, lower_left: tuple[float, float], upper_right: tuple[float, float]) -> None:
+    page.get_by_role("button", name="Box").click()
+    x1, y1 = pixel_of(page, lower_left)
+    x2, y2 = pixel_of(page, upper_right)
+    page.mouse.click(x1, y1)
+    page.mouse.move((x1 + x2) / 2, (y1 + y2) / 2, steps=3)
+    page.mouse.click(x2, y2)
+
+
+# -- the endpoints beside the page ----------------------------------------------------------
+
+def test_scenes_api_lists_rasters_under_the_data_root_with_wgs84_bounds(server):
+    junk = server.data_root / "viewer-junk"
+    junk.mkdir(exist_ok=True)
+    (junk / "notes.tif").write_text("not a raster")
+    (junk / ".hidden.tif").write_bytes((server.data_root / DEMO).read_bytes())
+    response = requests.get(f"{server.url}/viewer/api/scenes", timeout=30)
+    assert response.status_code == 200
+    scenes = {s["href"]: s for s in response.json()["scenes"]}
+    assert DEMO in scenes
+    assert not any(href.startswith("viewer-junk/") for href in scenes), scenes.keys()
+    demo = scenes[DEMO]
+    assert (demo["width"], demo["height"], demo["count"]) == (512, 512, 6)
+    assert demo["crs"] == "EPSG:32630"
+    west, south, east, north = demo["bbox"]
+    # the scene's corners, in WGS84, lie inside the bbox and touch it
+    corners = [demo_lonlat(r, c) for r in (-0.5, SIZE - 0.5) for c in (-0.5, SIZE - 0.5)]
+    assert min(c[0] for c in corners) == pytest.approx(west, abs=1e-5)
+    assert max(c[0] for c in corners) == pytest.approx(east, abs=1e-5)
+    assert min(c[1] for c in corners) == pytest.approx(south, abs=1e-5)
+    assert max(c[1] for c in corners) == pytest.approx(north, abs=1e-5)
+    assert west < LAKE[0] < east and south < LAKE[1] < north
+
+
+def test_landing_page_links_the_viewer(server):
+    html = requests.get(f"{server.url}/?f=html", timeout=30)
+    assert html.status_code == 200
+    assert f'href="{server.url}/viewer"' in html.text
+    links = requests.get(f"{server.url}/?f=json", timeout=30).json()["links"]
+    assert {"rel": "related", "type": "text/html", "title": "aquamask viewer",
+            "href": f"{server.url}/viewer"} in links
+    page = requests.get(f"{server.url}/viewer", timeout=30)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "viewer/static/viewer.js" in page.text
+    slash = requests.get(f"{server.url}/viewer/", timeout=30, allow_redirects=False)
+    assert slash.status_code == 308 and slash.headers["Location"].endswith("/viewer")
+    assert requests.get(f"{server.url}/viewer/static/../viewer.py",
+                        timeout=30).status_code == 404
+
+
+# -- the journeys in the browser ------------------------------------------------------------
+
+def test_draw_a_box_run_and_see_the_water(page, server):
+    open_viewer(page, server)
+    # the scene list is there, and the page only offers what the process describes
+    assert page.locator("#scene-list option[value='demo/demo-scene.tif']").count() == 1
+    methods = page.eval_on_selector_all("#method option", "os => os.map(o => o.value)")
+    description = requests.get(f"{server.url}/processes/water-detection?f=json",
+                               timeout=30).json()
+    assert methods == description["inputs"]["method"]["schema"]["enum"]
+    if "datetime" not in description["inputs"]:
+        assert page.locator("#when").is_hidden()
+
+    scene = next(s for s in requests.get(f"{server.url}/viewer/api/scenes", timeout=30)
+                 .json()["scenes"] if s["href"] == DEMO)
+    west, south, east, north = scene["bbox"]
+    # a box over the scene's lower left part: the drawing picks the scene under it
+    draw_box(page, (west + 0.15 * (east - west), south + 0.15 * (north - south)),
+             (west + 0.45 * (east - west), south + 0.45 * (north - south)))
+    expect(page.locator("#image")).to_have_value(DEMO)
+    page.get_by_label("Method", exact=True).select_option("ndwi")
+    page.get_by_role("button", name="Run").click()
+
+    page.wait_for_selector("#progress[data-final]", timeout=120_000)
+    assert page.get_attribute("#progress", "data-final") == "successful", \
+        page.text_content("#error")
+    page.wait_for_selector("#map[data-layer-state=shown]", timeout=60_000)
+    assert page.eval_on_selector("#progress", "e => e.value") == 100
+    assert page.text_content("#progress-text") == "100 %"
+    assert page.locator("#error").is_hidden()
+
+    image = screenshot_rgb(page, "journey.png")
+    lake, dry = pixel_of(page, LAKE), pixel_of(page, DRY)
+    for point in (lake, dry):
+        assert 370 < point[0] < VIEWPORT["width"] and 46 < point[1] < VIEWPORT["height"], point
+    assert is_water_colour(image.getpixel(lake)), image.getpixel(lake)
+    assert not is_water_colour(image.getpixel(dry)), image.getpixel(dry)
+    assert min(image.getpixel(dry)) > 180, image.getpixel(dry)  # the pale base map shows
+
+    # the statistics and the links are those of the job the server ran
+    results = requests.get(f"{server.url}/viewer/api/results", timeout=30).json()["results"]
+    job = results[0]
+    assert job["inputs"]["image"]["href"] == DEMO and job["inputs"]["method"] == "ndwi"
+    outputs = job["outputs"]
+    assert page.text_content("#stat-area") == f"{outputs['water_area_km2']:.3f} km²"
+    assert page.text_content("#stat-valid") == f"{outputs['valid_fraction'] * 100:.1f} %"
+    assert page.text_content("#layer-name") == outputs["layer"]["name"]
+    mask_href = page.get_attribute("#downloads a:has-text('Water mask')", "href")
+    assert mask_href == outputs["mask"]["href"]
+    mask = requests.get(mask_href, timeout=30)
+    assert mask.status_code == 200 and mask.content[:4] in (b"II*\x00", b"MM\x00*")
+    stac_href = page.get_attribute("#downloads a:has-text('STAC item')", "href")
+    assert requests.get(stac_href, timeout=30).json()["type"] == "Feature"
+    with page.expect_download() as download:  # built in the page, saved by the browser
+        page.get_by_role("link", name="Statistics (CSV)").click()
+    csv = Path(download.value.path()).read_text()
+    assert download.value.suggested_filename == f"{job['id']}.csv"
+    header, row = csv.strip().splitlines()[:2]
+    assert header.startswith("datetime,water_area_km2,water_fraction,valid_fraction")
+    assert f",{outputs['water_area_km2']}," in row and job["id"] in row
+    # the chart holds the result's point
+    assert page.locator("#chart canvas").count() == 1
+    assert f"{outputs['water_area_km2']:.3f} km²" in page.get_attribute("#chart", "aria-label")
+    assert page_errors(page) == []
+
+    # later: the same result picked from the list of earlier results
+    page.goto("about:blank")
+    open_viewer(page, server)
+    page.get_by_label("Show an earlier result").select_option(job["id"])
+    page.wait_for_selector("#map[data-layer-state=shown]")
+    assert page.text_content("#stat-area") == f"{outputs['water_area_km2']:.3f} km²"
+    assert page.input_value("#image") == DEMO and page.input_value("#method") == "ndwi"
+    image = screenshot_rgb(page)
+    assert is_water_colour(image.getpixel(pixel_of(page, LAKE)))
+    assert not is_water_colour(image.getpixel(pixel_of(page, DRY)))
+    assert page_errors(page) == []
+
+
+def test_a_refused_request_shows_the_servers_message(page, server):
+    open_viewer(page, server)
+    inputs = {"image": {"href": "../outside.tif"}, "method": "ndwi", "threshold": 0.5}
+    expected = server.execute(inputs)
+    assert expected.status_code == 403
+    # by keyboard: type the image, Enter submits the form
+    page.get_by_label("Method", exact=True).select_option("ndwi")
+    page.get_by_label(re.compile(r"^Image")).fill("../outside.tif")
+    page.get_by_label(re.compile(r"^Image")).press("Enter")
+    alert = page.get_by_role("alert")
+    alert.wait_for(state="visible")
+    assert alert.text_content() == expected.json()["description"]
+    assert page.eval_on_selector("#progress", "e => e.value") == 0
+    assert page.get_attribute("#map", "data-layer-state") == "none"
+    assert page.is_enabled("#run")
+
+    # a form problem the page sees itself is told as plainly, with no request sent
+    page.get_by_label(re.compile(r"^Image")).fill("")
+    page.get_by_role("button", name="Run").click()
+    assert alert.text_content().startswith("Choose the image")
+    assert page_errors(page) == []
+
+
+def test_a_pasted_token_goes_with_every_request(page, server):
+    """auth.mode is none here, so the server refuses any token: the page must send it (seen on
+    the wire) and show the server's reason."""
+    open_viewer(page, server)
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.headers.get("authorization", ""))
+            if "/processes/" in r.url or "/viewer/api/" in r.url else None)
+    page.locator("#auth summary").click()
+    page.get_by_label("Access token").fill("Bearer abc.def.ghi")
+    page.get_by_role("button", name="Use token").click()
+    page.get_by_label(re.compile(r"^Image")).fill(DEMO)
+    page.get_by_role("button", name="Run").click()
+    alert = page.get_by_role("alert")
+    alert.wait_for(state="visible")
+    assert "does not accept tokens" in alert.text_content()
+    assert sent and all(h == "Bearer abc.def.ghi" for h in sent), sent
+    assert page.text_content("#auth-state") == "set"
+    # the token lives in the tab's session only, and can be forgotten
+    page.get_by_role("button", name="Forget").click()
+    assert page.evaluate("sessionStorage.length") == 0
+
+
+def test_the_page_is_labelled_and_fits_a_laptop_screen(page, server):
+    open_viewer(page, server)
+    unnamed = page.evaluate("""() => [...document.querySelectorAll(
+            'input, select, textarea, button, [role=application]')]
+        .filter(e => e.offsetParent !== null)
+        .filter(e => !((e.labels && e.labels.length) || e.getAttribute('aria-label')
+                       || e.getAttribute('aria-labelledby') || e.textContent.trim()))
+        .map(e => e.outerHTML.slice(0, 80))""")
+    assert unnamed == []
+    # the map takes keyboard focus (arrow keys pan it)
+    before = page.evaluate("window.aquamaskViewer.center()")
+    page.focus("#map")
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("([x]) => window.aquamaskViewer.center()[0] > x", arg=[before[0]])
+    # no horizontal scrolling; Run is on screen without scrolling
+    assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORT["width"]
+    box = page.get_by_role("button", name="Run").bounding_box()
+    assert box and box["y"] + box["height"] < VIEWPORT["height"]
+    assert page_errors(page) == []
