@@ -1,7 +1,14 @@
 """Detection: stream a Scene block by block through a method, into a classes GeoTIFF and a
-probability GeoTIFF, accumulating the statistics on the way (bounded memory for any size)."""
+probability GeoTIFF, accumulating the statistics on the way (bounded memory for any size).
+
+The overlap of reading, prediction and writing is three small threads and bounded queues rather
+than dask: the blocks must be written in order into two open GDAL datasets, and one scene's
+work fits in one process."""
 from __future__ import annotations
 
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -16,6 +23,7 @@ from aquamask.processes.types import (DETECTION_BANDS, DRY, INVALID, WATER, Mask
 
 METHODS = ("unet", "ndwi", "mndwi")
 BLOCK = 1024
+PREFETCH = 2  # blocks read ahead of the one being predicted
 _BAND = {name: i for i, name in enumerate(DETECTION_BANDS)}
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -55,11 +63,16 @@ def _output_profile(scene: Scene, dtype: str, nodata) -> dict:
 
 def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
            model=None, block: int = BLOCK,
-           progress: ProgressCallback = lambda pct, msg: None) -> Mask:
+           progress: ProgressCallback = lambda pct, msg: None,
+           stage_seconds: dict[str, float] | None = None) -> Mask:
     """Classify every pixel of ``scene`` as water, dry or invalid.
 
     Each block is read with ``halo`` pixels of context on every side so that tiled inference
     sees the same neighbourhood it would see on the whole scene; the halo is cropped on write.
+    Reading, prediction and writing overlap: a reader thread prefetches the next blocks and a
+    writer thread writes the previous one while the current one is predicted (GDAL and torch
+    release the GIL), with at most PREFETCH blocks in flight, so memory stays bounded.
+    ``stage_seconds``, when given, receives the time spent in each stage.
     """
     predict, halo = predictor(method, model)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -68,33 +81,60 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
     crs_wkt = scene.profile["crs"].to_wkt()
     transform = scene.profile["transform"]
     windows = list(_windows(scene.width, scene.height, block))
-    water_px = valid_px = 0
-    water_km2 = valid_km2 = 0.0
+    timings = stage_seconds if stage_seconds is not None else {}
+    timings.update(read=0.0, predict=0.0, write=0.0)
+    totals = {"water_px": 0, "valid_px": 0, "water_km2": 0.0, "valid_km2": 0.0}
+
+    def read(window: Window) -> np.ndarray:
+        start = time.perf_counter()
+        outer = Window(window.col_off - halo, window.row_off - halo,
+                       window.width + 2 * halo, window.height + 2 * halo)
+        bands = scene.read(outer)
+        timings["read"] += time.perf_counter() - start
+        return bands
+
     with rasterio.open(classes_path, "w", **_output_profile(scene, "uint8", INVALID)) as cls_ds, \
             rasterio.open(probability_path, "w",
                           **_output_profile(scene, "float32", float("nan"))) as prob_ds:
         cls_ds.write_colormap(1, {DRY: (0, 0, 0, 0), WATER: (0, 112, 255, 255),
                                   INVALID: (0, 0, 0, 0)})
-        for n, window in enumerate(windows):
-            outer = Window(window.col_off - halo, window.row_off - halo,
-                           window.width + 2 * halo, window.height + 2 * halo)
-            bands = scene.read(outer)
-            probability = predict(bands)[halo:halo + window.height, halo:halo + window.width]
+
+        def write(window: Window, probability: np.ndarray) -> None:
+            start = time.perf_counter()
             valid = np.isfinite(probability)
             water = valid & (probability >= threshold)
             classes = np.where(valid, np.where(water, WATER, DRY), INVALID).astype(np.uint8)
             cls_ds.write(classes, 1, window=window)
             prob_ds.write(probability.astype(np.float32), 1, window=window)
             areas = pixel_areas_km2(transform, crs_wkt, window)
-            water_px += int(water.sum())
-            valid_px += int(valid.sum())
-            water_km2 += float(areas[water].sum())
-            valid_km2 += float(areas[valid].sum())
-            progress(100.0 * (n + 1) / len(windows),
-                     f"detected water in block {n + 1} of {len(windows)}")
-    stats = MaskStats(water_pixels=water_px, valid_pixels=valid_px,
+            totals["water_px"] += int(water.sum())
+            totals["valid_px"] += int(valid.sum())
+            totals["water_km2"] += float(areas[water].sum())
+            totals["valid_km2"] += float(areas[valid].sum())
+            timings["write"] += time.perf_counter() - start
+
+        with ThreadPoolExecutor(1, thread_name_prefix="aquamask-read") as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="aquamask-write") as writer:
+            reads = deque(reader.submit(read, w) for w in windows[:PREFETCH])
+            written = None
+            for n, window in enumerate(windows):
+                bands = reads.popleft().result()
+                if n + PREFETCH < len(windows):
+                    reads.append(reader.submit(read, windows[n + PREFETCH]))
+                start = time.perf_counter()
+                probability = predict(bands)[halo:halo + window.height,
+                                             halo:halo + window.width]
+                timings["predict"] += time.perf_counter() - start
+                if written is not None:
+                    written.result()  # one write in flight; re-raises its error here
+                written = writer.submit(write, window, probability)
+                progress(100.0 * (n + 1) / len(windows),
+                         f"detected water in block {n + 1} of {len(windows)}")
+            if written is not None:
+                written.result()
+    stats = MaskStats(water_pixels=totals["water_px"], valid_pixels=totals["valid_px"],
                       total_pixels=scene.width * scene.height,
-                      water_area_km2=water_km2, valid_area_km2=valid_km2)
+                      water_area_km2=totals["water_km2"], valid_area_km2=totals["valid_km2"])
     model_info = None
     if method == "unet":
         model_info = {"name": model.name, "version": model.version,
