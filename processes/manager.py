@@ -182,8 +182,8 @@ class AquamaskManager(BaseManager):
                               only_if_status=ACTIVE)
             self._stop_worker(record)
         try:
-            from aquamask.processes.pipeline import publisher_from_settings
-            publisher_from_settings(self.settings).unpublish(job_id)
+            from aquamask.processes import publishing
+            publishing.unpublish(job_id, self.settings)
         except Exception:  # a layer that cannot be removed must not keep the files alive
             LOGGER.exception("job %s: unpublishing failed", job_id)
         remove_job_files(self.settings.results_dir, job_id)

@@ -78,7 +78,8 @@ def run_detection(request: DetectionRequest, settings: Settings, product_id: str
         scene.close()
         shutil.rmtree(work, ignore_errors=True)
     progress(95, "publishing the WMS/WCS layer")
-    layer = publisher_from_settings(settings).publish(product)
+    from aquamask.processes import publishing  # GeoServer, else/meanwhile embedded
+    layer = publishing.publish(product, settings)
     return product, layer
 
 

@@ -1,0 +1,74 @@
+"""Operators' commands: ``aquamask publish JOB_ID`` and ``aquamask unpublish JOB_ID``.
+
+``publish`` (re)publishes a finished job's mask now: on GeoServer when it is configured (the
+embedded engine keeps serving it when GeoServer fails), and writes the layer into the job's
+outputs. ``unpublish`` takes the layer off both engines and keeps the job and its files. Both
+print the layer output as JSON and exit 1 when GeoServer could not be reached.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from aquamask.processes.settings import Settings
+
+
+def _fail(message: str, code: int = 2) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.command("publish")
+@click.argument("job_id")
+def publish_command(job_id: str) -> None:
+    """Publish (again) the mask of finished job JOB_ID: GeoServer when configured."""
+    from aquamask.processes import publishing
+    from aquamask.processes.jobstore import JobStore
+    from aquamask.processes.publishers.mapserver import validate_product_id
+
+    settings = Settings.load()
+    try:
+        validate_product_id(job_id)
+    except ValueError as err:
+        _fail(str(err))
+    record = JobStore(settings.database_url).get(job_id)
+    if record is None:
+        _fail(f"no job {job_id}")
+    if record["status"] != "successful":
+        _fail(f"job {job_id} is {record['status']}: only a successful job has a mask to publish")
+    try:
+        product = publishing.product_from_results(job_id, settings)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    layer = publishing.publish(product, settings, background=False)
+    state = publishing.read_state(job_id, settings) or {}
+    error = state.get("last_error")
+    output = publishing.layer_output(layer, error)
+    publishing.update_job_layer(job_id, output, settings)
+    click.echo(json.dumps(output, indent=2))
+    if error and layer.publisher != publishing.GEOSERVER:
+        _fail(f"GeoServer publishing failed ({error}); the layer is served by the embedded "
+              "engine", 1)
+
+
+@click.command("unpublish")
+@click.argument("job_id")
+def unpublish_command(job_id: str) -> None:
+    """Take the layer of JOB_ID off GeoServer and the embedded engine (files and job stay)."""
+    from aquamask.processes import publishing
+    from aquamask.processes.publishers.mapserver import layer_name, validate_product_id
+
+    settings = Settings.load()
+    try:
+        validate_product_id(job_id)
+    except ValueError as err:
+        _fail(str(err))
+    result = publishing.unpublish(job_id, settings, background=False)
+    output = {"name": layer_name(job_id), "published": publishing.NONE}
+    publishing.update_job_layer(job_id, output, settings)
+    click.echo(json.dumps({"name": layer_name(job_id), "unpublished": result}, indent=2))
+    if result != publishing.NONE:
+        _fail("GeoServer could not be reached; its layer is still there: run this again "
+              "when it is back", 1)
