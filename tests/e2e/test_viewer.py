@@ -316,3 +316,89 @@ def test_the_page_is_labelled_and_fits_a_laptop_screen(page, server):
     box = page.get_by_role("button", name="Run").bounding_box()
     assert box and box["y"] + box["height"] < VIEWPORT["height"]
     assert page_errors(page) == []
+
+
+# -- Sentinel-2 by place and date (when the process lists bbox and datetime) ------------------
+
+@pytest.fixture(scope="module")
+def place_server(tmp_path_factory):
+    """A server of its own whose offline scene folder holds the demo scene on two dates (the
+    local source reads the date from the file name)."""
+    from aquamask.processes.demo import make_demo_scene
+    from tests.conftest import start_server
+
+    home = tmp_path_factory.mktemp("viewer-place-home")
+    scene = make_demo_scene(home / "data" / DEMO)
+    (home / "scenes").mkdir()
+    for day in ("2024-05-10", "2024-06-12"):
+        (home / "scenes" / f"demo_{day}.tif").write_bytes(scene.read_bytes())
+    srv = start_server(home, {"AQUAMASK__SOURCES__DEFAULT": "local"}, workers=1)
+    yield srv
+    srv.process.terminate()
+    srv.process.wait(timeout=30)
+
+
+def test_a_place_and_dates_run_as_a_time_series(page, place_server):
+    description = requests.get(f"{place_server.url}/processes/water-detection?f=json",
+                               timeout=30).json()
+    if not {"bbox", "datetime"} <= set(description["inputs"]):
+        pytest.skip("the process takes no place and date yet (bbox, datetime)")
+    sent: list[dict] = []
+    page.on("request", lambda r: sent.append(r.post_data_json)
+            if r.method == "POST" and r.url.endswith("/execution") else None)
+    open_viewer(page, place_server)
+    page.get_by_label("Sentinel-2 by place and date").check()
+    expect(page.locator("#when")).to_be_visible()
+    expect(page.locator("#image")).to_be_hidden()
+    west, south = demo_lonlat(0.9 * SIZE, 0.1 * SIZE)
+    east, north = demo_lonlat(0.1 * SIZE, 0.9 * SIZE)
+
+    def run(start: str, end: str) -> str:
+        page.fill("#date-start", start)
+        page.fill("#date-end", end)
+        page.evaluate("document.querySelector('#progress').removeAttribute('data-final')")
+        page.get_by_role("button", name="Run").click()
+        page.wait_for_selector("#progress[data-final]", timeout=120_000)
+        return page.get_attribute("#progress", "data-final")
+
+    # typed by keyboard: no scene on those dates, so the job fails with the server's reason
+    page.get_by_label(re.compile(r"^Bounding box")).fill(
+        f"{west:.5f}, {south:.5f}, {east:.5f}, {north:.5f}")
+    page.get_by_label(re.compile(r"^Bounding box")).press("Tab")
+    page.get_by_label("Method", exact=True).select_option("ndwi")
+    assert run("2023-05-01", "2023-05-31") == "failed"
+    failed = requests.get(f"{place_server.url}/jobs?f=json&limit=1", timeout=30).json()["jobs"][0]
+    assert failed["status"] == "failed"
+    assert page.get_by_role("alert").text_content() == failed["message"]
+    assert sent[-1]["inputs"] == {"bbox": pytest.approx([west, south, east, north], abs=1e-5),
+                                  "datetime": "2023-05-01/2023-05-31", "max_cloud_cover": 30,
+                                  "method": "ndwi", "threshold": 0.5}
+
+    # May, then June with the box drawn on the map: two dates of one place
+    assert run("2024-05-01", "2024-05-31") == "successful"
+    page.wait_for_selector("#map[data-layer-state=shown]")
+    draw_box(page, (west, south), (east, north))
+    expect(page.locator("#place-summary")).to_contain_text("Box:")
+    assert run("2024-06-01", "2024-06-30") == "successful"
+    page.wait_for_selector("#map[data-layer-state=shown]")
+    drawn = sent[-1]["inputs"]
+    assert "image" not in drawn and drawn["datetime"] == "2024-06-01/2024-06-30"
+    assert drawn["bbox"] == pytest.approx([west, south, east, north], abs=2e-4)  # a pixel's play
+
+    image = screenshot_rgb(page, "place-series.png")
+    assert is_water_colour(image.getpixel(pixel_of(page, LAKE)))
+    assert not is_water_colour(image.getpixel(pixel_of(page, DRY)))
+    # the time slider steps back to May: its layer, its date
+    results = requests.get(f"{place_server.url}/viewer/api/results", timeout=30).json()["results"]
+    june, may = results[0], results[1]
+    assert june["datetime"].startswith("2024-06-12") and may["datetime"].startswith("2024-05-10")
+    expect(page.locator("#time-out")).to_contain_text("2 of 2")
+    assert page.text_content("#layer-name") == june["outputs"]["layer"]["name"]
+    page.focus("#time")
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#time-out")).to_contain_text("1 of 2")
+    assert page.text_content("#layer-name") == may["outputs"]["layer"]["name"]
+    assert page.text_content("#stat-date").startswith("2024-05-10")
+    label = page.get_attribute("#chart", "aria-label")
+    assert "2024-05-10" in label and "2024-06-12" in label
+    assert page_errors(page) == []

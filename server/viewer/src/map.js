@@ -41,11 +41,18 @@ function sceneStyle(selected) {
   });
 }
 
+// no fill once drawn: the place's outline must not tint the water drawn under it
 const DRAWN = new Style({
   stroke: new Stroke({ color: "#7048e8", width: 2.5 }),
-  fill: new Fill({ color: "rgba(112,72,232,0.04)" }),
+  fill: new Fill({ color: "rgba(0,0,0,0)" }),
   image: new CircleStyle({ radius: 6, fill: new Fill({ color: "#7048e8" }),
                            stroke: new Stroke({ color: "#fff", width: 2 }) }),
+});
+
+const SKETCH = new Style({
+  stroke: new Stroke({ color: "#7048e8", width: 2, lineDash: [5, 4] }),
+  fill: new Fill({ color: "rgba(112,72,232,0.08)" }),
+  image: new CircleStyle({ radius: 5, fill: new Fill({ color: "#7048e8" }) }),
 });
 
 const wgs84 = (extent) => transformExtent(extent, "EPSG:3857", "EPSG:4326");
@@ -103,7 +110,7 @@ export function createMap(target, { onDrawn, onSceneClicked, onLayerError, authH
     if (!tool) return;
     const options = { box: { type: "Circle", geometryFunction: createBox() },
                       polygon: { type: "Polygon" }, point: { type: "Point" } }[tool];
-    draw = new Draw({ source: drawn, ...options, style: DRAWN });
+    draw = new Draw({ source: drawn, ...options, style: SKETCH });
     draw.on("drawstart", () => drawn.clear());
     draw.on("drawend", (event) => {
       const geometry = event.feature.getGeometry();
