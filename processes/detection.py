@@ -56,8 +56,9 @@ def _windows(width: int, height: int, block: int):
 
 def _output_profile(scene: Scene, dtype: str, nodata) -> dict:
     profile = {k: scene.profile[k] for k in ("width", "height", "crs", "transform")}
+    # uncompressed: this file is read once more, by the COG writer, which compresses
     profile.update(driver="GTiff", count=1, dtype=dtype, nodata=nodata, tiled=True,
-                   blockxsize=256, blockysize=256, compress="deflate", BIGTIFF="IF_SAFER")
+                   blockxsize=256, blockysize=256, BIGTIFF="IF_SAFER")
     return profile
 
 
