@@ -45,5 +45,24 @@ class TooManyJobs(AquamaskError):
     ogc_exception_code = "TooManyRequests"
 
 
+class NoScene(InvalidInput):
+    """No imagery matches the place, dates and cloud limit asked for.
+
+    422, not 404: the request is well formed and the process exists (OGC API - Processes keeps
+    404 for "no such process/job", and a client would take it for a wrong URL); it is these
+    inputs that cannot be processed, and changing them (wider dates, higher cloud limit) helps.
+    """
+
+    http_status_code = HTTPStatus.UNPROCESSABLE_ENTITY
+
+
+class UpstreamError(AquamaskError):
+    """An imagery hub or catalogue failed: refused the configured credentials, kept answering
+    errors after the retries, or served unreadable files. Not the request's fault: 502."""
+
+    http_status_code = HTTPStatus.BAD_GATEWAY
+    ogc_exception_code = "NoApplicableCode"
+
+
 class Cancelled(Exception):
     """The job was dismissed while it ran; not a user error, the work just stops."""

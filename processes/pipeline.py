@@ -18,19 +18,29 @@ from aquamask.processes.detection import detect
 from aquamask.processes.products import COG_MEDIA_TYPE, write_cogs, write_product
 from aquamask.processes.publishers import Publisher
 from aquamask.processes.settings import Settings
+from aquamask.processes.sources import place_source
+from aquamask.processes.sources.query import PlaceQuery
 from aquamask.processes.sources.raster import RasterSource
 from aquamask.processes.types import Layer, Product, ProgressCallback
 
 
 @dataclass
 class DetectionRequest:
-    href: str
+    """Either ``href`` (an image) or ``place`` (a PlaceQuery as a dict: geometry, datetime,
+    max_cloud_cover, collection) with the ``source`` to search."""
+
+    href: str | None = None
     method: str = "unet"
     threshold: float = 0.5
     bands: dict[str, int] | None = field(default=None)
+    place: dict[str, Any] | None = field(default=None)
+    source: str | None = None
 
     def parameters(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "href" and v is not None}
+
+    def query(self) -> PlaceQuery:
+        return PlaceQuery.from_dict(self.place or {})
 
 
 @lru_cache(maxsize=2)
@@ -60,8 +70,13 @@ def _scaled(progress: ProgressCallback, start: float, end: float) -> ProgressCal
 def run_detection(request: DetectionRequest, settings: Settings, product_id: str,
                   progress: ProgressCallback) -> tuple[Product, Layer]:
     started = dt.datetime.now(dt.timezone.utc)
-    progress(2, f"opening {request.href}")
-    scene = source_from_settings(settings).read({"href": request.href, "bands": request.bands})
+    if request.href is not None:
+        progress(2, f"opening {request.href}")
+        scene = source_from_settings(settings).read({"href": request.href,
+                                                     "bands": request.bands})
+    else:  # a place and a date: search the configured source, read the chosen scenes
+        scene = place_source(settings, request.source).read(
+            {"query": request.query(), "progress": _scaled(progress, 1, 4)})
     model = None
     if request.method == "unet":
         progress(4, "loading the water model")

@@ -46,8 +46,10 @@ def stac_item(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, A
     now = dt.datetime.now(dt.timezone.utc)
     stats = mask.stats
     crs = CRS.from_user_input(mask.profile["crs"])
+    sources = source_records(scene)
     lineage = {"input": {"href": scene.href, "sha256": scene.sha256,
-                         "source_ids": scene.source_ids},
+                         "source_ids": scene.source_ids,
+                         **({"source_items": sources} if sources else {})},
                "method": mask.method, "parameters": parameters, "model": mask.model}
     item = pystac.Item(
         id=product_id, geometry=mapping(box(*bbox)), bbox=list(bbox),
@@ -82,7 +84,29 @@ def stac_item(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, A
         title="Water probability (0-1, NaN no data)"))
     if scene.href.startswith(("http://", "https://")):
         item.add_link(pystac.Link("derived_from", scene.href, title="input image"))
+    for source in sources:  # each source scene's own STAC item (or hub entry) and ESA id
+        if source.get("href"):
+            item.add_link(pystac.Link(
+                "derived_from", source["href"], media_type=source_media_type(source["href"]),
+                title=source.get("product_id") or source["id"],
+                extra_fields={"aquamask:product_id": source.get("product_id") or source["id"],
+                              "aquamask:item_id": source["id"]}))
     return item
+
+
+def source_media_type(href: str) -> str:
+    return "application/atom+xml" if "/odata/" in href else "application/geo+json"
+
+
+def source_records(scene: Scene) -> list[dict[str, Any]]:
+    """The scene's source items for the provenance: URLs kept, server file paths dropped."""
+    records = []
+    for record in scene.source_items:
+        record = dict(record)
+        if not str(record.get("href") or "").startswith(("http://", "https://")):
+            record.pop("href", None)
+        records.append(record)
+    return records
 
 
 def wgs84_bounds(profile: dict[str, Any]) -> tuple[float, float, float, float]:

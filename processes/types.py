@@ -43,6 +43,8 @@ class Scene:
     acquired: dt.datetime | None = None
     sha256: str | None = None
     close: Callable[[], None] = lambda: None
+    # one record per source product (id, product_id, href of its STAC item or OData entry, ...)
+    source_items: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def width(self) -> int:

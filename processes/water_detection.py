@@ -7,10 +7,15 @@ from typing import Any
 from pygeoapi.process.base import BaseProcessor
 
 from aquamask.processes.detection import METHODS
-from aquamask.processes.errors import InvalidInput, MissingInput
+from aquamask.processes.errors import InvalidInput, MissingInput, TooLarge
 from aquamask.processes.pipeline import (DetectionRequest, outputs_document, run_detection,
                                          source_from_settings)
 from aquamask.processes.settings import Settings
+from aquamask.processes.sources import place_source, source_names
+from aquamask.processes.sources.grid import grid_for
+from aquamask.processes.sources.query import (CRS84, PlaceQuery, check_area, parse_bbox,
+                                              parse_cloud_cover, parse_collection,
+                                              parse_datetime, parse_geometry)
 from aquamask.processes.types import DETECTION_BANDS, ProgressCallback
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -21,7 +26,9 @@ PROCESS_METADATA = {
     "title": {"en": "Water detection"},
     "description": {"en": (
         "Finds surface water in a Sentinel-2 image (13-band L1C/L2A stack, or 6 bands "
-        "B02,B03,B04,B08,B11,B12, reflectance x 10000) with a U-Net or a spectral index, writes "
+        "B02,B03,B04,B08,B11,B12, reflectance x 10000), or in the Sentinel-2 L2A scenes of a "
+        "place (bbox or geometry) and a date found by the server (least cloudy, clouds masked "
+        "with SCL, same-day tiles mosaicked), with a U-Net or a spectral index, writes "
         "the mask as a Cloud-Optimized GeoTIFF with a STAC Item, and publishes it as a WMS/WCS "
         "layer.")},
     "jobControlOptions": ["sync-execute", "async-execute", "dismiss"],
@@ -33,10 +40,66 @@ PROCESS_METADATA = {
         "image": {
             "title": "Image",
             "description": "The image to analyse: {\"href\": ...}, a GeoTIFF/COG path under the "
-                           "server's data root, or an http(s) URL.",
+                           "server's data root, or an http(s) URL. Give either an image or a "
+                           "place (bbox or geometry) with a datetime.",
             "schema": {"type": "object", "required": ["href"],
                        "properties": {"href": {"type": "string"}}},
-            "minOccurs": 1, "maxOccurs": 1,
+            "minOccurs": 0, "maxOccurs": 1,
+        },
+        "bbox": {
+            "title": "Place (bounding box)",
+            "description": "The place to look at: [minx, miny, maxx, maxy] in bbox-crs (default "
+                           "CRS84: lon/lat), or {\"bbox\": [...], \"crs\": \"...\"}. The "
+                           "server finds the Sentinel-2 scenes itself.",
+            "schema": {"type": "object", "format": "ogc-bbox", "required": ["bbox"],
+                       "properties": {"bbox": {"type": "array", "items": {"type": "number"},
+                                               "minItems": 4, "maxItems": 6},
+                                      "crs": {"type": "string", "format": "uri",
+                                              "default": CRS84}}},
+            "minOccurs": 0, "maxOccurs": 1,
+        },
+        "bbox-crs": {
+            "title": "CRS of bbox",
+            "description": "CRS URI or code of bbox, in its axis order (CRS84 lon/lat by "
+                           "default; EPSG:4326 is lat/lon).",
+            "schema": {"type": "string", "default": CRS84},
+            "minOccurs": 0, "maxOccurs": 1,
+        },
+        "geometry": {
+            "title": "Place (polygon)",
+            "description": "The place to look at as a GeoJSON Polygon or MultiPolygon in "
+                           "lon/lat; pixels outside it are no data.",
+            "schema": {"type": "object", "contentMediaType": "application/geo+json"},
+            "minOccurs": 0, "maxOccurs": 1,
+        },
+        "datetime": {
+            "title": "Date or dates",
+            "description": "With a place: an RFC 3339 date-time, a date (its whole UTC day) or "
+                           "an interval start/end ('..' open). Over an interval the least "
+                           "cloudy scene (or same-day mosaic) covering the place is used.",
+            "schema": {"type": "string"},
+            "minOccurs": 0, "maxOccurs": 1,
+        },
+        "max_cloud_cover": {
+            "title": "Maximum cloud cover (%)",
+            "description": "With a place: scenes with more cloud (their eo:cloud_cover) are "
+                           "not considered.",
+            "schema": {"type": "number", "minimum": 0, "maximum": 100},
+            "minOccurs": 0, "maxOccurs": 1,
+        },
+        "source": {
+            "title": "Imagery source",
+            "description": "With a place: which configured source to search (see the "
+                           "server's sources; default from its config).",
+            "schema": {"type": "string"},
+            "minOccurs": 0, "maxOccurs": 1,
+        },
+        "collection": {
+            "title": "STAC collection",
+            "description": "With a place: the collection to search (default: the source's, "
+                           "e.g. sentinel-2-l2a).",
+            "schema": {"type": "string"},
+            "minOccurs": 0, "maxOccurs": 1,
         },
         "bands": {
             "title": "Band mapping",
@@ -78,6 +141,42 @@ PROCESS_METADATA = {
     },
     "example": {"inputs": {"image": {"href": "demo/demo-scene.tif"}, "method": "unet"}},
 }
+PLACE_INPUTS = ("bbox", "geometry")
+PLACE_OPTIONS = ("bbox-crs", "datetime", "max_cloud_cover", "source", "collection")
+
+
+def parse_place(data: dict[str, Any], settings: Settings) -> tuple[PlaceQuery, str]:
+    """The place query of the inputs and the source name; every check that needs no network:
+    bbox ranges, GeoJSON validity, RFC 3339 dates and their order, the place's area."""
+    if data.get("bbox") is not None and data.get("geometry") is not None:
+        raise InvalidInput("give the place once: 'bbox' or 'geometry', not both")
+    if data.get("geometry") is not None:
+        if data.get("bbox-crs") is not None:
+            raise InvalidInput("bbox-crs goes with bbox; geometry is always lon/lat (CRS84)")
+        geometry, is_bbox = parse_geometry(data["geometry"]), False
+    else:
+        geometry, is_bbox = parse_bbox(data["bbox"], data.get("bbox-crs")), True
+    if data.get("datetime") is None:
+        raise MissingInput("with a place, 'datetime' is required: a date (2023-08-01), an "
+                           "RFC 3339 date-time, or an interval start/end")
+    start, end = parse_datetime(data["datetime"])
+    sources = settings.raw.get("sources") or {}
+    cloud = parse_cloud_cover(data.get("max_cloud_cover", sources.get("max_cloud_cover", 100)))
+    collection = data.get("collection")
+    if collection is not None:
+        collection = parse_collection(collection)
+    name = data.get("source", sources.get("default") or "local")
+    if not isinstance(name, str) or name not in source_names(settings):
+        raise InvalidInput(f"source must be one of {', '.join(source_names(settings))} "
+                           f"(got {name!r})")
+    check_area(geometry, float(settings.get("limits", "max_area_km2") or 2500))
+    pixels = grid_for(geometry).pixels
+    max_pixels = int(settings.get("limits", "max_pixels"))
+    if pixels > max_pixels:
+        raise TooLarge(f"the place needs {pixels:,} pixels at 10 m; this server accepts at "
+                       f"most {max_pixels:,}")
+    return PlaceQuery(geometry=geometry, start=start, end=end, max_cloud_cover=cloud,
+                      collection=collection, is_bbox=is_bbox), name
 
 
 def parse_inputs(data: dict[str, Any], settings: Settings) -> DetectionRequest:
@@ -89,13 +188,22 @@ def parse_inputs(data: dict[str, Any], settings: Settings) -> DetectionRequest:
         raise InvalidInput(f"unknown input(s): {', '.join(sorted(unknown))}; expected some of "
                            + ", ".join(PROCESS_METADATA["inputs"]))
     image = data.get("image")
+    has_place = any(data.get(k) is not None for k in PLACE_INPUTS)
+    if image is None and not has_place:
+        raise MissingInput("the input 'image' is required ({\"href\": \"path/or/url.tif\"}) "
+                           "unless a place is given: 'bbox' or 'geometry' with a 'datetime'")
+    if image is not None and has_place:
+        raise InvalidInput("give either 'image' or a place ('bbox'/'geometry'), not both")
     if image is None:
-        raise MissingInput("the input 'image' is required: {\"href\": \"path/or/url.tif\"}")
-    if isinstance(image, str):
-        image = {"href": image}
-    if not isinstance(image, dict) or not isinstance(image.get("href"), str) \
-            or not image["href"].strip():
-        raise InvalidInput("image must be an object with a string 'href'")
+        stray = [k for k in ("bands",) if data.get(k) is not None]
+        if stray:
+            raise InvalidInput("bands applies to an image, not to a place (the server knows "
+                               "the bands of the scenes it finds)")
+    else:
+        stray = [k for k in PLACE_OPTIONS if data.get(k) is not None]
+        if stray:
+            raise InvalidInput(f"{', '.join(stray)} only go with a place ('bbox' or "
+                               "'geometry'), not with an image")
     method = data.get("method", settings.get("detection", "method"))
     if method not in METHODS:
         raise InvalidInput(f"method must be one of {', '.join(METHODS)} (got {method!r})")
@@ -103,6 +211,15 @@ def parse_inputs(data: dict[str, Any], settings: Settings) -> DetectionRequest:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
             or not math.isfinite(threshold) or not 0 <= threshold <= 1:
         raise InvalidInput(f"threshold must be a number between 0 and 1 (got {threshold!r})")
+    if image is None:
+        query, source = parse_place(data, settings)
+        return DetectionRequest(href=None, method=method, threshold=float(threshold),
+                                place=query.as_dict(), source=source)
+    if isinstance(image, str):
+        image = {"href": image}
+    if not isinstance(image, dict) or not isinstance(image.get("href"), str) \
+            or not image["href"].strip():
+        raise InvalidInput("image must be an object with a string 'href'")
     bands = data.get("bands")
     if bands is not None:
         if not isinstance(bands, dict) or set(bands) != set(DETECTION_BANDS):
@@ -120,6 +237,9 @@ class WaterDetectionProcessor(BaseProcessor):
     def validate(self, data: dict[str, Any]) -> None:
         """Everything that can be checked without reading the image, before a job exists."""
         request = parse_inputs(data, self.settings)
+        if request.href is None:  # a place: the search itself runs in the job's worker
+            place_source(self.settings, request.source).check()
+            return
         source_from_settings(self.settings).check({"href": request.href, "bands": request.bands})
 
     def run(self, data: dict[str, Any], job_id: str,

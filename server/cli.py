@@ -227,5 +227,8 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
         server.wait(timeout=30)
 
 
+from aquamask.server.cli_search import search  # noqa: E402
+main.add_command(search)
+
 if __name__ == "__main__":
     main()
