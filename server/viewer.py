@@ -233,6 +233,12 @@ def viewer_blueprint(settings: Settings) -> Blueprint:
         from pygeoapi.flask_app import api_
         from pygeoapi.util import JobStatus
 
+        from aquamask.processes.identity import current_identity
+
+        identity = current_identity.get()
+        if identity is not None and not identity.has("researcher"):
+            # as for /jobs: results are a researcher's (the manager lists the caller's own)
+            return _ogc_error(403, "Forbidden", "listing results needs the researcher role")
         try:
             limit = min(max(int(request.args.get("limit", 50)), 1), MAX_RESULTS)
         except ValueError:

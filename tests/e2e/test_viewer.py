@@ -306,6 +306,12 @@ def test_the_page_is_labelled_and_fits_a_laptop_screen(page, server):
                        || e.getAttribute('aria-labelledby') || e.textContent.trim()))
         .map(e => e.outerHTML.slice(0, 80))""")
     assert unnamed == []
+    # a point of interest picks the scene under it
+    page.get_by_role("button", name="Point").click()
+    expect(page.get_by_role("button", name="Point")).to_have_attribute("aria-pressed", "true")
+    page.mouse.click(*pixel_of(page, LAKE))
+    expect(page.locator("#image")).to_have_value(DEMO)
+    expect(page.get_by_role("button", name="Point")).to_have_attribute("aria-pressed", "false")
     # the map takes keyboard focus (arrow keys pan it)
     before = page.evaluate("window.aquamaskViewer.center()")
     page.focus("#map")
@@ -401,4 +407,63 @@ def test_a_place_and_dates_run_as_a_time_series(page, place_server):
     assert page.text_content("#stat-date").startswith("2024-05-10")
     label = page.get_attribute("#chart", "aria-label")
     assert "2024-05-10" in label and "2024-06-12" in label
+
+    # a polygon goes as a GeoJSON geometry (lon/lat), closed
+    page.get_by_role("button", name="Polygon").click()
+    corners = [(west, south), (east, south), (east, north)]
+    for corner in corners:
+        page.mouse.click(*pixel_of(page, corner))
+    page.mouse.dblclick(*pixel_of(page, (west, north)))
+    expect(page.locator("#place-summary")).to_contain_text("Polygon:")
+    assert run("2023-05-01", "2023-05-31") == "failed"
+    geometry = sent[-1]["inputs"]["geometry"]
+    assert "bbox" not in sent[-1]["inputs"] and geometry["type"] == "Polygon"
+    ring = geometry["coordinates"][0]
+    assert ring[0] == ring[-1] and len(ring) == 5
+    assert ring[:4] == [pytest.approx(list(c), abs=2e-4) for c in corners + [(west, north)]]
     assert page_errors(page) == []
+
+
+# -- the blueprint on its own (no browser, no server) ----------------------------------------
+
+def _viewer_client(tmp_path, **env):
+    from flask import Flask
+
+    from aquamask.processes.settings import Settings
+    from aquamask.server.viewer import viewer_blueprint
+
+    settings = Settings.load(environ={"AQUAMASK__HOME": str(tmp_path), **env})
+    app = Flask("viewer-test")
+    app.register_blueprint(viewer_blueprint(settings))
+    return app.test_client(), settings
+
+
+def test_config_offers_the_offline_map_unless_a_base_map_is_configured(tmp_path):
+    client, _ = _viewer_client(tmp_path)
+    config = client.get("/viewer/api/config").get_json()
+    assert config["basemap"] is None and config["process"] == "water-detection"
+    xyz = "https://tiles.example.org/{z}/{x}/{y}.png"
+    client, _ = _viewer_client(tmp_path, AQUAMASK__VIEWER__BASEMAP_URL=xyz,
+                               AQUAMASK__VIEWER__BASEMAP_ATTRIBUTION="© Example")
+    assert client.get("/viewer/api/config").get_json()["basemap"] == {
+        "url": xyz, "type": "xyz", "layers": "", "attribution": "© Example"}
+    client, _ = _viewer_client(tmp_path,
+                               AQUAMASK__VIEWER__BASEMAP_URL="https://maps.example.org/wms",
+                               AQUAMASK__VIEWER__BASEMAP_LAYERS="terrain")
+    basemap = client.get("/viewer/api/config").get_json()["basemap"]
+    assert basemap["type"] == "wms" and basemap["layers"] == "terrain"
+
+
+def test_scene_index_rereads_a_changed_file_and_forgets_a_removed_one(tmp_path):
+    from aquamask.processes.demo import make_demo_scene
+
+    client, settings = _viewer_client(tmp_path)
+    settings.ensure_dirs()
+    path = make_demo_scene(settings.data_root / "a" / "scene.tif", size=64)
+    first = client.get("/viewer/api/scenes").get_json()["scenes"]
+    assert [(s["href"], s["width"]) for s in first] == [("a/scene.tif", 64)]
+    make_demo_scene(path, size=32)
+    os.utime(path, (1, 1))  # a different mtime, whatever the clock's resolution
+    assert client.get("/viewer/api/scenes").get_json()["scenes"][0]["width"] == 32
+    path.unlink()
+    assert client.get("/viewer/api/scenes").get_json()["scenes"] == []
