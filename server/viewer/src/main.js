@@ -55,8 +55,8 @@ function setProgress(percent) {
 function reportFailure(err, what) {
   const message = err instanceof ServerError || err instanceof Error ? err.message : String(err);
   showError(what ? `${what}: ${message}` : message);
-  if (err instanceof ServerError && (err.status === 401 || err.status === 403)) {
-    el.auth.open = true;
+  if (err instanceof ServerError && err.status === 401) {
+    el.auth.open = true;  // a token is missing or refused: offer the token field
   }
 }
 
