@@ -199,7 +199,7 @@ class SentinelsatSource(PlaceSource):
 
     def download(self, item: SourceItem) -> Path:
         """The SAFE zip of ``item`` in the product cache, downloaded (or resumed) if needed."""
-        from sentinelsat.exceptions import SentinelAPIError
+        from sentinelsat.exceptions import InvalidChecksumError, SentinelAPIError
 
         cached = self._cached(item.id)
         if cached:
@@ -209,7 +209,7 @@ class SentinelsatSource(PlaceSource):
         try:
             info = api.download(item.extra["uuid"], directory_path=str(self.products_dir),
                                 checksum=True)
-        except (SentinelAPIError, requests.RequestException) as err:
+        except (SentinelAPIError, InvalidChecksumError, requests.RequestException) as err:
             raise self._hub_error(err, f"downloading {item.id}") from err
         path = Path(info["path"])
         final = self.products_dir / f"{item.id}.zip"

@@ -436,10 +436,11 @@ class DhusProduct:
     footprint: dict
     data: bytes
     baseline: str = "05.09"
+    announced_md5: str | None = None  # what OData says, when it should not match the bytes
 
     @property
     def md5(self) -> str:
-        return hashlib.md5(self.data).hexdigest().upper()
+        return self.announced_md5 or hashlib.md5(self.data).hexdigest().upper()
 
 
 @dataclass
