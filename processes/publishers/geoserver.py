@@ -31,7 +31,6 @@ message, and requests' own messages (which can hold URLs) are reduced to their c
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -49,7 +48,7 @@ from geo.Geoserver import Geoserver, GeoserverException
 
 from aquamask.processes.publishers import Publisher
 from aquamask.processes.publishers.mapserver import (GETMAP_WIDTH, WMS_MAX_SIZE, _atomic_write,
-                                                     _raster_facts, layer_name,
+                                                     _raster_facts, layer_name, series_key,
                                                      validate_product_id)
 from aquamask.processes.types import Layer, Product
 
@@ -57,7 +56,6 @@ LOGGER = logging.getLogger(__name__)
 
 NAME = "geoserver"
 STYLE_FILE = "water.sld"
-SERIES_PREFIX = "series-"
 CATALOGUE_FILE = "catalogue.json"
 LOCK_FILE = ".publish.lock"
 LOCK_TIMEOUT_S = 120
@@ -108,22 +106,6 @@ def read_password(settings) -> str | None:
             raise ValueError(f"geoserver.password_file {path}: cannot read a password "
                              f"({type(err).__name__})") from None
     return None
-
-
-def series_key(facts: dict[str, Any]) -> str:
-    """The area of a product: its pixel grid (CRS, extent and resolution, to a tenth of a pixel).
-
-    Products of one area share a key and so one time series; any other grid is another area
-    (an ImageMosaic needs its granules on one CRS, and stepping through dates only means
-    something on one footprint).
-    """
-    res_x, res_y = facts["resolution"]
-    left, bottom, right, top = facts["extent"]
-    crs = f"EPSG:{facts['epsg']}" if facts.get("epsg") else facts["wkt"]
-    grid = [round(left / res_x * 10), round(bottom / res_y * 10), round(right / res_x * 10),
-            round(top / res_y * 10), round(res_x, 9), round(res_y, 9)]
-    digest = hashlib.sha256(json.dumps([crs, grid]).encode()).hexdigest()
-    return SERIES_PREFIX + digest[:16]
 
 
 class GeoServerClient(Geoserver):

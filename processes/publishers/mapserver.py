@@ -50,6 +50,9 @@ GETMAP_WIDTH = 512
 # the largest WMS image /ows asks MapServer for (MapServer's own default MAXSIZE)
 WMS_MAX_SIZE = 4096
 LOCK_TIMEOUT_S = 120
+# time series: one WMS layer with a TIME dimension per area, over a tile index of its dates
+SERIES_PREFIX = "series-"
+SERIES_DIR = "series"
 
 
 def layer_name(product_id: str) -> str:
@@ -59,6 +62,30 @@ def layer_name(product_id: str) -> str:
     UUIDs: the letter prefix makes every valid id a valid coverage id.
     """
     return LAYER_PREFIX + validate_product_id(product_id)
+
+
+def series_key(facts: dict[str, Any]) -> str:
+    """The area of a product, shared by both engines: its pixel grid (CRS, extent and
+    resolution, to a tenth of a pixel). Products of one area form one time series layer named
+    by this key (a mosaic needs one CRS, and stepping through dates only means something on one
+    footprint); any other grid is another area."""
+    import hashlib
+
+    res_x, res_y = facts["resolution"]
+    left, bottom, right, top = facts["extent"]
+    crs = f"EPSG:{facts['epsg']}" if facts.get("epsg") else facts["wkt"]
+    grid = [round(left / res_x * 10), round(bottom / res_y * 10), round(right / res_x * 10),
+            round(top / res_y * 10), round(res_x, 9), round(res_y, 9)]
+    digest = hashlib.sha256(json.dumps([crs, grid]).encode()).hexdigest()
+    return SERIES_PREFIX + digest[:16]
+
+
+def _utc_time(text: str) -> str:
+    """An ISO 8601 time as UTC ``YYYY-MM-DDTHH:MM:SSZ`` (naive times are taken as UTC)."""
+    when = dt.datetime.fromisoformat(text)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def validate_product_id(product_id: str) -> str:
@@ -245,6 +272,7 @@ class MapServerPublisher(Publisher):
                 "title": entry.get("title") or entry["name"],
                 "abstract": entry.get("abstract") or "",
             })
+        series = self._series(entries)
         if entries:
             boxes = [e["bbox_wgs84"] for e in entries]
             map_extent = [min(b[0] for b in boxes), min(b[1] for b in boxes),
@@ -261,12 +289,80 @@ class MapServerPublisher(Publisher):
             srs=list(BASE_SRS) + epsgs,
             map_extent=map_extent,
             layers=layers,
+            series=series,
             maxsize=max([WMS_MAX_SIZE] + [max(l["width"], l["height"]) for l in layers]),
             water_rgb=WATER_RGB,
         )
 
+    @property
+    def series_dir(self) -> Path:
+        return self.workdir / SERIES_DIR
+
+    def _series(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The time series layers: the dated products of each area (EPSG grids only)."""
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for entry in entries:
+            if entry.get("datetime") and entry.get("epsg"):
+                groups.setdefault(series_key(entry), []).append(entry)
+        series = []
+        for key, members in sorted(groups.items()):
+            members = sorted(members, key=lambda e: _utc_time(e["datetime"]))
+            times = sorted({_utc_time(e["datetime"]) for e in members})
+            extents = [e["extent"] for e in members]
+            series.append({
+                "name": key,
+                "index_name": f"{key}-index",
+                "index_path": _safe_path(self.series_dir / f"{key}.geojson"),
+                "epsg": members[0]["epsg"],
+                "srs": [f"EPSG:{members[0]['epsg']}"]
+                + [s for s in BASE_SRS if s != f"EPSG:{members[0]['epsg']}"],
+                "extent": [min(e[0] for e in extents), min(e[1] for e in extents),
+                           max(e[2] for e in extents), max(e[3] for e in extents)],
+                "times": times,
+                "members": members,
+            })
+        return series
+
+    @staticmethod
+    def _index_geojson(series: dict[str, Any]) -> str:
+        """The tile index of a series: one footprint per date, its COG and its time."""
+        features = []
+        for entry in series["members"]:
+            left, bottom, right, top = (float(v) for v in entry["extent"])
+            features.append({
+                "type": "Feature",
+                "properties": {"location": entry["path"], "time": _utc_time(entry["datetime"]),
+                               "id": entry["id"]},
+                "geometry": {"type": "Polygon", "coordinates": [[
+                    [left, bottom], [right, bottom], [right, top], [left, top],
+                    [left, bottom]]]}})
+        return json.dumps({"type": "FeatureCollection", "crs": {
+            "type": "name",
+            "properties": {"name": f"urn:ogc:def:crs:EPSG::{series['epsg']}"}},
+            "features": features}, indent=1) + "\n"
+
     def _render(self, catalogue: dict[str, dict[str, Any]]) -> None:
-        _atomic_write(self.mapfile_path, self.render_mapfile(catalogue))
+        text = self.render_mapfile(catalogue)
+        # the tile indexes before the mapfile that names them; stale ones after it
+        entries = [e for e in catalogue.values() if Path(e["path"]).is_file()]
+        series = self._series(entries)
+        if series:
+            self.series_dir.mkdir(exist_ok=True)
+        for item in series:
+            _atomic_write(Path(item["index_path"]), self._index_geojson(item))
+        _atomic_write(self.mapfile_path, text)
+        keep = {f"{item['name']}.geojson" for item in series}
+        if self.series_dir.is_dir():
+            for stale in self.series_dir.glob("*.geojson"):
+                if stale.name not in keep:
+                    stale.unlink(missing_ok=True)
+
+    def series_of(self, product_id: str) -> str | None:
+        """The time series layer holding ``product_id``, if it has a date and an EPSG grid."""
+        entry = self._read_catalogue().get(validate_product_id(product_id))
+        if not entry or not entry.get("datetime") or not entry.get("epsg"):
+            return None
+        return series_key(entry)
 
     # -- Publisher -----------------------------------------------------------------------------
     def publish(self, product: Product) -> Layer:

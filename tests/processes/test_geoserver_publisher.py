@@ -548,3 +548,65 @@ def test_water_sld_is_sld_1_0():
     assert [(e.get("quantity"), e.get("color"), e.get("opacity")) for e in entries] == [
         ("0", "#000000", "0"), ("1", "#0070ff", "1"), ("255", "#000000", "0")]
     assert symbolizer.find(f"{sld}ColorMap").get("type") == "values"
+
+
+# -- the embedded engine's time series: the same TIME dimension without GeoServer -----------------
+def test_embedded_time_series_steps_through_dates(tmp_path):
+    """Real MapServer through the /ows blueprint: two dates of one area, WMS TIME= picks one."""
+    import numpy as np
+
+    from tests.processes.conftest_mapserver import (BASE_URL, BLUE, SIZE, image_pixel,
+                                                    ows_app, png_rgba)
+
+    publisher = MapServerPublisher(tmp_path / "mapserver", BASE_URL)
+    client = ows_app(publisher).test_client()
+    first = product_in_results(Settings({"home": str(tmp_path), "paths": {"results": "results"}}),
+                               ID1, WHEN1)
+    # the second date: water moved to the lower-left block of the same grid
+    transform = GRIDS["EPSG:32630"]
+    second_path = tmp_path / "results" / ID2 / "mask.tif"
+    second_path.parent.mkdir(parents=True)
+    classes = np.zeros((SIZE, SIZE), np.uint8)
+    classes[160:192, 16:48] = 1
+    with rasterio.open(second_path, "w", driver="GTiff", width=SIZE, height=SIZE, count=1,
+                       dtype="uint8", crs="EPSG:32630", transform=transform, nodata=255) as dst:
+        dst.write(classes, 1)
+    second = make_product(write_mask_cog(tmp_path / "unused" / "mask.tif"), ID2)
+    second.mask_cog, second.datetime = second_path, WHEN2
+    publisher.publish(first)
+    publisher.publish(second)
+    series = publisher.series_of(ID1)
+    assert series == publisher.series_of(ID2) == series_key(_raster_facts(first.mask_cog))
+
+    caps = client.get("/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities").data.decode()
+    assert f"<Name>{series}</Name>" in caps and f"{series}-index" not in caps
+    assert ('<Dimension name="time" units="ISO8601" default="2024-06-03T10:40:00Z"'
+            in caps and "2024-05-01T10:30:00Z,2024-06-03T10:40:00Z</Dimension>" in caps)
+
+    left, bottom, right, top = _raster_facts(first.mask_cog)["extent"]
+    bbox = (left, bottom, right, top)
+
+    def pixel(time: str | None, row: int, col: int) -> list[int]:
+        query = (f"/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS={series}&STYLES="
+                 f"&CRS=EPSG:32630&BBOX={left},{bottom},{right},{top}&WIDTH={SIZE}"
+                 f"&HEIGHT={SIZE}&FORMAT=image/png&TRANSPARENT=TRUE"
+                 + (f"&TIME={time}" if time else ""))
+        response = client.get(query)
+        assert response.status_code == 200 and response.mimetype == "image/png"
+        x, y = transform * (col + 0.5, row + 0.5)
+        r, c = image_pixel(bbox, SIZE, SIZE, x, y)
+        return png_rgba(response.data)[r, c].tolist()
+
+    water1, water2 = (96, 96), (176, 32)   # centres of each date's water block
+    assert pixel("2024-05-01T10:30:00Z", *water1)[:3] == list(BLUE)
+    assert pixel("2024-05-01T10:30:00Z", *water2)[3] == 0
+    assert pixel("2024-06-03T10:40:00Z", *water2)[:3] == list(BLUE)
+    assert pixel("2024-06-03T10:40:00Z", *water1)[3] == 0
+    assert pixel(None, *water2)[:3] == list(BLUE)  # default: the latest date
+    # unpublishing a date removes it from the dimension; the last one removes the layer
+    publisher.unpublish(ID2)
+    caps = client.get("/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities").data.decode()
+    assert "2024-05-01T10:30:00Z</Dimension>" in caps and "2024-06-03" not in caps
+    publisher.unpublish(ID1)
+    caps = client.get("/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities").data.decode()
+    assert series not in caps and not list(publisher.series_dir.glob("*.geojson"))
