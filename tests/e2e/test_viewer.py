@@ -238,6 +238,8 @@ def test_draw_a_box_run_and_see_the_water(page, server):
     assert page.locator("#chart canvas").count() == 1
     assert f"{outputs['water_area_km2']:.3f} km²" in page.get_attribute("#chart", "aria-label")
     assert page_errors(page) == []
+    # nothing refused on the way (a Content-Security-Policy violation is a console error)
+    assert [m for m in page.console_messages if m.startswith("error")] == []
 
     # later: the same result picked from the list of earlier results
     page.goto("about:blank")
