@@ -52,10 +52,11 @@ def render_pygeoapi_config(settings: Settings) -> tuple[Path, Path]:
         host=host or "127.0.0.1", port=int(port or 5000), url=settings.url,
         database=settings.database_url, results=settings.results_dir,
         log_level=settings.get("logging", "level", "INFO"),
-        basemap_url=settings.get("viewer", "basemap_url",
-                                 "https://tile.openstreetmap.org/{z}/{x}/{y}.png"),
-        basemap_attribution=settings.get("viewer", "basemap_attribution",
-                                         "&copy; OpenStreetMap contributors"))
+        # pygeoapi's HTML pages need an XYZ map; the viewer's own default is offline
+        basemap_url=settings.get("viewer", "basemap_url")
+        or "https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+        basemap_attribution=settings.get("viewer", "basemap_attribution")
+        or "&copy; OpenStreetMap contributors")
     config_path = settings.home / "pygeoapi.yml"
     openapi_path = settings.home / "openapi.yml"
     _atomic_write(config_path, text)

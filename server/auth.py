@@ -153,9 +153,14 @@ def roles_from_claims(claims: dict[str, Any], role_map: dict[str, Iterable[str]]
     return with_implied_roles(roles)
 
 
+# the viewer's page and its configuration hold no data, and a remote user must reach them to
+# paste or obtain a token at all
+OPEN_PATHS = frozenset({"/viewer", "/viewer/", "/viewer/api/config"})
+
+
 def required_role(method: str, path: str) -> str | None:
     """The role a request needs; None for the open health check."""
-    if path == "/health":
+    if path == "/health" or path in OPEN_PATHS or path.startswith("/viewer/static/"):
         return None
     if path.startswith(("/jobs", "/results/")):
         return "researcher"

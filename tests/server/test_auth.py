@@ -123,6 +123,9 @@ def test_no_token_is_401_with_a_bearer_challenge(secured):
     assert response.headers["WWW-Authenticate"].startswith('Bearer realm="aquamask"')
     assert "authentication required" in response.json()["description"]
     assert call(secured, "GET", "/health").status_code == 200, "health stays open"
+    # so does the viewer's page, where a user pastes a token; its data APIs do not
+    assert call(secured, "GET", "/viewer/api/config").status_code == 200
+    assert call(secured, "GET", "/viewer/api/scenes").status_code == 401
 
 
 def test_viewer_reads_but_cannot_execute(secured, issuer):
