@@ -377,6 +377,15 @@ def publish(product: Product, settings: Settings, *, background: bool = True) ->
         _write_state(product.id, settings, state=PENDING, product=describe(product))
     try:
         layer = geoserver.publish(product)
+    except ValueError as err:
+        # what GeoServer cannot take will not change by retrying (e.g. a COG outside the
+        # shared results folder): served by the embedded engine, which raises in turn when the
+        # product itself is bad
+        LOGGER.error("%s: not published to GeoServer: %s", product.id, err)
+        layer = embedded.publish(product)
+        with _lock(product.id, settings):
+            _write_state(product.id, settings, state=EMBEDDED, last_error=str(err))
+        return layer
     except GeoServerError as err:
         LOGGER.warning("%s: GeoServer publishing failed (%s); serving it from the embedded "
                        "engine%s", product.id, err, " and retrying" if background else "")

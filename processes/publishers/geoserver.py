@@ -37,13 +37,14 @@ import os
 import re
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote, urlencode
 
 import requests
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from geo.Geoserver import Geoserver, GeoserverException
 
 from aquamask.processes.publishers import Publisher
@@ -282,6 +283,21 @@ class GeoServerPublisher(Publisher):
     def is_published(self, product_id: str) -> bool:
         return validate_product_id(product_id) in self._read_catalogue()
 
+    @contextmanager
+    def _locked(self, what: str):
+        """The publisher's lock (one GeoServer change at a time: the workspace, the style and a
+        mosaic are shared by all results); waiting too long for it is a GeoServer failure like
+        any other (pending, retried), not a failed job."""
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise GeoServerError(f"GeoServer {what}: another publish held the lock for "
+                                 f"{LOCK_TIMEOUT_S} s") from None
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     # -- calls ---------------------------------------------------------------------------------
     def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one client call; every failure becomes a GeoServerError without secrets."""
@@ -321,8 +337,17 @@ class GeoServerPublisher(Publisher):
                        workspace=self.workspace, sld_version="1.0.0")
         except GeoServerError as err:
             # 403: GeoServer's "style already exists" (another worker uploaded it meanwhile)
-            if err.status != 403:
-                raise
+            if err.status == 403:
+                return
+            # upload_style POSTs the style entry, then PUTs the SLD: when the PUT failed, an
+            # entry without content would pass the lookup above for ever; remove it so the next
+            # attempt uploads the style again
+            try:
+                self._call("style cleanup", self.client.delete_style, self.style,
+                           workspace=self.workspace)
+            except GeoServerError:
+                pass
+            raise
 
     def _coverage_body(self, name: str, title: str, abstract: str, facts: dict[str, Any],
                        bbox: list[float], time_dimension: bool = False) -> dict[str, Any]:
@@ -418,7 +443,7 @@ class GeoServerPublisher(Publisher):
             series = series_key(facts)
             granule = f"{when.strftime(TIME_FORMAT)}_{product.id}.tif"
         ws = self.workspace
-        with self._lock:
+        with self._locked("publish"):
             # the entry is written before the first change on GeoServer, so that an unpublish
             # after a publish that stopped half-way (killed, timed out) finds the store and
             # the granule it may have left
@@ -458,7 +483,7 @@ class GeoServerPublisher(Publisher):
         the caller can try again later."""
         name = layer_name(product_id)
         ws = self.workspace
-        with self._lock:
+        with self._locked("unpublish"):
             entry = self._read_catalogue().get(product_id) or {}
             purge = "metadata" if entry.get("mode", self.store_mode) == "external" else "all"
             self._call("store deletion", self.client.delete_store, ws, name, purge)

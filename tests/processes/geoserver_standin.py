@@ -403,6 +403,9 @@ class GeoServerStandIn:
                 raise RestError(400, "Invalid style: not an SLD 1.0.0 StyledLayerDescriptor")
             style["sld"] = request.body
             return 200, None
+        if m == "DELETE":
+            del self.styles[(ws, name)]
+            return 200, None
         raise RestError(405, "Method not allowed")
 
     def _coveragestores(self, request: Request, parts: list[str]) -> tuple[int, Any]:

@@ -353,6 +353,19 @@ def test_partial_publish_is_completed_not_duplicated(env, standin, monkeypatch):
     assert standin.layers[f"aquamask:water-{ID1}"]["defaultStyle"]["name"] == "aquamask:water"
 
 
+def test_style_whose_upload_failed_half_way_is_uploaded_again(env, standin, monkeypatch):
+    monkeypatch.setattr(publishing, "spawn_retrier", lambda pid, s: None)
+    standin.fail(500, count=1, match=r"^PUT .*/styles/water$")
+    settings = load_settings()
+    settings.ensure_dirs()
+    publishing.publish(product_in_results(settings, ID1), settings)
+    assert publishing.read_state(ID1, settings)["state"] == "pending"
+    assert ("aquamask", "water") not in standin.styles  # the empty entry was removed
+    add_job(settings, ID1)
+    assert publishing.retry(ID1, settings, sleep=lambda s: None) == "geoserver"
+    assert standin.styles[("aquamask", "water")]["sld"] == SLD.read_bytes()
+
+
 def test_dismissed_while_pending_is_never_published(env, standin, monkeypatch):
     monkeypatch.setattr(publishing, "spawn_retrier", lambda pid, s: None)
     standin.fail(503)
@@ -610,3 +623,47 @@ def test_embedded_time_series_steps_through_dates(tmp_path):
     publisher.unpublish(ID1)
     caps = client.get("/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities").data.decode()
     assert series not in caps and not list(publisher.series_dir.glob("*.geojson"))
+
+
+# -- the whole path: server, worker, retry process, dismissal ------------------------------------
+def test_server_job_pending_then_switched_then_dismissed(tmp_path, standin):
+    """A real aquamask server (gunicorn, job worker processes) configured with the stand-in:
+    GeoServer fails -> the job succeeds as `pending` on the embedded engine -> the background
+    retry switches it to GeoServer -> dismissing the job deletes the GeoServer store."""
+    from aquamask.processes.demo import make_demo_scene
+    from tests.conftest import start_server
+
+    home = tmp_path / "server-home"
+    make_demo_scene(home / "data" / "demo" / "demo-scene.tif")
+    standin.fail(500)
+    server = start_server(home, {
+        "AQUAMASK__GEOSERVER__URL": standin.url, "AQUAMASK__GEOSERVER__PASSWORD": PASSWORD,
+        "AQUAMASK__GEOSERVER__RETRY_DELAYS_S": "[1, 1, 1, 1, 1]",
+        "AQUAMASK__GEOSERVER__TIMEOUT_S": "2"}, workers=1)
+    try:
+        response = server.execute({"image": {"href": "demo/demo-scene.tif"},
+                                   "method": "ndwi"}, asynchronous=True)
+        assert response.status_code == 201
+        job_url = response.headers["Location"]
+        job_id = job_url.rstrip("/").rsplit("/", 1)[1]
+        status, _ = server.wait_job(job_url, timeout=120)
+        assert status["status"] == "successful"
+        first = requests.get(f"{job_url}/results?f=json", timeout=10).json()["layer"]
+        assert first["published"] == "pending" and first["wms"] == f"{server.url}/ows"
+        assert requests.get(first["getmap"], timeout=30).headers["Content-Type"] == "image/png"
+        standin.heal()
+        deadline = time.monotonic() + 30
+        layer = first
+        while time.monotonic() < deadline and layer["published"] != "geoserver":
+            time.sleep(0.3)
+            layer = requests.get(f"{job_url}/results?f=json", timeout=10).json()["layer"]
+        assert layer["published"] == "geoserver"
+        assert layer["wms"] == f"{standin.url}/aquamask/wms"
+        assert ("aquamask", f"water-{job_id}") in standin.stores
+        assert requests.delete(job_url, timeout=30).status_code == 200
+        assert ("aquamask", f"water-{job_id}") not in standin.stores
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=30)
+    log = (home / "server.log").read_text(errors="replace")
+    assert "HTTP 500" in log and PASSWORD not in log
