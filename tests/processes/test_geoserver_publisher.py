@@ -14,8 +14,6 @@ import datetime as dt
 import json
 import logging
 import time
-import zipfile
-from io import BytesIO
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 from xml.etree import ElementTree
@@ -253,7 +251,7 @@ def test_invalid_product_ids_never_reach_geoserver(settings, standin):
     assert standin.requests == []
 
 
-# -- faults: the job still succeeds, served by the embedded engine, and is retried ------------------
+# -- faults: the job still succeeds, served by the embedded engine, and is retried ----------
 FAULTS = ["unreachable", "401", "500", "slow"]
 
 
@@ -527,8 +525,8 @@ def test_standin_refuses_what_geoserver_would(standin):
     assert requests.get(f"{base}/workspaces/x", auth=("admin", "bad"), timeout=5).status_code \
         == 401
     requests.post(f"{base}/workspaces", json={"workspace": {"name": "ws"}}, auth=auth, timeout=5)
-    bad = requests.post(f"{base}/workspaces", json={"workspace": {"name": "y", "nam": "x"}}, auth=auth,
-                        timeout=5)
+    bad = requests.post(f"{base}/workspaces", json={"workspace": {"name": "y", "nam": "x"}},
+                        auth=auth, timeout=5)
     assert bad.status_code == 400 and "unknown property 'nam'" in bad.text
     wrong_type = requests.post(f"{base}/workspaces", data="name=x", auth=auth, timeout=5,
                                headers={"Content-Type": "application/x-www-form-urlencoded"})
