@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections import defaultdict
 from typing import Any
 
@@ -150,6 +151,18 @@ def _read_item(reader: _Reader, item: SourceItem, window: Window) -> tuple[np.nd
     return bands, rank
 
 
+def _stamp(path: str) -> list[float] | None:
+    local = path[len("/vsizip/"):].split(".zip/")[0] + ".zip" if path.startswith("/vsizip/") \
+        else path
+    if local.startswith("/vsi"):
+        return None
+    try:
+        stat = os.stat(local)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime]
+
+
 def place_scene(items: list[SourceItem], grid: Grid, query: PlaceQuery,
                 cache: WindowCache | None, gdal_options: dict[str, str]) -> Scene:
     """A Scene over ``grid`` reading the chosen ``items`` (least cloudy first)."""
@@ -166,7 +179,10 @@ def place_scene(items: list[SourceItem], grid: Grid, query: PlaceQuery,
     def cached_item(item: SourceItem, window: Window) -> tuple[np.ndarray, np.ndarray]:
         if cache is None:
             return _read_item(reader, item, window)
-        key = WindowCache.key(assets={b: [a.path, a.band, a.scale, a.offset, a.nodata]
+        # signed URLs (Planetary Computer SAS tokens) change on every signing: not in the key;
+        # a local file's size and time are, so a replaced file is read again
+        key = WindowCache.key(assets={b: [a.path.split("?")[0], a.band, a.scale, a.offset,
+                                          a.nodata, _stamp(a.path)]
                                       for b, a in sorted(item.assets.items())},
                               grid=grid.key(), crs=crs_wkt,
                               window=[int(window.col_off), int(window.row_off),
