@@ -17,6 +17,8 @@ from tqdm import tqdm
 from aquamask import __version__
 from aquamask.processes.errors import AquamaskError
 from aquamask.processes.settings import Settings
+from aquamask.server.cli_publish import publish_command, unpublish_command
+from aquamask.server.cli_search import search
 
 
 @contextmanager
@@ -227,8 +229,8 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
         server.wait(timeout=30)
 
 
-from aquamask.server.cli_search import search  # noqa: E402
-main.add_command(search)
+for command in (search, publish_command, unpublish_command):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()
