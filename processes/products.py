@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +30,24 @@ PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/sche
 
 
 def write_cogs(mask: Mask, directory: Path) -> tuple[Path, Path]:
-    """Mask (mode overviews, colour table, nodata 255) and probability (average overviews)."""
+    """Mask (mode overviews, colour table, nodata 255) and probability (average overviews),
+    written at the same time (GDAL works outside the GIL).
+
+    The probability is stored with LERC (max error 0.001, NaN kept): a quarter of the size of
+    lossless DEFLATE and several times faster to write, at a precision far finer than any
+    threshold a user would pick."""
     # 256 px blocks: overviews start at 512 px, and WMS clients read small tiles
     profile = dict(cog_profiles.get("deflate"), blockxsize=256, blockysize=256)
     mask_cog = directory / MASK_FILE
     probability_cog = directory / PROBABILITY_FILE
-    cog_translate(mask.path, mask_cog, profile, nodata=INVALID, overview_resampling="mode",
-                  quiet=True, in_memory=False)
-    cog_translate(mask.probability_path, probability_cog, dict(profile, predictor=3),
-                  overview_resampling="average", quiet=True, in_memory=False)
+    with ThreadPoolExecutor(2, thread_name_prefix="aquamask-cog") as pool:
+        jobs = [pool.submit(cog_translate, mask.path, mask_cog, profile, nodata=INVALID,
+                            overview_resampling="mode", quiet=True, in_memory=False),
+                pool.submit(cog_translate, mask.probability_path, probability_cog,
+                            dict(profile, compress="lerc_zstd", max_z_error=0.001),
+                            overview_resampling="average", quiet=True, in_memory=False)]
+        for job in jobs:
+            job.result()
     return mask_cog, probability_cog
 
 
