@@ -103,15 +103,16 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
         def write(window: Window, probability: np.ndarray) -> None:
             start = time.perf_counter()
             valid = np.isfinite(probability)
-            water = valid & (probability >= threshold)
-            classes = np.where(valid, np.where(water, WATER, DRY), INVALID).astype(np.uint8)
+            water = probability >= threshold  # NaN compares False
+            classes = water.astype(np.uint8)  # WATER = 1, DRY = 0
+            classes[~valid] = INVALID
             cls_ds.write(classes, 1, window=window)
-            prob_ds.write(probability.astype(np.float32), 1, window=window)
+            prob_ds.write(probability.astype(np.float32, copy=False), 1, window=window)
             areas = pixel_areas_km2(transform, crs_wkt, window)
-            totals["water_px"] += int(water.sum())
-            totals["valid_px"] += int(valid.sum())
-            totals["water_km2"] += float(areas[water].sum())
-            totals["valid_km2"] += float(areas[valid].sum())
+            totals["water_px"] += int(np.count_nonzero(water))
+            totals["valid_px"] += int(np.count_nonzero(valid))
+            totals["water_km2"] += float(np.sum(areas, where=water))
+            totals["valid_km2"] += float(np.sum(areas, where=valid))
             timings["write"] += time.perf_counter() - start
 
         with ThreadPoolExecutor(1, thread_name_prefix="aquamask-read") as reader, \
