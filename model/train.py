@@ -102,10 +102,14 @@ def _augment(img: np.ndarray, lab: np.ndarray, rng: np.random.RandomState
     if rng.rand() < 0.5:
         x, y = x.flip(2), y.flip(1)
     # radiometry (reflectance x 10000)
-    gain = rng.uniform(0.8, 1.25) * rng.uniform(0.92, 1.08, N_BANDS)
+    gain = rng.uniform(0.8, 1.25) * rng.uniform(0.88, 1.12, N_BANDS)
+    if rng.rand() < 0.5:
+        # top of atmosphere vs surface: SWIR comes out darker relative to the visible bands
+        # (water vapour absorption, no path radiance), which biases MNDWI towards "water"
+        gain[4:] *= rng.uniform(0.65, 1.0)
     offset = rng.normal(0.0, 80.0, N_BANDS)
     if rng.rand() < 0.6:
-        offset += rng.uniform(0.0, 1000.0) * HAZE_PROFILE
+        offset += rng.uniform(0.0, 1500.0) * HAZE_PROFILE
     x = x * torch.from_numpy(gain.astype(np.float32)).view(-1, 1, 1) \
         + torch.from_numpy(offset.astype(np.float32)).view(-1, 1, 1)
     noise = torch.from_numpy(rng.normal(0.0, 30.0, tuple(x.shape)).astype(np.float32))

