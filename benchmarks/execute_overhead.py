@@ -1,0 +1,137 @@
+"""Synchronous execution overhead: HTTP + pygeoapi + job bookkeeping over the compute itself,
+for a small image, with 10,000 jobs already stored; beside pygeoapi's hello-world process on
+its own TinyDB manager (both served by gunicorn on loopback).
+
+    .venv/bin/python benchmarks/execute_overhead.py [--jobs 10000] [--requests 30]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.job_requests import fill  # noqa: E402
+from tests.conftest import free_port, start_server  # noqa: E402
+
+from aquamask.processes.demo import make_demo_scene  # noqa: E402
+from aquamask.processes.jobstore import JobStore  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def p50(url: str, body: dict, n: int) -> float:
+    session = requests.Session()
+    samples = []
+    for _ in range(n + 1):
+        start = time.perf_counter()
+        response = session.post(url, json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples[1:])  # the first call warms caches
+
+
+def compute_ms(image: Path, n: int) -> float:
+    """The detection alone, in this process: read, NDWI, COGs, STAC item."""
+    import datetime as dt
+
+    from aquamask.processes.detection import detect
+    from aquamask.processes.products import write_product
+    from aquamask.processes.sources.raster import RasterSource
+
+    samples = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n + 1):
+            start = time.perf_counter()
+            scene = RasterSource(image.parent, 10**9, []).read({"href": image.name})
+            mask = detect(scene, "ndwi", 0.5, Path(tmp) / f"w{i}")
+            write_product(f"p{i}", mask, scene, {}, Path(tmp), dt.datetime.now(dt.timezone.utc))
+            scene.close()
+            samples.append((time.perf_counter() - start) * 1000)
+    return statistics.median(samples[1:])
+
+
+def pygeoapi_hello_world(home: Path) -> tuple[subprocess.Popen, str]:
+    from pygeoapi.openapi import get_oas
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = {
+        "server": {"bind": {"host": "127.0.0.1", "port": port}, "url": url,
+                   "mimetype": "application/json; charset=UTF-8", "encoding": "utf-8",
+                   "languages": ["en-US"], "limits": {"default_items": 10, "max_items": 10},
+                   "map": {"url": "https://tile.openstreetmap.org/{z}/{x}/{y}.png",
+                           "attribution": "osm"},
+                   "manager": {"name": "TinyDB", "connection": str(home / "jobs.db"),
+                               "output_dir": str(home)}},
+        "logging": {"level": "ERROR"},
+        "metadata": {"identification": {"title": "t", "description": "d", "keywords": ["k"],
+                                        "url": url, "terms_of_service": url},
+                     "license": {"name": "l", "url": url}, "provider": {"name": "p", "url": url},
+                     "contact": {"name": "c"}},
+        "resources": {"hello-world": {"type": "process",
+                                      "processor": {"name": "HelloWorld"}}}}
+    (home / "hello.yml").write_text(yaml.safe_dump(config))
+    (home / "hello-openapi.yml").write_text(yaml.safe_dump(get_oas(config)))
+    env = dict(os.environ, PYGEOAPI_CONFIG=str(home / "hello.yml"),
+               PYGEOAPI_OPENAPI=str(home / "hello-openapi.yml"))
+    process = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
+                                "--workers", "2", "pygeoapi.flask_app:APP"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            requests.get(f"{url}/processes", timeout=5)
+            break
+        except requests.RequestException:
+            time.sleep(0.1)
+    return process, url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--size", type=int, default=64, help="side of the small test image")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="aquamask-overhead-"))
+    image = make_demo_scene(home / "data" / "small.tif", size=args.size)
+    server = start_server(home, {"AQUAMASK__DETECTION__METHOD": "ndwi"})
+    hello, hello_url = pygeoapi_hello_world(home)
+    try:
+        fill(JobStore(f"sqlite:///{home}/jobs.sqlite"), args.jobs)
+        total = p50(f"{server.url}/processes/water-detection/execution",
+                    {"inputs": {"image": {"href": "small.tif"}}}, args.requests)
+        compute = compute_ms(image, args.requests)
+        hello_ms = p50(f"{hello_url}/processes/hello-world/execution",
+                       {"inputs": {"name": "x"}}, args.requests)
+    finally:
+        server.process.terminate()
+        hello.terminate()
+    rows = {"aquamask sync execute p50 ms": round(total, 1),
+            "compute alone p50 ms": round(compute, 1),
+            "aquamask overhead p50 ms": round(total - compute, 1),
+            "pygeoapi hello-world (TinyDB) sync execute p50 ms": round(hello_ms, 1)}
+    RESULTS.mkdir(exist_ok=True)
+    machine = f"{platform.machine()}, {os.cpu_count()} cores"
+    (RESULTS / "execute_overhead.json").write_text(json.dumps(
+        {"machine": machine, "jobs_stored": args.jobs, "image_px": args.size ** 2,
+         "results": rows}, indent=2))
+    table = "\n".join([f"Sync execution, {args.size}² px image, {args.jobs} jobs stored "
+                       f"({machine})", "", "| measure | ms |", "| --- | --- |"]
+                      + [f"| {k} | {v} |" for k, v in rows.items()])
+    (RESULTS / "execute_overhead.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
