@@ -37,10 +37,25 @@ def _dataset(data_dir: Path, layout: str, split: str, model):
     return Chips128Dataset(data_dir, [int(i) for i in val if int(i) in available]), "val"
 
 
-def predict_mask(method: str, bands: np.ndarray, model=None) -> np.ndarray:
+# ground resolution of each layout's chips (m): the network runs at 20 m at most coarse
+# (``WaterModel.scale`` is meant for 10 m Sentinel-2 input), so 30 m chips are seen at scale 1
+LAYOUT_RESOLUTION_M = {"chips128": 30.0, "sen1floods11": 10.0}
+
+
+def layout_scale(layout: str, model) -> int:
+    """The network scale to use for a layout's chips: the model's own for 10 m data, 1 for
+    data that is already at or coarser than the network resolution (10 m x scale)."""
+    if model is None:
+        return 1
+    res = LAYOUT_RESOLUTION_M.get(layout, 10.0)
+    return max(1, int(round(model.scale * 10.0 / res))) if res < 10.0 * model.scale else 1
+
+
+def predict_mask(method: str, bands: np.ndarray, model=None, scale: int | None = None
+                 ) -> np.ndarray:
     """Boolean water mask of ``method`` for (6, H, W) bands (NaN -> not water)."""
     if method == "unet":
-        return model.predict(bands) >= model.threshold
+        return model.predict(bands, scale=scale) >= model.threshold
     if method == "ndwi":
         return ndwi(bands[_G], bands[_N]) > 0
     if method == "mndwi":
@@ -61,10 +76,13 @@ def _scores(tp: int, fp: int, fn: int) -> dict:
 
 
 def evaluate(data_dir: Path, layout: str, methods: Sequence[str] = METHODS, *,
-             weights: Path | None = None, split: str = "val",
+             weights: Path | None = None, split: str = "val", scale: int | None = None,
+             precision: str | None = None,
              progress: Callable[[float, str], None] | None = None) -> dict:
     """Scores of every method on the chips of ``layout`` (chips128: the validation split the
-    weights were trained without, or all chips; sen1floods11: every chip)."""
+    weights were trained without, or all chips; sen1floods11: every chip). ``scale``: the
+    network scale (default: by the layout's resolution, see ``layout_scale``); ``precision``:
+    "fp32" or "bf16" (default: the model's own choice for this machine)."""
     progress = progress or (lambda pct, msg: None)
     methods = list(methods)
     for m in methods:
@@ -74,10 +92,12 @@ def evaluate(data_dir: Path, layout: str, methods: Sequence[str] = METHODS, *,
     if "unet" in methods or (layout == "chips128" and split == "val"):
         from aquamask.model.inference import WaterModel
         try:
-            model = WaterModel.load(weights)
+            model = WaterModel.load(weights, precision=precision)
         except FileNotFoundError:
             if "unet" in methods:
                 raise
+    if scale is None:
+        scale = layout_scale(layout, model)
     data_dir = Path(data_dir)
     ds, split = _dataset(data_dir, layout, split, model)
     if len(ds) == 0:
@@ -92,7 +112,7 @@ def evaluate(data_dir: Path, layout: str, methods: Sequence[str] = METHODS, *,
         truth = label == 1
         valid_px += int(valid.sum())
         for m in methods:
-            pred = predict_mask(m, bands, model)
+            pred = predict_mask(m, bands, model, scale)
             tp = int(np.count_nonzero(pred & truth & valid))
             fp = int(np.count_nonzero(pred & ~truth & valid))
             fn = int(np.count_nonzero(~pred & truth & valid))
@@ -107,18 +127,37 @@ def evaluate(data_dir: Path, layout: str, methods: Sequence[str] = METHODS, *,
     report = {"data_dir": str(data_dir), "layout": layout, "split": split,
               "chips": names, "valid_pixels": valid_px, "methods": results}
     if model is not None:
-        report["model"] = {"path": str(model.path), **model.info()}
+        report["model"] = {"path": str(model.path), **model.info(), "scale": scale}
     return report
 
 
-def format_table(report: dict) -> str:
-    """A markdown table, one row per method."""
+def format_table(report: dict, per_chip: bool = False) -> str:
+    """A markdown table, one row per method (pooled over pixels), then, with ``per_chip``,
+    the IoU of every chip per method and the mean of the per-chip IoUs."""
+    model = report.get("model")
+    about = (f"; unet = {model['name']} {model['version']}, scale {model.get('scale')}, "
+             f"{model.get('precision')}" if model else "")
     lines = [f"{report['layout']} ({report['split']}, {len(report['chips'])} chips, "
-             f"{report['valid_pixels']:,} valid px)", "",
+             f"{report['valid_pixels']:,} valid px{about})", "",
              "| method | IoU | precision | recall | F1 |", "|---|---:|---:|---:|---:|"]
     for m, r in report["methods"].items():
         lines.append(f"| {m} | {r['iou']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} "
                      f"| {r['f1']:.3f} |")
+    if per_chip:
+        methods = list(report["methods"])
+        lines += ["", "| chip | " + " | ".join(methods) + " |",
+                  "|---|" + "---:|" * len(methods)]
+
+        def cell(v):
+            return "-" if v is None else f"{v:.3f}"
+        for chip in report["chips"]:
+            lines.append(f"| {chip} | " + " | ".join(
+                cell(report["methods"][m]["per_chip_iou"].get(chip)) for m in methods) + " |")
+        means = []
+        for m in methods:
+            vals = [v for v in report["methods"][m]["per_chip_iou"].values() if v is not None]
+            means.append(f"{np.mean(vals):.3f}" if vals else "-")
+        lines.append("| mean per chip | " + " | ".join(means) + " |")
     return "\n".join(lines)
 
 
@@ -141,6 +180,7 @@ def write_worst_chips_png(report: dict, path: Path, n: int = 6,
     if method == "unet":
         from aquamask.model.inference import WaterModel
         model = WaterModel.load(report.get("model", {}).get("path"))
+    scale = report.get("model", {}).get("scale")
     root = Path(report["data_dir"])
     if report["layout"] == "chips128":
         ds = Chips128Dataset(root, [int(k) for _, k in worst])
@@ -149,7 +189,7 @@ def write_worst_chips_png(report: dict, path: Path, n: int = 6,
     rows = []
     for i in range(len(ds)):
         bands, label = ds[i]
-        pred = predict_mask(method, bands, model)
+        pred = predict_mask(method, bands, model, scale)
         lab = np.where(label == IGNORE, 128, label * 255).astype(np.uint8)
         panels = [_rgb(bands), np.repeat(lab[..., None], 3, 2),
                   np.repeat((pred * 255).astype(np.uint8)[..., None], 3, 2)]

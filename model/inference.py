@@ -3,8 +3,10 @@
 ``WaterModel.predict`` takes float32 (6, H, W) reflectance x 10000 in the band order of
 ``WaterModel.bands`` with NaN for no data, and returns float32 (H, W) water probability in
 [0, 1] with NaN where any band is NaN. Large inputs are cut into overlapping tiles whose
-predictions are blended with a cosine window, so seams do not show; memory grows with the tile
-batch, not with the input (beyond the input itself and the two float32 accumulators).
+predictions are blended with a cosine window, so seams do not show. With ``scale`` 2 (the
+weights' setting since 1.2.0) the network runs at half resolution (a 10 m scene is seen at
+20 m) and its logits are upsampled bilinearly; bfloat16 autocast is used where the CPU has
+native bf16. See the model card for the speed/accuracy table.
 """
 from __future__ import annotations
 
@@ -12,19 +14,27 @@ import hashlib
 import logging
 import math
 import re
+import warnings
 from pathlib import Path
+
+import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from aquamask.model.features import N_BANDS, network_input
-from aquamask.model.network import UNet
+from aquamask.model.network import UNet, pad_to_multiple
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_NAME = "unet-s2-water"
 SUPPORTED_FORMATS = (1,)
+PRECISIONS = ("fp32", "bf16")
+ENGINES = ("eager", "torchscript")
+# pixels (at network resolution) per forward pass: bounds the activation memory on CPU
+MAX_BATCH_PIXELS = 4 * 512 * 512
 BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B08", "B11", "B12")
 
 
@@ -43,6 +53,16 @@ def select_device(preferred: str | None = None) -> torch.device:
         log.warning("device %r requested but CUDA is not available: using the CPU", preferred)
         return torch.device("cpu")
     raise ValueError(f"unknown device {preferred!r}; expected 'auto', 'cpu' or 'cuda[:N]'")
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 convolutions natively (AVX512-BF16 or AMX): only then is
+    ``torch.autocast("cpu", torch.bfloat16)`` faster than float32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and (
+            torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+    except Exception:                                   # private API: absent in some builds
+        return False
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
@@ -94,10 +114,24 @@ def _window(length: int, ramp: int, at_start: bool, at_end: bool) -> np.ndarray:
 
 
 class WaterModel:
-    """A trained water U-Net with its normalisation, calibration and provenance."""
+    """A trained water U-Net with its normalisation, calibration and provenance.
+
+    Speed settings (attributes, changeable after ``load``):
+
+    - ``scale``: the network runs on the input averaged over ``scale`` x ``scale`` pixels and
+      its logits are upsampled bilinearly (the weights' ``scale``, 1 for old weights). 2 means
+      a 10 m Sentinel-2 scene is seen at 20 m, close to the ~30 m of the training chips, with
+      a quarter of the network work. ``predict(bands, scale=1)`` overrides it per call (e.g.
+      for inputs that are already coarse, like the 30 m training chips).
+    - ``precision``: "bf16" (``torch.autocast`` bfloat16, the CPU default where the CPU has
+      native bf16, and float16 autocast on CUDA) or "fp32". $AQUAMASK_MODEL_PRECISION
+      overrides the default.
+    - ``engine``: "eager" or "torchscript" (traced and frozen network, ``export_torchscript``).
+    """
 
     def __init__(self, net: UNet, meta: dict, *, path: Path | None = None,
-                 sha256: str = "", device: torch.device | None = None):
+                 sha256: str = "", device: torch.device | None = None,
+                 precision: str | None = None, engine: str = "eager"):
         self.device = device or torch.device("cpu")
         self.net = net.to(self.device).eval()
         if self.device.type == "cpu":                 # ~1.6x faster convolutions on CPU
@@ -113,14 +147,26 @@ class WaterModel:
         self.halo: int = int(meta.get("halo", 32))
         self.tile: int = int(meta.get("tile", 512))
         self.overlap: int = int(meta.get("overlap", 64))
-        self.batch_size: int = 4
+        self.scale: int = int(meta.get("scale", 1))
+        self.batch_size: int = max(1, MAX_BATCH_PIXELS // (self.tile * self.tile))
         norm = meta["normalisation"]
         self._mean = torch.tensor(norm["mean"], dtype=torch.float32)
         self._std = torch.tensor(norm["std"], dtype=torch.float32)
+        if precision is None:
+            precision = os.environ.get("AQUAMASK_MODEL_PRECISION") or (
+                "bf16" if self.device.type == "cuda" or cpu_bf16_supported() else "fp32")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r}: expected one of {ENGINES}")
+        self.precision: str = precision
+        self.engine: str = engine
+        self._scripted = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, weights: str | Path | None = None, device: str | None = None) -> "WaterModel":
+    def load(cls, weights: str | Path | None = None, device: str | None = None, *,
+             precision: str | None = None, engine: str = "eager") -> "WaterModel":
         """Load a weights file (None: the newest shipped one) onto ``device`` (None: auto)."""
         path = Path(weights) if weights is not None else default_weights()
         blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -132,57 +178,110 @@ class WaterModel:
         net.load_state_dict(blob["state_dict"])
         meta = {k: v for k, v in blob.items() if k != "state_dict"}
         return cls(net, meta, path=path, sha256=sha256_file(path),
-                   device=select_device(device))
+                   device=select_device(device), precision=precision, engine=engine)
 
     def info(self) -> dict:
         """Provenance for product metadata."""
         return {"name": self.name, "version": self.version, "sha256": self.weights_sha256,
                 "bands": list(self.bands), "threshold": self.threshold,
-                "temperature": self.temperature, "device": str(self.device)}
+                "temperature": self.temperature, "device": str(self.device),
+                "scale": self.scale, "precision": self.precision, "engine": self.engine}
+
+    # ------------------------------------------------------------------ export
+    def export_torchscript(self, path: str | Path | None = None, tile: int = 256):
+        """The network traced and frozen with TorchScript (saved to ``path`` when given).
+        Input: standardised features (N, 8, H, W); output: logits (N, 1, H, W)."""
+        example = torch.zeros(1, self.net.in_channels, tile, tile, device=self.device)
+        if self.device.type == "cpu":
+            example = example.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")            # tracer and deprecation notices
+            traced = torch.jit.freeze(torch.jit.trace(self.net.eval(), example,
+                                                      check_trace=False))
+        if path is not None:
+            traced.save(str(path))
+        return traced
 
     # ------------------------------------------------------------------ inference
-    def _run(self, tiles: list[np.ndarray]) -> np.ndarray:
-        x = network_input(np.stack(tiles), self._mean, self._std).to(self.device)
+    def _network(self):
+        if self.engine == "torchscript":
+            if self._scripted is None:
+                self._scripted = self.export_torchscript()
+            return self._scripted
+        return self.net
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Network logits (N, H, W) float32 for standardised features (N, 8, H, W)."""
+        h, w = x.shape[-2:]
+        # padded here, not in the network, so that a traced network never meets a shape
+        # its trace did not cover
+        x = pad_to_multiple(x.to(self.device), self.net.multiple)
         if self.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.net(x)[:, 0].float() / self.temperature
-        return torch.sigmoid(logits).cpu().numpy()
+        net = self._network()
+        if self.precision == "bf16":
+            dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
+            with torch.autocast(self.device.type, dtype=dtype):
+                z = net(x)
+        else:
+            z = net(x)
+        return z[:, 0, :h, :w].float()
 
-    def predict(self, bands: np.ndarray) -> np.ndarray:
-        """Water probability (H, W) float32 in [0, 1] for (6, H, W) reflectance x 10000,
-        NaN where any band is NaN."""
-        if bands.ndim != 3 or bands.shape[0] != N_BANDS:
-            raise ValueError(f"expected ({N_BANDS}, H, W) bands {self.bands}, "
-                             f"got shape {bands.shape}")
-        _, h, w = bands.shape
-        out = np.zeros((h, w), dtype=np.float32)
-        if h == 0 or w == 0:
-            return out
-        nodata = np.zeros((h, w), dtype=bool)
-        for c in range(N_BANDS):
-            nodata |= np.isnan(bands[c])
-        if nodata.all():
-            out[:] = np.nan
-            return out
-        weight = np.zeros((h, w), dtype=np.float32)
+    def _tiled_logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """Logits (h, w) of standardised features (1, 8, h, w): one pass when the array fits
+        a tile, else overlapping tiles blended with a raised-cosine window."""
+        h, w = feats.shape[-2:]
+        if h <= self.tile and w <= self.tile:
+            return self.logits(feats)[0].cpu()
         multiple = self.net.multiple
         th, rows = _axis_tiles(h, self.tile, self.overlap, multiple)
         tw, cols = _axis_tiles(w, self.tile, self.overlap, multiple)
         ramp = self.overlap // 2
-        wins_r = {r: _window(th, ramp, r == 0, r + th >= h) for r in rows}
-        wins_c = {c: _window(tw, ramp, c == 0, c + tw >= w) for c in cols}
+        wins_r = {r: torch.from_numpy(_window(th, ramp, r == 0, r + th >= h)) for r in rows}
+        wins_c = {c: torch.from_numpy(_window(tw, ramp, c == 0, c + tw >= w)) for c in cols}
+        out = torch.zeros((h, w))
+        weight = torch.zeros((h, w))
         boxes = [(r, c) for r in rows for c in cols]
+        batch = max(1, MAX_BATCH_PIXELS // (th * tw))
+        for i in range(0, len(boxes), batch):
+            part = boxes[i:i + batch]
+            z = self.logits(torch.cat([feats[:, :, r:r + th, c:c + tw] for r, c in part]))
+            for (r, c), zi in zip(part, z.cpu()):
+                win = wins_r[r][:, None] * wins_c[c][None, :]
+                out[r:r + th, c:c + tw] += zi * win
+                weight[r:r + th, c:c + tw] += win
+        return out / weight
+
+    def predict(self, bands: np.ndarray, *, scale: int | None = None) -> np.ndarray:
+        """Water probability (H, W) float32 in [0, 1] for (6, H, W) reflectance x 10000,
+        NaN where any band is NaN. ``scale`` overrides the model's network resolution factor
+        for this call (1: run at the input's own resolution)."""
+        if bands.ndim != 3 or bands.shape[0] != N_BANDS:
+            raise ValueError(f"expected ({N_BANDS}, H, W) bands {self.bands}, "
+                             f"got shape {bands.shape}")
+        s = max(1, int(self.scale if scale is None else scale))
+        _, h, w = bands.shape
+        if h == 0 or w == 0:
+            return np.zeros((h, w), dtype=np.float32)
         with torch.inference_mode():
-            for i in range(0, len(boxes), self.batch_size):
-                batch = boxes[i:i + self.batch_size]
-                tiles = [np.asarray(bands[:, r:r + th, c:c + tw], dtype=np.float32)
-                         for r, c in batch]
-                probs = self._run(tiles)
-                for (r, c), p in zip(batch, probs):
-                    win = wins_r[r][:, None] * wins_c[c][None, :]
-                    out[r:r + th, c:c + tw] += p * win
-                    weight[r:r + th, c:c + tw] += win
-        out /= weight
-        np.clip(out, 0.0, 1.0, out=out)
-        out[nodata] = np.nan
-        return out
+            x = torch.from_numpy(np.ascontiguousarray(bands, dtype=np.float32))
+            nodata = torch.isnan(x).any(dim=0)
+            if bool(nodata.all()):
+                return np.full((h, w), np.nan, dtype=np.float32)
+            if s > 1 and min(h, w) >= 2 * s:
+                # no-data-aware s x s mean: NaN only where the whole cell is no data
+                valid = (~nodata).to(torch.float32)[None, None]
+                num = F.avg_pool2d(torch.where(nodata, 0.0, x)[None] * valid, s,
+                                   ceil_mode=True)
+                den = F.avg_pool2d(valid, s, ceil_mode=True)
+                x = torch.where(den > 0, num / den.clamp(min=1e-6), torch.nan)
+            else:
+                s = 1
+            feats = network_input(x, self._mean, self._std)
+            z = self._tiled_logits(feats)
+            if s > 1:
+                z = F.interpolate(z[None, None], scale_factor=s, mode="bilinear",
+                                  align_corners=False)[0, 0, :h, :w]
+            prob = torch.sigmoid(z * (1.0 / self.temperature))
+            prob = torch.where(nodata, torch.nan, prob)
+            return prob.numpy().astype(np.float32, copy=False)

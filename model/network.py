@@ -6,6 +6,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Pad the bottom/right of (N, C, H, W) to a multiple of ``m`` (reflection where the image
+    is large enough, else replication); a no-op when it already is one."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % m, (-w) % m
+    if ph or pw:
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x
+
+
 class ConvBlock(nn.Sequential):
     """Two 3x3 convolutions, each followed by batch norm and ReLU."""
 
@@ -49,11 +60,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        m = self.multiple
-        ph, pw = (-h) % m, (-w) % m
-        if ph or pw:
-            mode = "reflect" if (ph < h and pw < w) else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        if h % self.multiple or w % self.multiple:
+            x = pad_to_multiple(x, self.multiple)
         skips = []
         for i, block in enumerate(self.down):
             if i:

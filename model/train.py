@@ -180,10 +180,13 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
           progress: Progress | None = None, base_channels: int = 12, depth: int = 4,
           lr: float = 3e-3, patience: int = 20, crop: int | None = None,
           name: str = DEFAULT_NAME, version: str = "1.0.0", threads: int | None = None,
-          max_train_chips: int | None = None) -> dict:
+          max_train_chips: int | None = None, scale: int = 2, halo: int = 32) -> dict:
     """Train on ``data_dir`` (layout "chips128" or "sen1floods11"), write
     ``<out_dir>/<name>-<version>.pt`` and ``.metrics.json`` (atomically) and return the
-    metrics. Same seed, data and thread count -> same weights and losses."""
+    metrics. Same seed, data and thread count -> same weights and losses. ``scale`` and
+    ``halo`` are stored for inference: the network resolution factor for 10 m input (2: the
+    network sees 20 m, near the ~30 m of the chips; validation here runs on the chips as they
+    are) and the context a caller should add around blocks."""
     previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled())
     try:
@@ -194,7 +197,7 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
                       batch_size=batch_size, progress=progress or (lambda pct, msg: None),
                       base_channels=base_channels, depth=depth, lr=lr, patience=patience,
                       crop=crop, name=name, version=version,
-                      max_train_chips=max_train_chips)
+                      max_train_chips=max_train_chips, scale=scale, halo=halo)
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
@@ -203,7 +206,7 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
 def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int,
            batch_size: int, progress: Progress, base_channels: int, depth: int, lr: float,
            patience: int, crop: int | None, name: str, version: str,
-           max_train_chips: int | None) -> dict:
+           max_train_chips: int | None, scale: int, halo: int) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     rng = np.random.RandomState(seed)
@@ -282,7 +285,8 @@ def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int
     blob = {
         "format": FORMAT, "name": name, "version": version, "architecture": arch,
         "bands": list(BANDS), "normalisation": norm, "temperature": temperature,
-        "threshold": 0.5, "halo": 32, "tile": 512, "overlap": 64, "seed": seed,
+        "threshold": 0.5, "halo": halo, "tile": 1024, "overlap": 64, "scale": scale,
+        "seed": seed,
         "layout": layout, "train_ids": split["train"], "val_ids": split["val"],
         "metrics": {"val_iou": val_iou, "best_epoch": best["epoch"],
                     "epochs_run": len(history)},
@@ -306,9 +310,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--version", default="1.0.0")
+    ap.add_argument("--base-channels", type=int, default=12)
+    ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--patience", type=int, default=20)
+    ap.add_argument("--scale", type=int, default=2,
+                    help="network resolution factor stored for 10 m inference")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     m = train(args.data_dir, args.layout, args.out, seed=args.seed, epochs=args.epochs,
               batch_size=args.batch_size, version=args.version,
+              base_channels=args.base_channels, depth=args.depth, patience=args.patience,
+              scale=args.scale, threads=args.threads,
               progress=lambda pct, msg: print(f"{pct:5.1f}% {msg}", flush=True))
     print(json.dumps({k: v for k, v in m.items() if k != "history"}, indent=1))
 

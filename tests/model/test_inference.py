@@ -83,3 +83,74 @@ def test_larger_than_a_tile_matches_halves_with_halo(model):
     assert diff.mean() < 0.005
     assert np.mean(diff > 0.1) < 0.002
     assert ((halves >= 0.5) != (whole >= 0.5)).mean() < 0.002
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+def test_seams_with_halo_at_each_scale(scale):
+    m = WaterModel.load(device="cpu", precision="fp32")
+    m.scale, m.tile = scale, 256                         # small tiles: several per block
+    bands, _ = synthetic_scene(700, 300, seed=5)
+    whole = m.predict(bands)
+    halo, mid = m.halo, 350
+    halves = np.concatenate([m.predict(bands[:, :mid + halo])[:mid],
+                             m.predict(bands[:, mid - halo:])[halo:]])
+    diff = np.abs(halves - whole)
+    assert diff.mean() < 0.005 and np.mean(diff > 0.1) < 0.002
+    assert ((halves >= 0.5) != (whole >= 0.5)).mean() < 0.002
+
+
+def test_half_resolution_nodata_and_odd_sizes():
+    m = WaterModel.load(device="cpu", precision="fp32")
+    m.scale = 2
+    bands, water = synthetic_scene(301, 257, seed=6)
+    bands[:, 11, 13] = np.nan                            # a lone no-data pixel in a 2x2 cell
+    bands[:, 100:140, 50:91] = np.nan
+    out = m.predict(bands)
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(bands).any(axis=0))
+    pred = out >= m.threshold
+    assert (pred & water).sum() / (pred | water).sum() > 0.8
+    assert m.predict(bands, scale=1).shape == out.shape
+
+
+def test_torchscript_export_gives_the_eager_mask(tmp_path):
+    eager = WaterModel.load(device="cpu", precision="fp32")
+    scripted = WaterModel.load(device="cpu", precision="fp32", engine="torchscript")
+    bands, _ = synthetic_scene(300, 270, seed=7)        # not a multiple of the U-Net's 8
+    p_eager, p_script = eager.predict(bands), scripted.predict(bands)
+    np.testing.assert_allclose(p_script, p_eager, atol=1e-4)
+    np.testing.assert_array_equal(p_script >= 0.5, p_eager >= 0.5)
+    path = tmp_path / "net.pt"
+    eager.export_torchscript(path)
+    loaded = torch.jit.load(str(path))
+    x = torch.randn(1, eager.net.in_channels, 64, 64)
+    with torch.inference_mode():
+        np.testing.assert_allclose(loaded(x).numpy(), eager.net(x).numpy(), atol=1e-4)
+
+
+def test_bf16_autocast_agrees_with_fp32():
+    bands, _ = synthetic_scene(256, 256, seed=8)
+    p32 = WaterModel.load(device="cpu", precision="fp32").predict(bands)
+    p16 = WaterModel.load(device="cpu", precision="bf16").predict(bands)
+    assert np.abs(p16 - p32).max() < 0.1
+    assert ((p16 >= 0.5) != (p32 >= 0.5)).mean() < 0.005
+
+
+def test_precision_choice_and_env_override(monkeypatch):
+    monkeypatch.setenv("AQUAMASK_MODEL_PRECISION", "fp32")
+    assert WaterModel.load(device="cpu").precision == "fp32"
+    monkeypatch.delenv("AQUAMASK_MODEL_PRECISION")
+    from aquamask.model import inference
+    monkeypatch.setattr(inference, "cpu_bf16_supported", lambda: False)
+    assert WaterModel.load(device="cpu").precision == "fp32"
+    monkeypatch.setattr(inference, "cpu_bf16_supported", lambda: True)
+    assert WaterModel.load(device="cpu").precision == "bf16"
+    with pytest.raises(ValueError):
+        WaterModel.load(device="cpu", precision="int4")
+
+
+@pytest.mark.parametrize("version", ["1.0.0", "1.1.0"])
+def test_old_weights_still_load(version):
+    from aquamask.model.inference import WEIGHTS_DIR
+    m = WaterModel.load(WEIGHTS_DIR / f"unet-s2-water-{version}.pt", device="cpu")
+    assert m.version == version and m.scale == 1
+    assert m.predict(synthetic_scene(64, 64)[0]).shape == (64, 64)
