@@ -69,16 +69,37 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--scene", type=int, default=2048, help="side of the predict() array")
+    parser.add_argument("--weights", help="weights file (default: the newest shipped)")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    model = WaterModel.load()
+    torch.set_num_threads(args.threads)
+    model = WaterModel.load(args.weights)
     x = torch.randn(args.batch, model.net.in_channels, args.tile, args.tile)
     pixels = args.batch * args.tile * args.tile
     rows = [{"engine": name, "mpx_s": round(rate(fn, pixels, args.repeats), 3)}
             for name, fn in engines(model, x).items()]
     scene = np.random.default_rng(0).uniform(100, 4000, (6, args.scene, args.scene))
     scene = scene.astype(np.float32)
-    rows.append({"engine": f"WaterModel.predict {args.scene}x{args.scene} (default settings)",
+    rows.append({"engine": f"WaterModel.predict {args.scene}x{args.scene} (default settings: "
+                           f"scale {model.scale}, {model.precision}, {model.engine})",
                  "mpx_s": round(rate(lambda: model.predict(scene), args.scene ** 2, 1), 3)})
+    # the pipeline's case: a 1024 px block with the model's halo on every side
+    side = 1024 + 2 * model.halo
+    block = np.ascontiguousarray(scene[:, :side, :side]) if args.scene >= side else \
+        np.random.default_rng(1).uniform(100, 4000, (6, side, side)).astype(np.float32)
+    if model.device.type == "cpu":
+        default = (model.scale, model.precision, model.engine)
+        for scale in (1, 2):
+            for precision in ("fp32", "bf16"):
+                for engine in ("eager", "torchscript"):
+                    if engine == "torchscript" and precision == "bf16":
+                        continue                        # traced fp32 graph: autocast n/a
+                    model.scale, model.precision, model.engine = scale, precision, engine
+                    rows.append({"engine": f"WaterModel.predict {side}x{side} block: "
+                                           f"scale {scale}, {precision}, {engine}",
+                                 "mpx_s": round(rate(lambda: model.predict(block),
+                                                     side * side, args.repeats), 3)})
+        model.scale, model.precision, model.engine = default
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads, device {model.device}")
     RESULTS.mkdir(exist_ok=True)

@@ -113,7 +113,8 @@ def test_half_resolution_nodata_and_odd_sizes():
 
 
 def test_torchscript_export_gives_the_eager_mask(tmp_path):
-    eager = WaterModel.load(device="cpu", precision="fp32")
+    eager = WaterModel.load(device="cpu", precision="fp32", engine="eager")
+    assert WaterModel.load(device="cpu", precision="fp32").engine == "torchscript"
     scripted = WaterModel.load(device="cpu", precision="fp32", engine="torchscript")
     bands, _ = synthetic_scene(300, 270, seed=7)        # not a multiple of the U-Net's 8
     p_eager, p_script = eager.predict(bands), scripted.predict(bands)
