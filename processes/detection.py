@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from contextlib import ExitStack
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -65,7 +66,8 @@ def _output_profile(scene: Scene, dtype: str, nodata) -> dict:
 def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
            model=None, block: int = BLOCK,
            progress: ProgressCallback = lambda pct, msg: None,
-           stage_seconds: dict[str, float] | None = None) -> Mask:
+           stage_seconds: dict[str, float] | None = None,
+           with_probability: bool = True) -> Mask:
     """Classify every pixel of ``scene`` as water, dry or invalid.
 
     Each block is read with ``halo`` pixels of context on every side so that tiled inference
@@ -73,7 +75,8 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
     Reading, prediction and writing overlap: a reader thread prefetches the next blocks and a
     writer thread writes the previous one while the current one is predicted (GDAL and torch
     release the GIL), with at most PREFETCH blocks in flight, so memory stays bounded.
-    ``stage_seconds``, when given, receives the time spent in each stage.
+    ``stage_seconds``, when given, receives the time spent in each stage. Without
+    ``with_probability`` only the classes are written.
     """
     predict, halo = predictor(method, model)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -94,9 +97,12 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
         timings["read"] += time.perf_counter() - start
         return bands
 
-    with rasterio.open(classes_path, "w", **_output_profile(scene, "uint8", INVALID)) as cls_ds, \
-            rasterio.open(probability_path, "w",
-                          **_output_profile(scene, "float32", float("nan"))) as prob_ds:
+    with ExitStack() as files:
+        cls_ds = files.enter_context(
+            rasterio.open(classes_path, "w", **_output_profile(scene, "uint8", INVALID)))
+        prob_ds = files.enter_context(rasterio.open(
+            probability_path, "w", **_output_profile(scene, "float32", float("nan")))
+        ) if with_probability else None
         cls_ds.write_colormap(1, {DRY: (0, 0, 0, 0), WATER: (0, 112, 255, 255),
                                   INVALID: (0, 0, 0, 0)})
 
@@ -107,7 +113,8 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
             classes = water.astype(np.uint8)  # WATER = 1, DRY = 0
             classes[~valid] = INVALID
             cls_ds.write(classes, 1, window=window)
-            prob_ds.write(probability.astype(np.float32, copy=False), 1, window=window)
+            if prob_ds is not None:
+                prob_ds.write(probability.astype(np.float32, copy=False), 1, window=window)
             areas = pixel_areas_km2(transform, crs_wkt, window)
             totals["water_px"] += int(np.count_nonzero(water))
             totals["valid_px"] += int(np.count_nonzero(valid))
@@ -141,6 +148,7 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
     if method == "unet":
         model_info = {"name": model.name, "version": model.version,
                       "weights_sha256": model.weights_sha256}
-    return Mask(path=classes_path, probability_path=probability_path,
+    return Mask(path=classes_path,
+                probability_path=probability_path if with_probability else None,
                 profile=_output_profile(scene, "uint8", INVALID), method=method,
                 threshold=threshold, stats=stats, model=model_info)

@@ -35,6 +35,7 @@ class DetectionRequest:
     bands: dict[str, int] | None = field(default=None)
     place: dict[str, Any] | None = field(default=None)
     source: str | None = None
+    probability: bool = True
 
     def parameters(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "href" and v is not None}
@@ -85,7 +86,7 @@ def run_detection(request: DetectionRequest, settings: Settings, product_id: str
     work = Path(tempfile.mkdtemp(prefix=f".work-{product_id}-", dir=settings.results_dir))
     try:
         mask = detect(scene, request.method, request.threshold, work, model=model,
-                      progress=_scaled(progress, 5, 80))
+                      progress=_scaled(progress, 5, 80), with_probability=request.probability)
         progress(82, "writing the cloud-optimized GeoTIFFs and the STAC item")
         product = write_product(product_id, mask, scene, request.parameters(),
                                 settings.results_dir, started)
@@ -103,11 +104,13 @@ def outputs_document(product: Product, layer: Layer, request: DetectionRequest,
     """The OGC API - Processes results document: values inline, files as links."""
     results = f"{base_url}/results/{product.id}"
     stats = product.stats
+    files = {"mask": {"href": f"{results}/{product.mask_cog.name}", "type": COG_MEDIA_TYPE,
+                      "title": "water mask: 1 water, 0 dry, 255 no data"}}
+    if product.probability_cog is not None:
+        files["probability"] = {"href": f"{results}/{product.probability_cog.name}",
+                                "type": COG_MEDIA_TYPE, "title": "water probability"}
     return {
-        "mask": {"href": f"{results}/{product.mask_cog.name}", "type": COG_MEDIA_TYPE,
-                 "title": "water mask: 1 water, 0 dry, 255 no data"},
-        "probability": {"href": f"{results}/{product.probability_cog.name}",
-                        "type": COG_MEDIA_TYPE, "title": "water probability"},
+        **files,
         "stac_item": {"href": f"{results}/{product.stac_item.name}",
                       "type": "application/geo+json", "title": "STAC Item with provenance"},
         "water_area_km2": round(stats.water_area_km2, 6),
@@ -124,7 +127,8 @@ def outputs_document(product: Product, layer: Layer, request: DetectionRequest,
 
 def detect_to_file(href: str, out: Path, settings: Settings, method: str = "unet",
                    threshold: float = 0.5, bands: dict[str, int] | None = None,
-                   progress: ProgressCallback = lambda pct, msg: None):
+                   progress: ProgressCallback = lambda pct, msg: None,
+                   with_probability: bool = True):
     """The CLI's detection: one mask COG at ``out`` (and ``out``'s .probability.tif), no server.
 
     Local paths are read as given (the data-root rule protects the server, not the CLI user).
@@ -139,10 +143,12 @@ def detect_to_file(href: str, out: Path, settings: Settings, method: str = "unet
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".aquamask-", dir=out.parent))
     try:
-        mask = detect(scene, method, threshold, work, model=model, progress=progress)
+        mask = detect(scene, method, threshold, work, model=model, progress=progress,
+                      with_probability=with_probability)
         mask_cog, probability_cog = write_cogs(mask, work)
         mask_cog.replace(out)
-        probability_cog.replace(out.with_suffix(".probability.tif"))
+        if probability_cog is not None:
+            probability_cog.replace(out.with_suffix(".probability.tif"))
     finally:
         scene.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -29,7 +29,7 @@ PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.2.0/sche
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 
 
-def write_cogs(mask: Mask, directory: Path) -> tuple[Path, Path]:
+def write_cogs(mask: Mask, directory: Path) -> tuple[Path, Path | None]:
     """Mask (mode overviews, colour table, nodata 255) and probability (average overviews),
     written at the same time (GDAL works outside the GIL).
 
@@ -39,13 +39,17 @@ def write_cogs(mask: Mask, directory: Path) -> tuple[Path, Path]:
     # 256 px blocks: overviews start at 512 px, and WMS clients read small tiles
     profile = dict(cog_profiles.get("deflate"), blockxsize=256, blockysize=256)
     mask_cog = directory / MASK_FILE
-    probability_cog = directory / PROBABILITY_FILE
+    probability_cog = directory / PROBABILITY_FILE if mask.probability_path else None
+    threads = {"GDAL_NUM_THREADS": "ALL_CPUS"}  # parallel block compression
     with ThreadPoolExecutor(2, thread_name_prefix="aquamask-cog") as pool:
         jobs = [pool.submit(cog_translate, mask.path, mask_cog, profile, nodata=INVALID,
-                            overview_resampling="mode", quiet=True, in_memory=False),
-                pool.submit(cog_translate, mask.probability_path, probability_cog,
-                            dict(profile, compress="lerc_zstd", max_z_error=0.001),
-                            overview_resampling="average", quiet=True, in_memory=False)]
+                            overview_resampling="mode", quiet=True, in_memory=False,
+                            config=threads)]
+        if probability_cog is not None:
+            jobs.append(pool.submit(cog_translate, mask.probability_path, probability_cog,
+                                    dict(profile, compress="lerc_zstd", max_z_error=0.001),
+                                    overview_resampling="average", quiet=True,
+                                    in_memory=False, config=threads))
         for job in jobs:
             job.result()
     return mask_cog, probability_cog
@@ -89,9 +93,10 @@ def stac_item(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, A
         extra_fields={"classification:classes": [
             {"value": 0, "name": "dry"}, {"value": 1, "name": "water"},
             {"value": 255, "name": "nodata", "nodata": True}]}))
-    item.add_asset("probability", pystac.Asset(
-        href=f"./{PROBABILITY_FILE}", media_type=COG_MEDIA_TYPE, roles=["data"],
-        title="Water probability (0-1, NaN no data)"))
+    if mask.probability_path is not None:
+        item.add_asset("probability", pystac.Asset(
+            href=f"./{PROBABILITY_FILE}", media_type=COG_MEDIA_TYPE, roles=["data"],
+            title="Water probability (0-1, NaN no data)"))
     if scene.href.startswith(("http://", "https://")):
         item.add_link(pystac.Link("derived_from", scene.href, title="input image"))
     for source in sources:  # each source scene's own STAC item (or hub entry) and ESA id
@@ -147,7 +152,8 @@ def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[st
         raise
     crs = CRS.from_user_input(mask.profile["crs"])
     return Product(id=product_id, directory=final, mask_cog=final / MASK_FILE,
-                   probability_cog=final / PROBABILITY_FILE, stac_item=final / ITEM_FILE,
+                   probability_cog=final / PROBABILITY_FILE if probability_cog else None,
+                   stac_item=final / ITEM_FILE,
                    stats=mask.stats, bbox_wgs84=bbox,
                    crs=f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_wkt(),
                    title=f"Water mask ({mask.method}) of {Path(scene.href).name}",

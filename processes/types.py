@@ -78,7 +78,7 @@ class Mask:
     the float32 water probability (NaN where invalid) the classes were thresholded from."""
 
     path: Path
-    probability_path: Path
+    probability_path: Path | None  # None when the probability was not asked for
     profile: dict[str, Any]
     method: str
     threshold: float

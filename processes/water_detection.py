@@ -123,6 +123,13 @@ PROCESS_METADATA = {
             "schema": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
             "minOccurs": 0, "maxOccurs": 1,
         },
+        "probability": {
+            "title": "Probability output",
+            "description": "Also write the water probability as a COG (default true); false "
+                           "saves time and space on large scenes.",
+            "schema": {"type": "boolean", "default": True},
+            "minOccurs": 0, "maxOccurs": 1,
+        },
     },
     "outputs": {
         "mask": {"title": "Water mask", "description": "uint8 COG: 1 water, 0 dry, 255 no data",
@@ -211,10 +218,14 @@ def parse_inputs(data: dict[str, Any], settings: Settings) -> DetectionRequest:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
             or not math.isfinite(threshold) or not 0 <= threshold <= 1:
         raise InvalidInput(f"threshold must be a number between 0 and 1 (got {threshold!r})")
+    probability = data.get("probability", True)
+    if not isinstance(probability, bool):
+        raise InvalidInput(f"probability must be true or false (got {probability!r})")
     if image is None:
         query, source = parse_place(data, settings)
         return DetectionRequest(href=None, method=method, threshold=float(threshold),
-                                place=query.as_dict(), source=source)
+                                place=query.as_dict(), source=source,
+                                probability=probability)
     if isinstance(image, str):
         image = {"href": image}
     if not isinstance(image, dict) or not isinstance(image.get("href"), str) \
@@ -226,7 +237,7 @@ def parse_inputs(data: dict[str, Any], settings: Settings) -> DetectionRequest:
             raise InvalidInput("bands must map each of " + ", ".join(DETECTION_BANDS)
                                + " to a 1-based band index")
     return DetectionRequest(href=image["href"].strip(), method=method,
-                            threshold=float(threshold), bands=bands)
+                            threshold=float(threshold), bands=bands, probability=probability)
 
 
 class WaterDetectionProcessor(BaseProcessor):

@@ -84,7 +84,10 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
               show_default=True)
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--bands", help='band indexes as JSON, e.g. \'{"B02": 1, ...}\'')
-def detect(image: str, out: Path, method: str, threshold: float, bands: str | None) -> None:
+@click.option("--probability/--no-probability", default=True, show_default=True,
+              help="also write the water probability COG beside the mask")
+def detect(image: str, out: Path, method: str, threshold: float, bands: str | None,
+           probability: bool) -> None:
     """Detect water in IMAGE without a server and write the mask COG."""
     from aquamask.processes.pipeline import detect_to_file
 
@@ -95,11 +98,12 @@ def detect(image: str, out: Path, method: str, threshold: float, bands: str | No
     try:
         with progress_bar(f"detecting water ({method})") as update:
             mask = detect_to_file(image, out, Settings.load(), method, threshold, mapping,
-                                  progress=update)
+                                  progress=update, with_probability=probability)
     except AquamaskError as err:
         fail(err.message)
     stats = mask.stats
-    click.echo(f"wrote {out} and {out.with_suffix('.probability.tif')}\n"
+    written = f"{out} and {out.with_suffix('.probability.tif')}" if probability else str(out)
+    click.echo(f"wrote {written}\n"
                f"water: {stats.water_area_km2:.4f} km² ({stats.water_fraction:.1%} of valid "
                f"pixels); valid: {stats.valid_fraction:.1%} of the image")
 

@@ -236,3 +236,17 @@ def test_a_killed_worker_ends_the_job_failed_with_the_reason(server):
     assert status["status"] == "failed"
     assert "ended without finishing" in status["message"]
     assert requests.get(f"{server.url}/health", timeout=10).status_code == 200
+
+
+def test_the_probability_output_can_be_left_out(server):
+    response = server.execute({"image": {"href": "demo/demo-scene.tif"}, "method": "ndwi",
+                               "probability": False})
+    assert response.status_code == 200, response.text
+    outputs = response.json()
+    assert "probability" not in outputs
+    job_id = outputs["mask"]["href"].split("/")[-2]
+    assert not (server.results / job_id / "probability.tif").exists()
+    item = requests.get(outputs["stac_item"]["href"], timeout=10).json()
+    assert set(item["assets"]) == {"mask"}
+    bad = server.execute({"image": {"href": "demo/demo-scene.tif"}, "probability": "no"})
+    assert bad.status_code == 400 and "true or false" in bad.json()["description"]

@@ -50,3 +50,13 @@ def test_an_error_in_the_middle_stops_the_stream_and_surfaces(scene, tmp_path):
     with pytest.raises(RuntimeError, match="stop here"):
         detect(scene, "ndwi", 0.5, tmp_path / "w", block=128, progress=failing_progress)
     assert len(calls) == 3
+
+
+def test_without_probability_only_the_classes_are_written(scene, tmp_path):
+    with_p = detect(scene, "ndwi", 0.5, tmp_path / "a")
+    without = detect(scene, "ndwi", 0.5, tmp_path / "b", with_probability=False)
+    assert without.probability_path is None
+    assert not (tmp_path / "b" / "probability.tif").exists()
+    with rasterio.open(with_p.path) as a, rasterio.open(without.path) as b:
+        assert np.array_equal(a.read(1), b.read(1))
+    assert without.stats == with_p.stats
