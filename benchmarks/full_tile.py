@@ -47,7 +47,7 @@ def make_tile(path: Path, size: int) -> Path:
     return path
 
 
-def run_one(image: str, method: str, out: str) -> dict:
+def run_one(image: str, method: str, out: str, probability: bool) -> dict:
     """Runs in a child process so that peak RSS is this method's alone."""
     from aquamask.processes.detection import detect
     from aquamask.processes.pipeline import load_model
@@ -60,12 +60,13 @@ def run_one(image: str, method: str, out: str) -> dict:
     hashed = time.perf_counter()
     timings: dict[str, float] = {}
     work = Path(out)
-    mask = detect(scene, method, 0.5, work, model=model, stage_seconds=timings)
+    mask = detect(scene, method, 0.5, work, model=model, stage_seconds=timings,
+                  with_probability=probability)
     detected = time.perf_counter()
     write_cogs(mask, work)
     done = time.perf_counter()
     slowest = max(timings.values())
-    return {"method": method, "wall_s": round(done - start, 2),
+    return {"method": method + ("" if probability else " (mask only)"), "wall_s": round(done - start, 2),
             "input_sha256_s": round(hashed - start, 2),
             "detect_s": round(detected - hashed, 2), "cog_s": round(done - detected, 2),
             "stages_s": {k: round(v, 2) for k, v in timings.items()},
@@ -78,21 +79,28 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=10980)
     parser.add_argument("--methods", nargs="+", default=["ndwi", "mndwi", "unet"])
-    parser.add_argument("--child", nargs=3, metavar=("IMAGE", "METHOD", "OUT"),
+    parser.add_argument("--no-probability", action="store_true",
+                        help="also run each method without the probability COG")
+    parser.add_argument("--child", nargs=4, metavar=("IMAGE", "METHOD", "OUT", "PROB"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(*args.child)))
+        image, method, out, probability = args.child
+        print(json.dumps(run_one(image, method, out, probability == "1")))
         return
     with tempfile.TemporaryDirectory(prefix="aquamask-tile-") as tmp:
         t0 = time.perf_counter()
         tile = make_tile(Path(tmp) / "tile.tif", args.size)
         print(f"tile {args.size} px written in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         rows = []
-        for method in args.methods:
-            out = Path(tmp) / method
+        runs = [(m, "1") for m in args.methods]
+        if args.no_probability:
+            runs += [(m, "0") for m in args.methods]
+        for method, probability in runs:
+            out = Path(tmp) / f"{method}-{probability}"
             child = subprocess.run([sys.executable, __file__, "--child", str(tile), method,
-                                    str(out)], capture_output=True, text=True, check=True)
+                                    str(out), probability], capture_output=True, text=True,
+                                   check=True)
             rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
             print(rows[-1], file=sys.stderr)
     RESULTS.mkdir(exist_ok=True)
