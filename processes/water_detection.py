@@ -13,7 +13,8 @@ from aquamask.processes.pipeline import (DetectionRequest, outputs_document, run
 from aquamask.processes.settings import Settings
 from aquamask.processes.sources import place_source, source_names
 from aquamask.processes.sources.grid import grid_for
-from aquamask.processes.sources.query import (CRS84, PlaceQuery, check_area, parse_bbox,
+from aquamask.processes.sources.query import (CRS84, PlaceQuery, check_area, check_date_span,
+                                              parse_bbox,
                                               parse_cloud_cover, parse_collection,
                                               parse_datetime, parse_geometry)
 from aquamask.processes.types import DETECTION_BANDS, ProgressCallback
@@ -177,6 +178,7 @@ def parse_place(data: dict[str, Any], settings: Settings) -> tuple[PlaceQuery, s
         raise InvalidInput(f"source must be one of {', '.join(source_names(settings))} "
                            f"(got {name!r})")
     check_area(geometry, float(settings.get("limits", "max_area_km2") or 2500))
+    check_date_span(start, end, float(settings.get("limits", "max_date_span_days") or 5000))
     pixels = grid_for(geometry).pixels
     max_pixels = int(settings.get("limits", "max_pixels"))
     if pixels > max_pixels:

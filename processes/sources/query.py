@@ -220,6 +220,22 @@ def area_km2(geometry: BaseGeometry) -> float:
     return abs(area) / 1e6
 
 
+SENTINEL2_FIRST_DAY = dt.datetime(2015, 6, 23, tzinfo=dt.timezone.utc)
+
+
+def check_date_span(start: dt.datetime | None, end: dt.datetime | None,
+                    max_days: float) -> float:
+    """Days the interval covers (an open end counts from Sentinel-2's first day or to now);
+    TooLarge past ``max_days``."""
+    first = start or SENTINEL2_FIRST_DAY
+    last = end or dt.datetime.now(dt.timezone.utc)
+    days = (last - first).total_seconds() / 86400
+    if days > max_days:
+        raise TooLarge(f"the dates span {days:,.0f} days; this server accepts at most "
+                       f"{max_days:,.0f} (limits.max_date_span_days)")
+    return days
+
+
 def check_area(geometry: BaseGeometry, max_area_km2: float) -> float:
     area = area_km2(geometry)
     if area > max_area_km2:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from aquamask.processes.errors import InvalidInput, MissingInput
+from aquamask.processes.errors import InvalidInput, MissingInput, TooLarge
 from aquamask.processes.settings import Settings
 from aquamask.processes.water_detection import parse_inputs
 
@@ -42,3 +42,15 @@ def test_environment_overrides_the_file(tmp_path):
     assert settings.get("limits", "href_schemes") == ["https"]
     assert settings.database_url == f"sqlite:///{tmp_path}/jobs.sqlite"
     assert settings.data_root == tmp_path / "data"
+
+
+def test_date_spans_beyond_the_limit_are_413(tmp_path):
+    settings = Settings.load(environ={"AQUAMASK__HOME": str(tmp_path),
+                                      "AQUAMASK__LIMITS__MAX_DATE_SPAN_DAYS": "31"})
+    place = {"bbox": [-1.2, 38.0, -1.19, 38.01]}
+    assert parse_inputs(dict(place, datetime="2023-07-01/2023-07-31"), settings)
+    with pytest.raises(TooLarge, match="span 62 days.*at most 31") as info:
+        parse_inputs(dict(place, datetime="2023-07-01/2023-08-31"), settings)
+    assert int(info.value.http_status_code) == 413
+    with pytest.raises(TooLarge, match="max_date_span_days"):
+        parse_inputs(dict(place, datetime="../2023-08-31"), settings)
