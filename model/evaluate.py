@@ -201,3 +201,34 @@ def write_worst_chips_png(report: dict, path: Path, n: int = 6,
     path = Path(path)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m aquamask.model.evaluate DATA_DIR --layout L [--per-chip] [--worst-png P]``
+    (``aquamask evaluate`` is the same without ``--per-chip``, ``--scale``, ``--precision``)."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("data_dir", type=Path)
+    ap.add_argument("--layout", required=True, choices=["chips128", "sen1floods11"])
+    ap.add_argument("--method", dest="methods", action="append", choices=METHODS)
+    ap.add_argument("--split", default="val", choices=["val", "all"])
+    ap.add_argument("--weights", type=Path)
+    ap.add_argument("--scale", type=int, help="network scale (default: by layout)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"])
+    ap.add_argument("--per-chip", action="store_true", help="add the per-chip IoU table")
+    ap.add_argument("--worst-png", type=Path, help="PNG of the worst chips")
+    ap.add_argument("--json", type=Path, help="write the full report here")
+    args = ap.parse_args(argv)
+    report = evaluate(args.data_dir, args.layout, args.methods or METHODS, weights=args.weights,
+                      split=args.split, scale=args.scale, precision=args.precision)
+    print(format_table(report, per_chip=args.per_chip))
+    if args.worst_png:
+        print(f"wrote {write_worst_chips_png(report, args.worst_png)}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()

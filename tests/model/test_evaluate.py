@@ -36,3 +36,20 @@ def test_sen1floods11_reader_masks_nodata(spain_dir):
     assert np.isnan(bands).any(axis=0)[label != 255].sum() == 0
     water = (label == 1).sum() / (label != 255).sum()
     assert 0.2 < water < 0.35
+
+
+def test_per_chip_table_and_layout_scale():
+    from aquamask.model.evaluate import layout_scale
+
+    class M:
+        scale = 2
+    assert layout_scale("chips128", M()) == 1          # 30 m chips: already coarser than 20 m
+    assert layout_scale("sen1floods11", M()) == 2
+    M.scale = 1
+    assert layout_scale("sen1floods11", M()) == 1 and layout_scale("chips128", None) == 1
+    report = {"layout": "chips128", "split": "val", "chips": ["1", "2"], "valid_pixels": 10,
+              "methods": {"ndwi": {"iou": .5, "precision": .5, "recall": .5, "f1": .5,
+                                   "per_chip_iou": {"1": 0.25, "2": None}}}}
+    table = format_table(report, per_chip=True)
+    assert "| 1 | 0.250 |" in table and "| 2 | - |" in table
+    assert "| mean per chip | 0.250 |" in table
