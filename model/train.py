@@ -38,14 +38,31 @@ Progress = Callable[[float, str], None]
 
 
 # ----------------------------------------------------------------------------- data
-def _load(data_dir: Path, layout: str) -> tuple[list[np.ndarray], list[np.ndarray],
-                                                 list[np.ndarray], list[np.ndarray], dict]:
+def kfold_split(ids, folds: int, fold: int, seed: int = 0) -> tuple[list, list]:
+    """(train, val) of fold ``fold`` (0-based) of ``folds``: a seeded shuffle of the sorted ids
+    cut into ``folds`` near-equal parts, part ``fold`` being the validation part."""
+    if not 0 <= fold < folds or folds < 2:
+        raise ValueError(f"fold {fold} of {folds}")
+    ids = sorted(ids)
+    order = np.random.RandomState(seed).permutation(len(ids))
+    val = sorted(ids[i] for i in np.array_split(order, folds)[fold])
+    val_set = set(val)
+    return [i for i in ids if i not in val_set], val
+
+
+def _split(ids, folds: int, fold: int):
+    return kfold_split(ids, folds, fold) if folds > 1 else validation_split(ids)
+
+
+def _load(data_dir: Path, layout: str, folds: int = 0, fold: int = 0
+          ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[np.ndarray],
+                     dict]:
     if layout == "chips128":
-        train_ids, val_ids = validation_split(chips128_ids(data_dir))
+        train_ids, val_ids = _split(chips128_ids(data_dir), folds, fold)
         tr, va = Chips128Dataset(data_dir, train_ids), Chips128Dataset(data_dir, val_ids)
     elif layout == "sen1floods11":
         names = Sen1Floods11Dataset(data_dir).names()
-        train_ids, val_ids = validation_split(names)
+        train_ids, val_ids = _split(names, folds, fold)
         tr = Sen1Floods11Dataset(data_dir, train_ids)
         va = Sen1Floods11Dataset(data_dir, val_ids)
     else:
@@ -180,7 +197,8 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
           progress: Progress | None = None, base_channels: int = 12, depth: int = 4,
           lr: float = 3e-3, patience: int = 20, crop: int | None = None,
           name: str = DEFAULT_NAME, version: str = "0.0.0", threads: int | None = None,
-          max_train_chips: int | None = None, scale: int = 1, halo: int = 32) -> dict:
+          max_train_chips: int | None = None, scale: int = 1, halo: int = 32,
+          folds: int = 0, fold: int = 0) -> dict:
     """Train on ``data_dir`` (layout "chips128" or "sen1floods11"), write
     ``<out_dir>/<name>-<version>.pt`` and ``.metrics.json`` (atomically) and return the
     metrics. Same seed, data and thread count -> same weights and losses. The defaults are
@@ -200,7 +218,8 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
                       batch_size=batch_size, progress=progress or (lambda pct, msg: None),
                       base_channels=base_channels, depth=depth, lr=lr, patience=patience,
                       crop=crop, name=name, version=version,
-                      max_train_chips=max_train_chips, scale=scale, halo=halo)
+                      max_train_chips=max_train_chips, scale=scale, halo=halo,
+                      folds=folds, fold=fold)
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
@@ -209,14 +228,15 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
 def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int,
            batch_size: int, progress: Progress, base_channels: int, depth: int, lr: float,
            patience: int, crop: int | None, name: str, version: str,
-           max_train_chips: int | None, scale: int, halo: int) -> dict:
+           max_train_chips: int | None, scale: int, halo: int, folds: int = 0,
+           fold: int = 0) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     rng = np.random.RandomState(seed)
     started = time.time()
 
     progress(0, "reading chips")
-    xt, yt, xv, yv, split = _load(data_dir, layout)
+    xt, yt, xv, yv, split = _load(data_dir, layout, folds, fold)
     if max_train_chips:
         xt, yt = xt[:max_train_chips], yt[:max_train_chips]
         split["train"] = split["train"][:max_train_chips]
@@ -281,6 +301,7 @@ def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int
             torch.from_numpy(z.astype(np.float64)) / temperature,
             torch.from_numpy((lab == 1).astype(np.float64)))),
         "train_chips": len(xt), "val_chips": len(xv), "batch_size": batch_size,
+        "folds": folds, "fold": fold,
         "lr": lr, "threads": torch.get_num_threads(), "architecture": arch,
         "train_seconds": round(seconds, 1), "history": history,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -304,6 +325,29 @@ def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int
     return metrics
 
 
+def cross_validate(data_dir: Path, layout: str = "chips128", out_dir: Path = Path("cv"), *,
+                   folds: int = 5, version: str = "0.0.0", **kwargs) -> dict:
+    """``folds``-fold cross-validation of a training recipe (``kwargs`` as for :func:`train`):
+    one training per fold, each early-stopped on and scored on its held-out fold, written to
+    ``out_dir/fold-K/``. Returns per-fold and mean/std of the validation IoU (``cv.json`` in
+    ``out_dir``). For choosing hyper-parameters without tuning to the fixed val split; the
+    numbers are slightly optimistic (the fold also picks the epoch and the temperature)."""
+    out_dir = Path(out_dir)
+    runs = []
+    for k in range(folds):
+        m = train(data_dir, layout, out_dir / f"fold-{k}", folds=folds, fold=k,
+                  version=version, **kwargs)
+        runs.append({"fold": k, "val_iou": m["val_iou"], "best_epoch": m["best_epoch"],
+                     "train_seconds": m["train_seconds"]})
+    ious = np.array([r["val_iou"] for r in runs])
+    result = {"layout": layout, "folds": folds, "runs": runs, "mean_val_iou": float(ious.mean()),
+              "std_val_iou": float(ious.std(ddof=1)) if folds > 1 else 0.0,
+              "recipe": {k: v for k, v in kwargs.items() if k != "progress"}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "cv.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data_dir", type=Path)
@@ -319,7 +363,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", type=int, default=1,
                     help="network resolution factor stored for 10 m inference")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--folds", type=int, default=0,
+                    help="K > 1: K-fold cross-validation into --out/fold-k instead of one run")
     args = ap.parse_args(argv)
+    if args.folds > 1:
+        r = cross_validate(args.data_dir, args.layout, args.out, folds=args.folds,
+                           version=args.version, seed=args.seed, epochs=args.epochs,
+                           batch_size=args.batch_size, base_channels=args.base_channels,
+                           depth=args.depth, patience=args.patience, threads=args.threads,
+                           progress=lambda pct, msg: print(f"{pct:5.1f}% {msg}", flush=True))
+        print(json.dumps(r, indent=1, default=str))
+        return
     m = train(args.data_dir, args.layout, args.out, seed=args.seed, epochs=args.epochs,
               batch_size=args.batch_size, version=args.version,
               base_channels=args.base_channels, depth=args.depth, patience=args.patience,

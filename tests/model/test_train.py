@@ -42,3 +42,25 @@ def test_tiny_training_is_reproducible_and_writes_metrics(chips_dir, tmp_path):
     model = WaterModel.load(tmp_path / "a" / "unet-s2-water-0.0.1.pt", device="cpu")
     assert model.version == "0.0.1" and model.predict(
         torch.rand(6, 40, 40).numpy() * 3000).shape == (40, 40)
+
+
+def test_kfold_split_partitions_the_ids():
+    from aquamask.model.train import kfold_split
+    ids = list(range(23))
+    vals = []
+    for k in range(4):
+        tr, va = kfold_split(ids, 4, k)
+        assert sorted(tr + va) == ids and not set(tr) & set(va)
+        vals += va
+    assert sorted(vals) == ids
+    assert kfold_split(ids, 4, 1) == kfold_split(ids, 4, 1)
+
+
+def test_cross_validation_runs_every_fold(chips_dir, tmp_path):
+    from aquamask.model.train import cross_validate
+    data = _tiny_dataset(chips_dir, tmp_path / "data", n=6)
+    r = cross_validate(data, "chips128", tmp_path / "cv", folds=2, epochs=1, batch_size=4,
+                       base_channels=4, depth=2, seed=1)
+    assert [x["fold"] for x in r["runs"]] == [0, 1]
+    assert 0 <= r["mean_val_iou"] <= 1 and (tmp_path / "cv" / "cv.json").exists()
+    assert (tmp_path / "cv" / "fold-1" / "unet-s2-water-0.0.0.pt").exists()
