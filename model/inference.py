@@ -3,10 +3,10 @@
 ``WaterModel.predict`` takes float32 (6, H, W) reflectance x 10000 in the band order of
 ``WaterModel.bands`` with NaN for no data, and returns float32 (H, W) water probability in
 [0, 1] with NaN where any band is NaN. Large inputs are cut into overlapping tiles whose
-predictions are blended with a cosine window, so seams do not show. With ``scale`` 2 (the
-weights' setting since 1.2.0) the network runs at half resolution (a 10 m scene is seen at
-20 m) and its logits are upsampled bilinearly; bfloat16 autocast is used where the CPU has
-native bf16. See the model card for the speed/accuracy table.
+predictions are blended with a cosine window, so seams do not show (a 1024 px pipeline block
+with its halo fits one tile). Optionally (``scale`` 2) the network runs at half resolution
+and its logits are upsampled bilinearly; bfloat16 autocast is used where the CPU has native
+bf16. See the model card for the size/accuracy/speed table.
 """
 from __future__ import annotations
 
@@ -67,6 +67,12 @@ def cpu_bf16_supported() -> bool:
             torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
     except Exception:                                   # private API: absent in some builds
         return False
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """The reduced precision of ``precision="bf16"`` on ``device``: bfloat16 on the CPU,
+    float16 on CUDA (tensor cores; the logits are cast back to float32)."""
+    return torch.bfloat16 if device.type == "cpu" else torch.float16
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
@@ -230,8 +236,7 @@ class WaterModel:
         # a frozen float32 trace does not take autocast: bf16 always runs eager
         net = self.net if self.precision == "bf16" else self._network()
         if self.precision == "bf16":
-            dtype = torch.bfloat16 if self.device.type == "cpu" else torch.float16
-            with torch.autocast(self.device.type, dtype=dtype):
+            with torch.autocast(self.device.type, dtype=autocast_dtype(self.device)):
                 z = net(x)
         else:
             z = net(x)

@@ -155,3 +155,12 @@ def test_old_weights_still_load(version):
     m = WaterModel.load(WEIGHTS_DIR / f"unet-s2-water-{version}.pt", device="cpu")
     assert m.version == version and m.scale == 1
     assert m.predict(synthetic_scene(64, 64)[0]).shape == (64, 64)
+
+
+def test_gpu_choices_are_made_at_run_time(monkeypatch):
+    from aquamask.model.inference import autocast_dtype
+    assert autocast_dtype(torch.device("cpu")) == torch.bfloat16
+    assert autocast_dtype(torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device(None) == torch.device("cuda")
+    assert select_device("cuda:1") == torch.device("cuda:1")
