@@ -64,3 +64,36 @@ def test_cross_validation_runs_every_fold(chips_dir, tmp_path):
     assert [x["fold"] for x in r["runs"]] == [0, 1]
     assert 0 <= r["mean_val_iou"] <= 1 and (tmp_path / "cv" / "cv.json").exists()
     assert (tmp_path / "cv" / "fold-1" / "unet-s2-water-0.0.0.pt").exists()
+
+
+def test_one_command_training_on_the_sen1floods11_layout(tmp_path):
+    """The dataset's own folders (S2Hand/ + LabelHand/, 13-band int16, label -1 = no data),
+    written from synthetic scenes: ``train(..., "sen1floods11")`` reads and trains on them."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from tests.model.conftest import synthetic_scene
+    root = tmp_path / "HandLabeled"
+    (root / "S2Hand").mkdir(parents=True)
+    (root / "LabelHand").mkdir()
+    for k in range(5):
+        bands, water = synthetic_scene(96, 96, seed=20 + k)
+        full = np.full((13, 96, 96), 1000, np.int16)
+        full[[1, 2, 3, 7, 11, 12]] = bands.astype(np.int16)
+        full[:, :4, :4] = 0                                   # source no data
+        label = water.astype(np.int16)
+        label[-6:, :] = -1
+        profile = dict(driver="GTiff", width=96, height=96, crs="EPSG:4326",
+                       transform=from_origin(0, 1, 1e-4, 1e-4))
+        with rasterio.open(root / "S2Hand" / f"C{k}_S2Hand.tif", "w", count=13,
+                           dtype="int16", nodata=0, **profile) as ds:
+            ds.write(full)
+        with rasterio.open(root / "LabelHand" / f"C{k}_LabelHand.tif", "w", count=1,
+                           dtype="int16", **profile) as ds:
+            ds.write(label[None])
+    m = train(tmp_path, "sen1floods11", tmp_path / "out", epochs=1, batch_size=2,
+              base_channels=4, depth=2, crop=64, version="0.0.2")
+    assert m["layout"] == "sen1floods11" and m["train_chips"] == 4 and m["val_chips"] == 1
+    w = torch.load(tmp_path / "out" / "unet-s2-water-0.0.2.pt", weights_only=True)
+    assert all(name.startswith("C") for name in w["train_ids"] + w["val_ids"])
