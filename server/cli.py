@@ -141,15 +141,20 @@ def train(data_dir: Path, layout: str, out_dir: Path | None, seed: int,
 @click.option("--split", type=click.Choice(["val", "all"]), default="val", show_default=True,
               help="chips128: the validation split the model never saw, or every chip")
 @click.option("--weights", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--scale", type=int, help="network scale (default: by the layout's resolution)")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]),
+              help="default: bf16 where the CPU has it, else fp32")
+@click.option("--per-chip", is_flag=True, help="add the per-chip IoU table")
 @click.option("--worst-png", type=click.Path(dir_okay=False, path_type=Path),
               help="write a PNG of the worst chips (image / label / prediction)")
 @click.option("--json", "as_json", is_flag=True, help="print the full report as JSON")
 def evaluate(data_dir: Path, layout: str, methods: tuple[str, ...], split: str,
-             weights: Path | None, worst_png: Path | None, as_json: bool) -> None:
+             weights: Path | None, scale: int | None, precision: str | None, per_chip: bool,
+             worst_png: Path | None, as_json: bool) -> None:
     """Water IoU, precision, recall and F1 of the model and the index baselines."""
     from aquamask.model import evaluate as ev
 
-    kwargs = {"split": split, "weights": weights}
+    kwargs = {"split": split, "weights": weights, "scale": scale, "precision": precision}
     if methods:
         kwargs["methods"] = methods
     with progress_bar("evaluating") as update:
@@ -158,7 +163,7 @@ def evaluate(data_dir: Path, layout: str, methods: tuple[str, ...], split: str,
         ev.write_worst_chips_png(report, worst_png)
         click.echo(f"wrote {worst_png}", err=True)
     click.echo(json.dumps(report, indent=2, default=float) if as_json
-               else ev.format_table(report))
+               else ev.format_table(report, per_chip=per_chip))
 
 
 def wait_for(url: str, timeout: float = 120.0) -> None:
