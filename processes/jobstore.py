@@ -33,6 +33,7 @@ jobs = Table(
     Column("error_status", Integer),  # HTTP status of a failure the user caused
     Column("error_code", String(64)),
     Column("pid", Integer),
+    Column("pid_start", String(32)),  # the worker's start time in /proc: pid reuse is told apart
     Column("host", String(255)),
     Column("owner", String(255)),
     Index("ix_jobs_started", "started"),

@@ -4,19 +4,21 @@ pygeoapi's own managers run a job as a thread inside the web worker: no bound, n
 cancellation, and a killed web worker leaves the job ``accepted`` for ever. Here every execution,
 sync or async, runs in a separate worker process (``aquamask.processes.worker``) that takes one of
 ``jobs.max_running`` slots, writes progress to the job store, and is killed on dismissal. A job
-whose worker died is seen as such (its pid is gone) and marked failed with the reason.
+whose worker died is seen as such (its process is gone) and marked failed with the reason.
+
+Workers are forked from a multiprocessing fork server that has the pipeline's modules imported:
+a job starts in milliseconds rather than the second a fresh interpreter needs, and the worker
+still outlives a restarted web worker (it leads its own session).
 """
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
+from multiprocessing.process import BaseProcess
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Optional, Tuple
@@ -26,32 +28,36 @@ from pygeoapi.process.base import (BaseProcessor, JobNotFoundError, JobResultNot
 from pygeoapi.process.manager.base import BaseManager
 from pygeoapi.util import JobStatus, RequestedResponse, get_current_datetime
 
+from aquamask.processes import worker
 from aquamask.processes.errors import TooManyJobs
 from aquamask.processes.identity import current_identity
 from aquamask.processes.jobstore import JobStore
 from aquamask.processes.settings import Settings
+from aquamask.processes.worker import remove_job_files
 
 LOGGER = logging.getLogger(__name__)
 ACTIVE = (JobStatus.accepted.value, JobStatus.running.value)
 HOST = socket.gethostname()
+WORKERS = multiprocessing.get_context("forkserver")
+# imported once in the fork server, so each forked worker starts warm (torch is imported
+# there too, but without starting a thread pool, which would not survive a fork)
+WORKERS.set_forkserver_preload(["aquamask.processes.worker",
+                                "aquamask.processes.water_detection", "torch"])
 
 
-def worker_alive(pid: int | None, job_id: str) -> bool:
-    """Whether ``pid`` is still the worker of ``job_id`` (not gone, not a zombie, not reused)."""
-    if not pid:
-        return False
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), None if it is gone or a
+    zombie: with the pid it names one process for good, even after the pid is reused."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z" and job_id.encode() in cmdline
+        return None
+    return None if fields[0] == "Z" else fields[19]
 
 
-def remove_job_files(results_dir: Path, job_id: str) -> None:
-    shutil.rmtree(results_dir / job_id, ignore_errors=True)
-    for leftover in results_dir.glob(f".*-{job_id}*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+def worker_alive(pid: int | None, started: str | None) -> bool:
+    """Whether the worker recorded as (``pid``, ``started``) still runs."""
+    return bool(pid) and started is not None and process_start(pid) == started
 
 
 class JobFailed(ProcessorExecuteError):
@@ -93,18 +99,16 @@ class AquamaskManager(BaseManager):
         return super().execute_process(process_id, data_dict, execution_mode,
                                        requested_outputs, subscriber, requested_response)
 
-    def _spawn(self, p: BaseProcessor, job_id: str, data_dict: dict) -> subprocess.Popen:
+    def _spawn(self, p: BaseProcessor, job_id: str, data_dict: dict) -> BaseProcess:
         process_id = p.metadata["id"]
         dotted = self.processes[process_id]["processor"]["name"]
         self.store.update(job_id, {"inputs": data_dict, "host": HOST,
                                    "message": "queued: waiting for a worker"})
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "aquamask.processes.worker", job_id, dotted, self.database],
-            stdin=subprocess.DEVNULL, start_new_session=True)
-        # reap it when it ends, so a finished worker never lingers as a zombie
-        threading.Thread(target=proc.wait, daemon=True).start()
-        self.store.update(job_id, {"pid": proc.pid})
-        return proc
+        process = WORKERS.Process(target=worker.run_forked, name=f"aquamask-job-{job_id}",
+                                  args=(job_id, dotted, self.database), daemon=False)
+        process.start()  # the fork server reaps it when it ends
+        self.store.update(job_id, {"pid": process.pid, "pid_start": process_start(process.pid)})
+        return process
 
     def _execute_handler_async(self, p, job_id, data_dict, requested_outputs=None,
                                subscriber=None, requested_response=None):
@@ -113,8 +117,7 @@ class AquamaskManager(BaseManager):
 
     def _execute_handler_sync(self, p, job_id, data_dict, requested_outputs=None,
                               subscriber=None, requested_response=None):
-        proc = self._spawn(p, job_id, data_dict)
-        proc.wait()
+        self._spawn(p, job_id, data_dict).join()
         record = self.get_job(job_id)
         if record["status"] == JobStatus.successful.value:
             return "application/json", record["outputs"], JobStatus.successful
@@ -124,7 +127,7 @@ class AquamaskManager(BaseManager):
     def _checked(self, record: dict[str, Any]) -> dict[str, Any]:
         """Mark a job failed when its worker on this host is gone without finishing it."""
         if record["status"] in ACTIVE and record.get("host") == HOST and record.get("pid") \
-                and not worker_alive(record["pid"], record["identifier"]):
+                and not worker_alive(record["pid"], record.get("pid_start")):
             now = get_current_datetime()
             changes = {"status": JobStatus.failed.value, "finished": now, "updated": now,
                        "error_status": 500, "error_code": "NoApplicableCode",
@@ -191,17 +194,17 @@ class AquamaskManager(BaseManager):
 
     @staticmethod
     def _stop_worker(record: dict[str, Any], grace: float = 10.0) -> None:
-        pid, job_id = record.get("pid"), record["identifier"]
-        if record.get("host") != HOST or not worker_alive(pid, job_id):
+        pid, started = record.get("pid"), record.get("pid_start")
+        if record.get("host") != HOST or not worker_alive(pid, started):
             return
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + grace
-        while worker_alive(pid, job_id) and time.monotonic() < deadline:
+        while worker_alive(pid, started) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if worker_alive(pid, job_id):
+        if worker_alive(pid, started):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -1,4 +1,5 @@
-"""The job worker process: ``python -m aquamask.processes.worker JOB_ID PROCESSOR DB_URL``.
+"""The job worker process: forked by the manager (``run_forked``), or by hand as
+``python -m aquamask.processes.worker JOB_ID PROCESSOR DB_URL``.
 
 It waits for one of ``jobs.max_running`` slots (file locks, so the bound holds across every
 gunicorn worker and is released by the kernel if the process dies), runs the processor, and
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
+import shutil
 import signal
 import sys
 import time
@@ -20,11 +23,17 @@ from pygeoapi.util import JobStatus, get_current_datetime
 
 from aquamask.processes.errors import Cancelled
 from aquamask.processes.jobstore import JobStore
-from aquamask.processes.manager import remove_job_files
 from aquamask.processes.settings import Settings
 
 LOGGER = logging.getLogger("aquamask.worker")
 RUNNING = (JobStatus.running.value,)
+
+
+def remove_job_files(results_dir: Path, job_id: str) -> None:
+    """A job's product folder and any staging or work folder it left."""
+    shutil.rmtree(results_dir / job_id, ignore_errors=True)
+    for leftover in results_dir.glob(f".*-{job_id}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def acquire_slot(directory: Path, slots: int, waiting) -> IO:
@@ -118,6 +127,14 @@ def _fail(store: JobStore, job_id: str, status: int, code: str, message: str) ->
     store.update(job_id, {"status": JobStatus.failed.value, "error_status": status,
                           "error_code": code, "message": message, "finished": now,
                           "updated": now}, only_if_status=(JobStatus.accepted.value,) + RUNNING)
+
+
+def run_forked(job_id: str, processor_path: str, database: str) -> None:
+    """Entry point in a process forked by the manager: a session of its own, so that
+    dismissal can stop its whole group and a web worker's restart leaves it running."""
+    os.setsid()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    sys.exit(run(job_id, processor_path, database))
 
 
 if __name__ == "__main__":
