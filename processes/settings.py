@@ -18,6 +18,13 @@ import yaml
 
 ENV_PREFIX = "AQUAMASK__"
 DEFAULT_CONFIG = files("aquamask.config") / "aquamask.yml"
+# libyaml's parser where PyYAML has it: settings are read at the start of every job
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _read_yaml(source) -> dict[str, Any]:
+    with open(source, encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=_LOADER) or {}
 
 
 def _apply_env_overrides(config: dict[str, Any], environ: dict[str, str]) -> None:
@@ -40,12 +47,10 @@ class Settings:
              environ: dict[str, str] | None = None) -> "Settings":
         environ = dict(os.environ if environ is None else environ)
         source = path or environ.get("AQUAMASK_CONFIG") or DEFAULT_CONFIG
-        with open(source, encoding="utf-8") as fh:  # type: ignore[arg-type]
-            config = yaml.safe_load(fh) or {}
+        config = _read_yaml(source)
         # The packaged defaults fill what a user's file leaves out.
         if source != DEFAULT_CONFIG:
-            with DEFAULT_CONFIG.open(encoding="utf-8") as fh:
-                config = _merge(yaml.safe_load(fh), config)
+            config = _merge(_read_yaml(DEFAULT_CONFIG), config)
         _apply_env_overrides(config, environ)
         return cls(config)
 

@@ -15,6 +15,7 @@ it names the mapfile as the default map and forbids map paths from the client.
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 import json
 import logging
 import math
@@ -126,7 +127,9 @@ def _atomic_write(path: Path, text: str) -> None:
         raise
 
 
+@lru_cache(maxsize=1)
 def _template() -> jinja2.Template:
+    """Compiled once per process (job workers fork from a process that compiled it)."""
     import aquamask.config
 
     env = jinja2.Environment(
