@@ -148,8 +148,8 @@ def add_security_headers(app: Flask, settings: Settings) -> None:
 
 
 def reject_non_object_execute_bodies(app: Flask) -> None:
-    """pygeoapi assumes an execute body is a JSON object and fails with a 500 on ``[]`` or
-    ``"x"``: answer those with a 400 before it sees them."""
+    """pygeoapi assumes an execute body is a UTF-8 JSON object and fails with a 500 on
+    ``[]``, ``"x"`` or undecodable bytes: answer those with a 400 before it sees them."""
 
     @app.before_request
     def check_execute_body():
@@ -159,9 +159,14 @@ def reject_non_object_execute_bodies(app: Flask) -> None:
         if not raw:
             return None  # pygeoapi answers a missing body with its own 400
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return None  # and malformed JSON too
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return ogc_exception(400, "InvalidParameterValue",
+                                 "the request body must be JSON in UTF-8")
+        try:
+            body = json.loads(text)
+        except ValueError:
+            return None  # pygeoapi answers malformed JSON with its own 400
         if not isinstance(body, dict):
             return ogc_exception(400, "InvalidParameterValue",
                                  "the execute request must be a JSON object with 'inputs'")

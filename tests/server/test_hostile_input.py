@@ -88,6 +88,9 @@ def test_oversized_and_malformed_requests(server):
     assert broken.status_code == 400
     wrong_type = requests.post(url, json={"inputs": {"image": ["a", "b"]}}, timeout=30)
     assert wrong_type.status_code == 400
+    undecodable = requests.post(url, data=b"\xd7;\xe46", timeout=30,
+                                headers={"Content-Type": "application/json"})
+    assert undecodable.status_code == 400 and "UTF-8" in undecodable.json()["description"]
     for body in (b"[null, null]", b'"text"', b"3", b"null"):
         not_an_object = requests.post(url, data=body, timeout=30,
                                       headers={"Content-Type": "application/json"})
