@@ -195,12 +195,16 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
     else:
         href = "demo/demo-scene.tif"
         make_demo_scene(settings.data_root / href)
+    log_path = settings.home / "server.log"
+    log = open(log_path, "ab")  # the terminal keeps the demo's own lines and progress bar
     server = subprocess.Popen(gunicorn_command(Settings.load(environ=env), "127.0.0.1", port,
-                                               None), env=env)
+                                               None), env=env, stdout=log,
+                              stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for(f"{base}/health")
-        click.echo(f"server up at {base}; executing water-detection on {href}")
+        click.echo(f"server up at {base} (log: {log_path}); "
+                   f"executing water-detection on {href}")
         response = requests.post(f"{base}/processes/water-detection/execution",
                                  json={"inputs": {"image": {"href": href}}},
                                  headers={"Prefer": "respond-async"}, timeout=30)
@@ -227,6 +231,7 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
             f"WMS GetMap:   {outputs['layer']['getmap']}",
             f"WMS:          {outputs['layer']['getcapabilities']}",
             f"processes:    {base}/processes",
+            f"viewer:       {base}/viewer",
         ]))
         if not exit_after:
             click.echo("serving; Ctrl-C to stop")
