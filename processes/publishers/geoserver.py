@@ -41,16 +41,15 @@ from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import requests
 from filelock import FileLock, Timeout
 from geo.Geoserver import Geoserver, GeoserverException
 
-from aquamask.processes.publishers import Publisher
-from aquamask.processes.publishers.mapserver import (GETMAP_WIDTH, WMS_MAX_SIZE, _atomic_write,
-                                                     _raster_facts, layer_name, series_key,
-                                                     validate_product_id)
+from aquamask.processes.publishers import Publisher, getmap_params, ogc_url, service_layer
+from aquamask.processes.publishers.mapserver import (_atomic_write, _raster_facts, layer_name,
+                                                     series_key, validate_product_id)
 from aquamask.processes.types import Layer, Product
 
 LOGGER = logging.getLogger(__name__)
@@ -508,47 +507,17 @@ class GeoServerPublisher(Publisher):
 
     def layer(self, product_id: str, bbox_wgs84: list[float] | tuple[float, ...] | None = None
               ) -> Layer:
-        name = layer_name(product_id)
         if bbox_wgs84 is None:
             entry = self._read_catalogue().get(product_id)
             if entry is None:
                 raise KeyError(product_id)
             bbox_wgs84 = entry["bbox_wgs84"]
-        minx, miny, maxx, maxy = (float(v) for v in bbox_wgs84)
-        aspect = (maxy - miny) / (maxx - minx) if maxx > minx else 1.0
-        height = max(1, min(WMS_MAX_SIZE, round(GETMAP_WIDTH * aspect)))
-        wms = f"{self.public_url}/{self.workspace}/wms"
-        wcs = f"{self.public_url}/{self.workspace}/wcs"
-
-        def url(base: str, **params: Any) -> str:
-            return f"{base}?{urlencode(params, safe=',:/')}"
-
-        return Layer(
-            name=name,
-            publisher=self.name,
-            wms_url=wms,
-            wcs_url=wcs,
-            get_capabilities_url=url(wms, SERVICE="WMS", VERSION="1.3.0",
-                                     REQUEST="GetCapabilities"),
-            get_map_url=url(wms, SERVICE="WMS", VERSION="1.3.0", REQUEST="GetMap",
-                            LAYERS=name, STYLES="", CRS="EPSG:4326",
-                            BBOX=f"{miny!r},{minx!r},{maxy!r},{maxx!r}", WIDTH=GETMAP_WIDTH,
-                            HEIGHT=height, FORMAT="image/png", TRANSPARENT="TRUE"),
-            get_coverage_url=url(wcs, SERVICE="WCS", VERSION="2.0.1", REQUEST="GetCoverage",
-                                 COVERAGEID=name, FORMAT="image/tiff"),
-            describe_coverage_url=url(wcs, SERVICE="WCS", VERSION="2.0.1",
-                                      REQUEST="DescribeCoverage", COVERAGEID=name),
-            legend_url=url(wms, SERVICE="WMS", VERSION="1.0.0", REQUEST="GetLegendGraphic",
-                           LAYER=name, FORMAT="image/png"),
-        )
+        return service_layer(layer_name(product_id), self.name,
+                             f"{self.public_url}/{self.workspace}/wms",
+                             f"{self.public_url}/{self.workspace}/wcs", bbox_wgs84,
+                             {"VERSION": "1.0.0"})
 
     def series_getmap_url(self, series: str, bbox_wgs84: list[float], time: str) -> str:
         """A GetMap of the area's mosaic at one date (WMS ``TIME``)."""
-        minx, miny, maxx, maxy = (float(v) for v in bbox_wgs84)
-        aspect = (maxy - miny) / (maxx - minx) if maxx > minx else 1.0
-        height = max(1, min(WMS_MAX_SIZE, round(GETMAP_WIDTH * aspect)))
-        params = dict(SERVICE="WMS", VERSION="1.3.0", REQUEST="GetMap", LAYERS=series,
-                      STYLES="", CRS="EPSG:4326", BBOX=f"{miny!r},{minx!r},{maxy!r},{maxx!r}",
-                      WIDTH=GETMAP_WIDTH, HEIGHT=height, FORMAT="image/png",
-                      TRANSPARENT="TRUE", TIME=time)
-        return f"{self.public_url}/{self.workspace}/wms?{urlencode(params, safe=',:/')}"
+        return ogc_url(f"{self.public_url}/{self.workspace}/wms",
+                       **getmap_params(series, bbox_wgs84, TIME=time))

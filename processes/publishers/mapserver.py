@@ -24,12 +24,11 @@ import re
 import tempfile
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import jinja2
 from filelock import FileLock
 
-from aquamask.processes.publishers import Publisher
+from aquamask.processes.publishers import WMS_MAX_SIZE, Publisher, service_layer
 from aquamask.processes.types import Layer, Product
 
 LOGGER = logging.getLogger(__name__)
@@ -47,9 +46,6 @@ TEMPLATE = "mapfile.j2"
 WATER_RGB = (0, 112, 255)
 WATER_HEX = "#0070ff"
 BASE_SRS = ("EPSG:4326", "EPSG:3857")
-GETMAP_WIDTH = 512
-# the largest WMS image /ows asks MapServer for (MapServer's own default MAXSIZE)
-WMS_MAX_SIZE = 4096
 LOCK_TIMEOUT_S = 120
 # time series: one WMS layer with a TIME dimension per area, over a tile index of its dates
 SERIES_PREFIX = "series-"
@@ -426,35 +422,11 @@ class MapServerPublisher(Publisher):
     def layer(self, product_id: str, bbox_wgs84: tuple[float, ...] | list[float] | None = None
               ) -> Layer:
         """The ``Layer`` (service URLs) of a product; ``bbox_wgs84`` defaults to the catalogue's."""
-        name = layer_name(product_id)
         if bbox_wgs84 is None:
             entry = self._read_catalogue().get(product_id)
             if entry is None:
                 raise KeyError(product_id)
             bbox_wgs84 = entry["bbox_wgs84"]
-        minx, miny, maxx, maxy = (float(v) for v in bbox_wgs84)
-        aspect = (maxy - miny) / (maxx - minx) if maxx > minx else 1.0
-        height = max(1, min(WMS_MAX_SIZE, round(GETMAP_WIDTH * aspect)))
-
-        def url(**params: Any) -> str:
-            return f"{self.ows_url}?{urlencode(params, safe=',:/')}"
-
-        return Layer(
-            name=name,
-            publisher=self.name,
-            wms_url=self.ows_url,
-            wcs_url=self.ows_url,
-            get_capabilities_url=url(SERVICE="WMS", VERSION="1.3.0", REQUEST="GetCapabilities"),
-            # WMS 1.3.0 with EPSG:4326: the BBOX axis order is lat,lon
-            get_map_url=url(SERVICE="WMS", VERSION="1.3.0", REQUEST="GetMap", LAYERS=name,
-                            STYLES="", CRS="EPSG:4326",
-                            BBOX=f"{miny!r},{minx!r},{maxy!r},{maxx!r}",
-                            WIDTH=GETMAP_WIDTH, HEIGHT=height, FORMAT="image/png",
-                            TRANSPARENT="TRUE"),
-            get_coverage_url=url(SERVICE="WCS", VERSION="2.0.1", REQUEST="GetCoverage",
-                                 COVERAGEID=name, FORMAT="image/tiff"),
-            describe_coverage_url=url(SERVICE="WCS", VERSION="2.0.1",
-                                      REQUEST="DescribeCoverage", COVERAGEID=name),
-            legend_url=url(SERVICE="WMS", VERSION="1.3.0", REQUEST="GetLegendGraphic",
-                           LAYER=name, FORMAT="image/png", SLD_VERSION="1.1.0"),
-        )
+        # MapServer's legend for WMS 1.3.0 needs SLD_VERSION
+        return service_layer(layer_name(product_id), self.name, self.ows_url, self.ows_url,
+                             bbox_wgs84, {"VERSION": "1.3.0", "SLD_VERSION": "1.1.0"})
