@@ -50,6 +50,38 @@ LOCK_TIMEOUT_S = 120
 # time series: one WMS layer with a TIME dimension per area, over a tile index of its dates
 SERIES_PREFIX = "series-"
 SERIES_DIR = "series"
+# monitoring products name their style in a GDAL tag of the COG; each style's data type
+# (config/mapfile.j2 draws each; config/styles/<style>.sld is the same for GeoServer)
+STYLE_TAG = "AQUAMASK_STYLE"
+STYLE_DTYPES = {"water": "uint8", "change": "uint8", "frequency": "uint8"}
+# the classes of each monitoring style: config/styles/change.sld and frequency.sld use the
+# same colours (tests/processes/test_monitoring_styles.py checks it)
+CHANGE_CLASSES = (("Dry at both dates", 0, (237, 232, 208)),
+                  ("Water gained", 1, (26, 152, 80)),
+                  ("Water lost", 2, (215, 48, 39)),
+                  ("Permanent water", 3, WATER_RGB),
+                  ("No data at either date", 255, (160, 160, 160)))
+# (label, low, high, colour): drawn where low < frequency (%) <= high; 0 (never wet) and 255
+# (no valid observation) transparent
+FREQUENCY_CLASSES = (("Water in up to 10 % of observations", 0, 10, (222, 235, 247)),
+                     ("10-25 %", 10, 25, (158, 202, 225)),
+                     ("25-50 %", 25, 50, (66, 146, 198)),
+                     ("50-75 %", 50, 75, (33, 113, 181)),
+                     ("75-100 %", 75, 100, (8, 48, 107)))
+RANGE_LABELS = {"water": "water mask classes", "change": "water change classes",
+                "frequency": "water frequency (%)"}
+BAND_DESCRIPTIONS = {
+    "water": "0 dry, 1 water, 255 no data",
+    "change": "0 dry, 1 water gained, 2 water lost, 3 permanent water, 255 no data",
+    "frequency": "percent of the valid observations that saw water (0-100), 255 none valid"}
+STYLE_ABSTRACTS = {
+    "change": "Water change between two dates: green gained, red lost, blue permanent water, "
+              "sand dry at both, grey no data at either. WCS: 0 dry, 1 gained, 2 lost, "
+              "3 permanent, 255 no data.",
+    "frequency": "Water frequency: the percentage of the valid observations in which water "
+                 "was seen, from pale (rarely) to dark blue (always); never wet and no valid "
+                 "observation are transparent. WCS: 0-100 %, 255 no valid observation.",
+}
 
 
 def layer_name(product_id: str) -> str:
@@ -135,13 +167,25 @@ def _template() -> jinja2.Template:
     return env.get_template(TEMPLATE)
 
 
+def raster_style(tags: dict[str, str]) -> str:
+    """The style a COG asks for in its ``AQUAMASK_STYLE`` tag (monitoring products: ``change``,
+    ``frequency``); a plain water mask has none."""
+    style = tags.get(STYLE_TAG) or "water"
+    if style not in STYLE_DTYPES:
+        raise ValueError(f"unknown {STYLE_TAG} {style!r}: one of {', '.join(STYLE_DTYPES)}")
+    return style
+
+
 def _raster_facts(path: Path) -> dict[str, Any]:
-    """What the mapfile needs from the COG itself: native extent, size, resolution, CRS."""
+    """What the mapfile needs from the COG itself: native extent, size, resolution, CRS, and
+    the style it is drawn with."""
     import rasterio
 
     with rasterio.open(path) as src:
-        if src.count < 1 or src.dtypes[0] != "uint8":
-            raise ValueError(f"{path} is not a uint8 mask")
+        style = raster_style(src.tags())
+        if src.count < 1 or src.dtypes[0] != STYLE_DTYPES[style]:
+            raise ValueError(f"{path} is not a {STYLE_DTYPES[style]} "
+                             + ("mask" if style == "water" else f"{style} raster"))
         if src.crs is None:
             raise ValueError(f"{path} has no CRS")
         epsg = src.crs.to_epsg()
@@ -153,6 +197,7 @@ def _raster_facts(path: Path) -> dict[str, Any]:
             "resolution": [abs(src.transform.a), abs(src.transform.e)],
             "epsg": int(epsg) if epsg else None,
             "wkt": src.crs.to_wkt(),
+            "style": style,
         }
 
 
@@ -270,6 +315,7 @@ class MapServerPublisher(Publisher):
                 "resolution": [float(v) for v in entry["resolution"]],
                 "title": entry.get("title") or entry["name"],
                 "abstract": entry.get("abstract") or "",
+                "style": entry.get("style") or "water",
             })
         series = self._series(entries)
         if entries:
@@ -291,6 +337,10 @@ class MapServerPublisher(Publisher):
             series=series,
             maxsize=max([WMS_MAX_SIZE] + [max(l["width"], l["height"]) for l in layers]),
             water_rgb=WATER_RGB,
+            change_classes=CHANGE_CLASSES,
+            frequency_classes=FREQUENCY_CLASSES,
+            range_labels=RANGE_LABELS,
+            band_descriptions=BAND_DESCRIPTIONS,
         )
 
     @property
@@ -301,7 +351,8 @@ class MapServerPublisher(Publisher):
         """The time series layers: the dated products of each area (EPSG grids only)."""
         groups: dict[str, list[dict[str, Any]]] = {}
         for entry in entries:
-            if entry.get("datetime") and entry.get("epsg"):
+            if entry.get("datetime") and entry.get("epsg") \
+                    and (entry.get("style") or "water") == "water":
                 groups.setdefault(series_key(entry), []).append(entry)
         series = []
         for key, members in sorted(groups.items()):
@@ -373,10 +424,11 @@ class MapServerPublisher(Publisher):
         if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
             raise ValueError(f"invalid WGS84 bbox {product.bbox_wgs84!r}")
         stats = product.stats
-        abstract = (f"Water mask {product.id}"
-                    + (f", acquired {product.datetime.isoformat()}" if product.datetime else "")
-                    + f": {stats.water_area_km2:.3f} km2 of water in {stats.valid_area_km2:.3f} "
-                      "km2 observed. Blue is water; dry land and no data are transparent.")
+        abstract = STYLE_ABSTRACTS.get(facts["style"]) or (
+            f"Water mask {product.id}"
+            + (f", acquired {product.datetime.isoformat()}" if product.datetime else "")
+            + f": {stats.water_area_km2:.3f} km2 of water in {stats.valid_area_km2:.3f} "
+              "km2 observed. Blue is water; dry land and no data are transparent.")
         entry = {
             "id": product.id,
             "name": name,
