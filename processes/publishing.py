@@ -44,8 +44,8 @@ from typing import Any, Callable
 from filelock import FileLock
 
 from aquamask.processes.publishers.geoserver import GeoServerError, GeoServerPublisher
-from aquamask.processes.publishers.mapserver import (MapServerPublisher, _atomic_write,
-                                                     validate_product_id)
+from aquamask.processes.publishers.mapserver import (PRODUCT_ID, MapServerPublisher,
+                                                     _atomic_write, validate_product_id)
 from aquamask.processes.settings import Settings
 from aquamask.processes.types import Layer, MaskStats, Product
 
@@ -408,11 +408,42 @@ def publish(product: Product, settings: Settings, *, background: bool = True) ->
     return layer
 
 
+DERIVED_SEPARATOR = "--"
+
+
+def derived_id(job_id: str, suffix: str) -> str:
+    """The id of one of several products a job publishes (a time series' dates):
+    ``{job_id}--{suffix}``; ``unpublish(job_id)`` removes them with the job's own."""
+    return validate_product_id(f"{job_id}{DERIVED_SEPARATOR}{suffix}")
+
+
+def derived_ids(product_id: str, settings: Settings) -> list[str]:
+    """The products published under ``product_id``'s derived ids, wherever a trace of them
+    is: a publishing state, or the embedded or GeoServer catalogue (a publish cut short)."""
+    prefix = f"{validate_product_id(product_id)}{DERIVED_SEPARATOR}"
+    found = {path.stem for path in state_dir(settings).glob(f"{prefix}*.json")}
+    found.update(e["id"] for e in MapServerPublisher.from_settings(settings).layers())
+    if GeoServerPublisher.configured(settings):
+        try:
+            found.update(e["id"] for e in GeoServerPublisher.from_settings(settings).layers())
+        except ValueError:  # misconfigured: nothing of ours can be there
+            pass
+    return sorted(i for i in found if i.startswith(prefix) and PRODUCT_ID.fullmatch(i))
+
+
 def unpublish(product_id: str, settings: Settings, *, background: bool = True) -> str:
-    """Remove ``product_id``'s layer from both engines and drop its state.
+    """Remove ``product_id``'s layer, and those of its derived ids (``derived_id``), from both
+    engines and drop their state.
 
     Returns ``none`` when it is gone everywhere, ``unpublish-pending`` when GeoServer could not
     be reached (then retried in the background when ``background``)."""
+    results = [_unpublish_one(derived, settings, background)
+               for derived in derived_ids(product_id, settings)]
+    results.append(_unpublish_one(product_id, settings, background))
+    return UNPUBLISH_PENDING if UNPUBLISH_PENDING in results else NONE
+
+
+def _unpublish_one(product_id: str, settings: Settings, background: bool) -> str:
     validate_product_id(product_id)
     _stop_retrier(product_id, settings)
     MapServerPublisher.from_settings(settings).unpublish(product_id)
