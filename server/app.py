@@ -18,13 +18,16 @@ from pygeoapi.process.base import JobNotFoundError
 from werkzeug.exceptions import HTTPException
 
 from aquamask.processes.products import ITEM_FILE, MASK_FILE, PROBABILITY_FILE
+from aquamask.processes.monitoring import MEDIA_TYPES as MONITORING_FILES
 from aquamask.processes.settings import Settings
 from aquamask.server.auth import Auth
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RESULT_FILES = {MASK_FILE: "image/tiff; application=geotiff; profile=cloud-optimized",
                 PROBABILITY_FILE: "image/tiff; application=geotiff; profile=cloud-optimized",
-                ITEM_FILE: "application/geo+json"}
+                ITEM_FILE: "application/geo+json",
+                # water-timeseries, water-change, water-frequency (processes/monitoring.py)
+                **MONITORING_FILES}
 
 
 def ogc_exception(status: int, code: str, description: str):
