@@ -357,3 +357,44 @@ def test_every_request_of_a_series_is_checked_with_the_server_limits(scenes, tmp
     from aquamask.processes.errors import NoScene
     with pytest.raises(NoScene, match="2020-01-01T00:00:00Z/2020-12-31"):
         monitoring.run_frequency(nothing, settings, "none", lambda pct, msg: None)
+
+
+# -- the parallel runner -------------------------------------------------------------------------
+def test_dates_run_in_parallel_but_never_more_than_configured():
+    import threading
+    import time
+
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def task(i):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return i * i
+
+    done = []
+    config = monitoring.MonitoringConfig(scheduler="threads", max_parallel_dates=3)
+    results = monitoring.run_parallel([lambda i=i: task(i) for i in range(9)], config,
+                                      lambda i, r: done.append(i))
+    assert results == [i * i for i in range(9)] and sorted(done) == list(range(9))
+    assert peak[0] == 3
+    peak[0] = 0
+    serial = monitoring.MonitoringConfig(scheduler="synchronous", max_parallel_dates=3)
+    assert monitoring.run_parallel([lambda i=i: task(i) for i in range(4)], serial,
+                                   lambda i, r: None) == [0, 1, 4, 9]
+    assert peak[0] == 1
+
+
+def test_the_scheduler_setting_is_checked(scenes, tmp_path):
+    with pytest.raises(ValueError, match="monitoring.scheduler must be"):
+        monitoring.MonitoringConfig.from_settings(
+            settings_for(tmp_path, scenes, monitoring__scheduler="processes"))
+    with pytest.raises(ValueError, match="max_parallel_dates must be at least 1"):
+        monitoring.MonitoringConfig.from_settings(
+            settings_for(tmp_path, scenes, monitoring__max_parallel_dates=0))
+    config = monitoring.MonitoringConfig.from_settings(
+        settings_for(tmp_path, scenes, monitoring__scheduler="tcp://127.0.0.1:8786"))
+    assert config.scheduler == "tcp://127.0.0.1:8786"
