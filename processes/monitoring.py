@@ -45,7 +45,8 @@ import numpy as np
 from aquamask import __version__
 from aquamask.processes.areas import pixel_areas_km2
 from aquamask.processes.detection import METHODS, detect
-from aquamask.processes.errors import AquamaskError, InvalidInput, MissingInput, TooLarge
+from aquamask.processes.errors import (AquamaskError, Cancelled, InvalidInput, MissingInput,
+                                       TooLarge)
 from aquamask.processes.settings import Settings
 from aquamask.processes.sources.query import (CRS84, PlaceQuery, check_area, check_date_span,
                                               format_interval, iso, parse_bbox,
@@ -466,6 +467,8 @@ def detect_date(plan: DatePlan, ctx: DateContext) -> dict[str, Any]:
         finally:
             scene.close()
             (work / "classes.tif").unlink(missing_ok=True)
+    except Cancelled:  # dismissed (synchronous scheduler: the dates run in the job's thread)
+        raise
     except Exception as err:  # noqa: BLE001 - one date's failure is reported, the rest stands
         LOGGER.warning("date %s failed: %s", plan.day, err, exc_info=not isinstance(
             err, AquamaskError))

@@ -198,14 +198,21 @@ def test_unpublish_removes_every_date(scenes, home):
     assert "gone--" not in publisher.mapfile_path.read_text()
 
 
-def test_a_dismissed_series_stops_and_leaves_nothing(scenes, tmp_path):
-    settings = settings_for(tmp_path, scenes)
+@pytest.mark.parametrize("scheduler", ["threads", "synchronous"])
+def test_a_dismissed_series_stops_and_leaves_nothing(scenes, tmp_path, scheduler,
+                                                      monkeypatch):
+    settings = settings_for(tmp_path, scenes, monitoring__scheduler=scheduler)
     request = water_timeseries.parse_inputs(inputs(scenes), settings)
 
     def progress(pct, msg):
         if "dates done" in msg:
             raise Cancelled()
 
+    def dismissed(*args, **kwargs):
+        raise Cancelled()
+
+    if scheduler == "synchronous":  # the dates run in this thread: a dismissal lands in one
+        monkeypatch.setattr(monitoring, "detect", dismissed)
     with pytest.raises(Cancelled):
         monitoring.run_timeseries(request, settings, "stopped", progress)
     assert not (settings.results_dir / "stopped").exists()
