@@ -42,7 +42,8 @@ WORKERS = multiprocessing.get_context("forkserver")
 # imported once in the fork server, so each forked worker starts warm (torch is imported
 # there too, but without starting a thread pool, which would not survive a fork)
 WORKERS.set_forkserver_preload(["aquamask.processes.worker",
-                                "aquamask.processes.water_detection", "torch"])
+                                "aquamask.processes.water_detection",
+                                "aquamask.processes.monitoring", "torch"])
 
 
 def process_start(pid: int) -> str | None:

@@ -515,8 +515,8 @@ async function findSeriesProcess(configured) {
   try {
     const list = await getJSON("processes?f=json");
     const ids = (list.processes || []).map((p) => p.id);
-    const id = configured && ids.includes(configured) ? configured
-      : ids.find((p) => p !== state.processId && /monitor|series/i.test(p));
+    // opt-in (viewer.series_process): a date range otherwise runs one detection per date
+    const id = configured && ids.includes(configured) ? configured : null;
     if (!id) return;
     const caps = capabilities(await getJSON(`processes/${id}?f=json`));
     if (caps.datetime && placeCapable(caps)) {
