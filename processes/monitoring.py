@@ -33,10 +33,11 @@ import logging
 import math
 import os
 import shutil
+import threading
 import tempfile
 from collections import defaultdict
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -49,10 +50,10 @@ from aquamask.processes.errors import (AquamaskError, Cancelled, InvalidInput, M
                                        TooLarge)
 from aquamask.processes.settings import Settings
 from aquamask.processes.sources.query import (CRS84, PlaceQuery, check_area, check_date_span,
-                                              format_interval, iso, parse_bbox,
+                                              iso, parse_bbox,
                                               parse_cloud_cover, parse_collection,
                                               parse_datetime, parse_geometry)
-from aquamask.processes.types import DRY, INVALID, WATER, MaskStats, Product, ProgressCallback
+from aquamask.processes.types import INVALID, WATER, MaskStats, Product, ProgressCallback
 
 LOGGER = logging.getLogger(__name__)
 
@@ -487,7 +488,28 @@ def run_parallel(tasks: list[Callable[[], Any]], config: MonitoringConfig,
 
     if not tasks:
         return []
-    delayed = [dask.delayed(task, pure=False, name=f"aquamask-date-{i}")()
+    # When on_done raises (dismissal) dask stops waiting but its threads finish the dates they
+    # started: those are let finish and counted, so the caller's clean-up sees all they did,
+    # and dates not yet started do not start.
+    stopped = threading.Event()
+    running = [0]
+    idle = threading.Condition()
+
+    def guarded(task: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            with idle:
+                if stopped.is_set():
+                    raise Cancelled()
+                running[0] += 1
+            try:
+                return task()
+            finally:
+                with idle:
+                    running[0] -= 1
+                    idle.notify_all()
+        return run
+
+    delayed = [dask.delayed(guarded(task), pure=False, name=f"aquamask-date-{i}")()
                for i, task in enumerate(tasks)]
     if "://" in config.scheduler:  # a dask.distributed cluster (the scale-out issue)
         try:
@@ -512,9 +534,15 @@ def run_parallel(tasks: list[Callable[[], Any]], config: MonitoringConfig,
             done[keys[key]] = result
             on_done(keys[key], result)
 
-    with Callback(posttask=posttask):
-        results = dask.compute(*delayed, scheduler=config.scheduler,
-                               num_workers=config.max_parallel_dates)
+    try:
+        with Callback(posttask=posttask):
+            results = dask.compute(*delayed, scheduler=config.scheduler,
+                                   num_workers=config.max_parallel_dates)
+    except BaseException:
+        stopped.set()
+        with idle:
+            idle.wait_for(lambda: running[0] == 0)
+        raise
     return list(results)
 
 
@@ -1141,7 +1169,6 @@ def run_change(request: MonitoringRequest, settings: Settings, job_id: str,
                progress: ProgressCallback) -> dict[str, Any]:
     """The water of the best date of each side (as water-detection picks one date in an
     interval: full coverage, least cloud), then the change classes, block by block."""
-    from aquamask.processes.products import write_cogs
     from aquamask.processes.sources.compose import no_scene, select
 
     config = MonitoringConfig.from_settings(settings)
