@@ -9,7 +9,8 @@ import json
 from typing import Any
 
 from sqlalchemy import (Column, Float, Index, Integer, MetaData, String, Table, Text,
-                        create_engine, event, func, select)
+                        create_engine, event, func, inspect, select, text)
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
@@ -35,6 +36,7 @@ jobs = Table(
     Column("pid", Integer),
     Column("pid_start", String(32)),  # the worker's start time in /proc: pid reuse is told apart
     Column("host", String(255)),
+    Column("heartbeat", Float),  # time.time() of the worker's last sign of life, on any host
     Column("owner", String(255)),
     Index("ix_jobs_started", "started"),
     Index("ix_jobs_status", "status"),
@@ -62,7 +64,25 @@ class JobStore:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
-        metadata.create_all(self.engine, checkfirst=True)
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        """Create the table, or add the columns a store written by an older release lacks.
+        SQLAlchemy has no migrations of its own and one nullable column does not call for
+        Alembic. Several processes may start at once: a lost creation race is retried."""
+        for attempt in range(3):
+            try:
+                metadata.create_all(self.engine, checkfirst=True)
+                present = {c["name"] for c in inspect(self.engine).get_columns("jobs")}
+                with self.engine.begin() as conn:
+                    for column in jobs.columns:
+                        if column.name not in present:
+                            kind = column.type.compile(self.engine.dialect)
+                            conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column.name} {kind}"))
+                return
+            except DBAPIError:
+                if attempt == 2:
+                    raise
 
     @staticmethod
     def _encode(record: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +145,11 @@ class JobStore:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [self._decode(r) for r in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        query = select(jobs.c.status, func.count()).group_by(jobs.c.status)
+        with self.engine.connect() as conn:
+            return {status: n for status, n in conn.execute(query).all()}
 
     def delete(self, job_id: str) -> bool:
         with self.engine.begin() as conn:
