@@ -1,26 +1,18 @@
-"""aquamask's pygeoapi process manager: jobs in SQL, executed in worker processes.
+"""aquamask's pygeoapi process manager: jobs in SQL, executed by worker processes.
 
 pygeoapi's own managers run a job as a thread inside the web worker: no bound, no progress, no
 cancellation, and a killed web worker leaves the job ``accepted`` for ever. Here every execution,
-sync or async, runs in a separate worker process (``aquamask.processes.worker``) that takes one of
-``jobs.max_running`` slots, writes progress to the job store, and is killed on dismissal. A job
-whose worker died is seen as such (its process is gone) and marked failed with the reason.
-
-Workers are forked from a multiprocessing fork server that has the pipeline's modules imported:
-a job starts in milliseconds rather than the second a fresh interpreter needs, and the worker
-still outlives a restarted web worker (it leads its own session).
+sync or async, is handed to an executor (``aquamask.processes.executors``): a process forked on
+this machine, or a task on a Dask cluster. The worker writes progress, heartbeats and the outcome
+to the job store and stops on dismissal. A job whose worker died is marked failed with the
+reason: at once when its process on this host is gone, else when its heartbeat is older than
+``jobs.stale_after_s``. Jobs left active by a stopped server are checked when it starts.
 """
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import os
-import signal
-import socket
 import time
-from multiprocessing.process import BaseProcess
 from http import HTTPStatus
-from pathlib import Path
 from typing import Any, Optional, Tuple
 
 from pygeoapi.process.base import (BaseProcessor, JobNotFoundError, JobResultNotFoundError,
@@ -28,37 +20,14 @@ from pygeoapi.process.base import (BaseProcessor, JobNotFoundError, JobResultNot
 from pygeoapi.process.manager.base import BaseManager
 from pygeoapi.util import JobStatus, RequestedResponse, get_current_datetime
 
-from aquamask.processes import worker
 from aquamask.processes.errors import TooManyJobs
+from aquamask.processes.executors import executor_from_settings, worker_alive
 from aquamask.processes.identity import current_identity
 from aquamask.processes.jobstore import JobStore
 from aquamask.processes.settings import Settings
-from aquamask.processes.worker import remove_job_files
+from aquamask.processes.worker import ACTIVE, HOST, remove_job_files
 
 LOGGER = logging.getLogger(__name__)
-ACTIVE = (JobStatus.accepted.value, JobStatus.running.value)
-HOST = socket.gethostname()
-WORKERS = multiprocessing.get_context("forkserver")
-# imported once in the fork server, so each forked worker starts warm (torch is imported
-# there too, but without starting a thread pool, which would not survive a fork)
-WORKERS.set_forkserver_preload(["aquamask.processes.worker",
-                                "aquamask.processes.water_detection",
-                                "aquamask.processes.monitoring", "torch"])
-
-
-def process_start(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), None if it is gone or a
-    zombie: with the pid it names one process for good, even after the pid is reused."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return None
-    return None if fields[0] == "Z" else fields[19]
-
-
-def worker_alive(pid: int | None, started: str | None) -> bool:
-    """Whether the worker recorded as (``pid``, ``started``) still runs."""
-    return bool(pid) and started is not None and process_start(pid) == started
 
 
 class JobFailed(ProcessorExecuteError):
@@ -80,6 +49,19 @@ class AquamaskManager(BaseManager):
         self.settings.ensure_dirs()
         self.database = manager_def.get("connection") or self.settings.database_url
         self.store = JobStore(self.database)
+        self.executor = executor_from_settings(self.settings, self.store)
+        self.stale_after_s = float(self.settings.get("jobs", "stale_after_s") or 60)
+        self.sweep()
+
+    def sweep(self) -> int:
+        """Check every active job (at start: a job of a server that was stopped is not left
+        ``running`` for ever); the number found dead."""
+        dead = 0
+        for record in self.store.active():
+            dead += self._checked(record)["status"] not in ACTIVE
+        if dead:
+            LOGGER.warning("%d job(s) found without a live worker were marked failed", dead)
+        return dead
 
     # -- execution ------------------------------------------------------------------------
     def execute_process(self, process_id: str, data_dict: dict, execution_mode=None,
@@ -100,16 +82,12 @@ class AquamaskManager(BaseManager):
         return super().execute_process(process_id, data_dict, execution_mode,
                                        requested_outputs, subscriber, requested_response)
 
-    def _spawn(self, p: BaseProcessor, job_id: str, data_dict: dict) -> BaseProcess:
+    def _spawn(self, p: BaseProcessor, job_id: str, data_dict: dict):
         process_id = p.metadata["id"]
         dotted = self.processes[process_id]["processor"]["name"]
-        self.store.update(job_id, {"inputs": data_dict, "host": HOST,
+        self.store.update(job_id, {"inputs": data_dict, "host": HOST, "heartbeat": time.time(),
                                    "message": "queued: waiting for a worker"})
-        process = WORKERS.Process(target=worker.run_forked, name=f"aquamask-job-{job_id}",
-                                  args=(job_id, dotted, self.database), daemon=False)
-        process.start()  # the fork server reaps it when it ends
-        self.store.update(job_id, {"pid": process.pid, "pid_start": process_start(process.pid)})
-        return process
+        return self.executor.submit(job_id, dotted, self.database)
 
     def _execute_handler_async(self, p, job_id, data_dict, requested_outputs=None,
                                subscriber=None, requested_response=None):
@@ -118,24 +96,38 @@ class AquamaskManager(BaseManager):
 
     def _execute_handler_sync(self, p, job_id, data_dict, requested_outputs=None,
                               subscriber=None, requested_response=None):
-        self._spawn(p, job_id, data_dict).join()
+        self._spawn(p, job_id, data_dict)()
         record = self.get_job(job_id)
         if record["status"] == JobStatus.successful.value:
             return "application/json", record["outputs"], JobStatus.successful
         raise JobFailed(record)
 
     # -- job records ----------------------------------------------------------------------
-    def _checked(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Mark a job failed when its worker on this host is gone without finishing it."""
-        if record["status"] in ACTIVE and record.get("host") == HOST and record.get("pid") \
+    def _death(self, record: dict[str, Any]) -> str | None:
+        """Why an active job's worker is known to be gone, or None while it may be alive."""
+        if record["status"] not in ACTIVE:
+            return None
+        if record.get("host") == HOST and record.get("pid") \
                 and not worker_alive(record["pid"], record.get("pid_start")):
+            return (f"the worker process (pid {record['pid']}) ended without finishing the "
+                    "job; it was killed or crashed")
+        beat = record.get("heartbeat")
+        if beat is not None and record["status"] == JobStatus.running.value \
+                and time.time() - beat > self.stale_after_s:
+            return (f"the worker on {record.get('host')} sent no heartbeat for "
+                    f"{time.time() - beat:.0f} s (limit {self.stale_after_s:.0f} s); it was "
+                    "killed, crashed or lost its connection")
+        return None
+
+    def _checked(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Mark a job failed when its worker is gone without finishing it."""
+        reason = self._death(record)
+        if reason is not None:
             now = get_current_datetime()
             changes = {"status": JobStatus.failed.value, "finished": now, "updated": now,
-                       "error_status": 500, "error_code": "NoApplicableCode",
-                       "message": f"the worker process (pid {record['pid']}) ended without "
-                                  "finishing the job; it was killed or crashed"}
+                       "error_status": 500, "error_code": "NoApplicableCode", "message": reason}
             if self.store.update(record["identifier"], changes, only_if_status=ACTIVE):
-                LOGGER.warning("job %s: %s", record["identifier"], changes["message"])
+                LOGGER.warning("job %s: %s", record["identifier"], reason)
                 remove_job_files(self.settings.results_dir, record["identifier"])
             record = self.store.get(record["identifier"]) or record
         return record
@@ -184,7 +176,7 @@ class AquamaskManager(BaseManager):
             self.store.update(job_id, {"status": JobStatus.dismissed.value,
                                        "message": "dismissed", "updated": get_current_datetime()},
                               only_if_status=ACTIVE)
-            self._stop_worker(record)
+            self.executor.stop(record)
         try:
             from aquamask.processes import publishing
             publishing.unpublish(job_id, self.settings)
@@ -192,24 +184,6 @@ class AquamaskManager(BaseManager):
             LOGGER.exception("job %s: unpublishing failed", job_id)
         remove_job_files(self.settings.results_dir, job_id)
         return self.store.delete(job_id)
-
-    @staticmethod
-    def _stop_worker(record: dict[str, Any], grace: float = 10.0) -> None:
-        pid, started = record.get("pid"), record.get("pid_start")
-        if record.get("host") != HOST or not worker_alive(pid, started):
-            return
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace
-        while worker_alive(pid, started) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if worker_alive(pid, started):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def __repr__(self) -> str:
         return f"<AquamaskManager> {self.database}"

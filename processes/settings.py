@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cached_property
 from importlib.resources import files
@@ -20,6 +21,9 @@ ENV_PREFIX = "AQUAMASK__"
 DEFAULT_CONFIG = files("aquamask.config") / "aquamask.yml"
 # libyaml's parser where PyYAML has it: settings are read at the start of every job
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# settings a job brought with it (a Dask task carries the server's), returned by a plain
+# Settings.load() in that job's thread instead of this process's own
+PINNED: ContextVar["Settings | None"] = ContextVar("aquamask_settings", default=None)
 
 
 def _read_yaml(source) -> dict[str, Any]:
@@ -45,6 +49,9 @@ class Settings:
     @classmethod
     def load(cls, path: str | os.PathLike | None = None,
              environ: dict[str, str] | None = None) -> "Settings":
+        pinned = PINNED.get()
+        if pinned is not None and path is None and environ is None:
+            return pinned
         environ = dict(os.environ if environ is None else environ)
         source = path or environ.get("AQUAMASK_CONFIG") or DEFAULT_CONFIG
         config = _read_yaml(source)
@@ -53,6 +60,11 @@ class Settings:
             config = _merge(_read_yaml(DEFAULT_CONFIG), config)
         _apply_env_overrides(config, environ)
         return cls(config)
+
+    def portable(self) -> dict[str, Any]:
+        """The settings with ``home`` absolute, for a job run by another process or host
+        (which must see the same paths: a shared volume)."""
+        return dict(self.raw, home=str(self.home))
 
     def get(self, section: str, key: str, default: Any = None) -> Any:
         return (self.raw.get(section) or {}).get(key, default)

@@ -1,9 +1,11 @@
-"""The job worker process: forked by the manager (``run_forked``), or by hand as
-``python -m aquamask.processes.worker JOB_ID PROCESSOR DB_URL``.
+"""The job worker: forked by the manager (``run_forked``), run as a Dask task
+(``dask_worker.run_job``), or by hand as ``python -m aquamask.processes.worker JOB_ID PROCESSOR
+DB_URL``.
 
-It waits for one of ``jobs.max_running`` slots (file locks, so the bound holds across every
-gunicorn worker and is released by the kernel if the process dies), runs the processor, and
-writes progress and the outcome to the job store. SIGTERM (dismissal) stops it cleanly.
+On this machine it waits for one of ``jobs.max_running`` slots (file locks, so the bound holds
+across every gunicorn worker and is released by the kernel if the process dies). It runs the
+processor and writes progress, a heartbeat every ``jobs.heartbeat_s`` (so a worker lost on any
+host is noticed) and the outcome to the job store. SIGTERM (dismissal) stops it cleanly.
 """
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO
@@ -27,6 +31,8 @@ from aquamask.processes.settings import Settings
 
 LOGGER = logging.getLogger("aquamask.worker")
 RUNNING = (JobStatus.running.value,)
+ACTIVE = (JobStatus.accepted.value, JobStatus.running.value)
+HOST = socket.gethostname()
 
 
 def remove_job_files(results_dir: Path, job_id: str) -> None:
@@ -75,13 +81,43 @@ def _raise_cancelled(signum, frame):
     raise Cancelled()
 
 
-def run(job_id: str, processor_path: str, database: str) -> int:
+class Heartbeat:
+    """Writes the time into the job row every ``interval`` seconds while the job is active,
+    from a daemon thread: a job whose heartbeat stops is failed by the manager."""
+
+    def __init__(self, store: JobStore, job_id: str, interval: float) -> None:
+        self.store, self.job_id, self.interval = store, job_id, interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"aquamask-heartbeat-{job_id}",
+                                       daemon=True)
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                if not self.store.update(self.job_id, {"heartbeat": time.time()},
+                                         only_if_status=ACTIVE):
+                    return
+            except Exception:  # noqa: BLE001 - a store hiccup must not end the job
+                LOGGER.exception("job %s: heartbeat not written", self.job_id)
+
+    def __enter__(self) -> "Heartbeat":
+        self.store.update(self.job_id, {"heartbeat": time.time()}, only_if_status=ACTIVE)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopped.set()
+
+
+def run(job_id: str, processor_path: str, database: str, *, use_slots: bool = True) -> int:
+    """Run an ``accepted`` job to its end; 0 unless it failed. Without ``use_slots`` the
+    caller bounds concurrency (a Dask worker's threads)."""
     settings = Settings.load()
     store = JobStore(database)
     record = store.get(job_id)
     if record is None or record["status"] != JobStatus.accepted.value:
         return 0
-    signal.signal(signal.SIGTERM, _raise_cancelled)
+    heartbeat = Heartbeat(store, job_id, float(settings.get("jobs", "heartbeat_s") or 5))
     try:
         def waiting() -> None:
             if (store.get(job_id) or {}).get("status") != JobStatus.accepted.value:
@@ -89,37 +125,65 @@ def run(job_id: str, processor_path: str, database: str) -> int:
             store.update(job_id, {"message": "queued: all worker slots are busy",
                                   "updated": get_current_datetime()})
 
-        slot = acquire_slot(settings.home / "slots", int(settings.get("jobs", "max_running")),
-                            waiting)
-        with slot:
-            now = get_current_datetime()
-            if not store.update(job_id, {"status": JobStatus.running.value, "started": now,
-                                         "updated": now, "progress": 1,
-                                         "message": "started"},
-                                only_if_status=(JobStatus.accepted.value,)):
-                return 0
-            processor = load_plugin("process", {"name": processor_path})
-            processor.set_job_id(job_id)
-            outputs = processor.run(record["inputs"] or {}, job_id,
-                                    ProgressReporter(store, job_id))
-            now = get_current_datetime()
-            store.update(job_id, {"status": JobStatus.successful.value, "outputs": outputs,
-                                  "progress": 100, "message": "Job complete", "finished": now,
-                                  "updated": now, "mimetype": "application/json",
-                                  "location": str(settings.results_dir / job_id)},
-                         only_if_status=RUNNING)
-            return 0
+        with heartbeat:
+            slot = acquire_slot(settings.home / "slots", int(settings.get("jobs", "max_running")),
+                                waiting) if use_slots else None
+            try:
+                return _execute(store, settings, job_id, processor_path, record)
+            finally:
+                if slot is not None:
+                    slot.close()
     except Cancelled:
         LOGGER.info("job %s dismissed; stopping", job_id)
         remove_job_files(settings.results_dir, job_id)
         return 0
     except ProcessorExecuteError as err:  # the request's fault: recorded with its 4xx
         _fail(store, job_id, int(err.http_status_code), err.ogc_exception_code, err.message)
+    except OSError as err:  # disk full, permission denied, ...: the server's side
+        LOGGER.exception("job %s failed", job_id)
+        _fail(store, job_id, 500, "NoApplicableCode", _storage_message(err, settings))
     except Exception as err:  # noqa: BLE001 - recorded on the job, logged with its traceback
         LOGGER.exception("job %s failed", job_id)
         _fail(store, job_id, 500, "NoApplicableCode", f"internal error: {err}")
     remove_job_files(settings.results_dir, job_id)
     return 1
+
+
+def _execute(store: JobStore, settings: Settings, job_id: str, processor_path: str,
+             record: dict) -> int:
+    now = get_current_datetime()
+    # this process's identity, so that its death is seen (Dask: the worker's process)
+    if not store.update(job_id, {"status": JobStatus.running.value, "started": now,
+                                 "updated": now, "progress": 1, "message": "started",
+                                 "host": HOST, "pid": os.getpid(),
+                                 "pid_start": _own_start_time()},
+                        only_if_status=(JobStatus.accepted.value,)):
+        return 0
+    processor = load_plugin("process", {"name": processor_path})
+    processor.set_job_id(job_id)
+    outputs = processor.run(record["inputs"] or {}, job_id, ProgressReporter(store, job_id))
+    now = get_current_datetime()
+    store.update(job_id, {"status": JobStatus.successful.value, "outputs": outputs,
+                          "progress": 100, "message": "Job complete", "finished": now,
+                          "updated": now, "mimetype": "application/json",
+                          "location": str(settings.results_dir / job_id)},
+                 only_if_status=RUNNING)
+    return 0
+
+
+def _own_start_time() -> str | None:
+    try:
+        return Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _storage_message(err: OSError, settings: Settings) -> str:
+    """A failed write explained to the user (ENOSPC, EACCES, EROFS, EDQUOT, ...)."""
+    where = f" ({err.filename})" if err.filename else ""
+    reason = err.strerror or str(err)
+    return (f"the server could not write the results{where}: {reason}; nothing of this job "
+            f"was kept. Tell the server's operator (results folder: {settings.results_dir})")
 
 
 def _fail(store: JobStore, job_id: str, status: int, code: str, message: str) -> None:
@@ -133,10 +197,12 @@ def run_forked(job_id: str, processor_path: str, database: str) -> None:
     """Entry point in a process forked by the manager: a session of its own, so that
     dismissal can stop its whole group and a web worker's restart leaves it running."""
     os.setsid()
+    signal.signal(signal.SIGTERM, _raise_cancelled)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sys.exit(run(job_id, processor_path, database))
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _raise_cancelled)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sys.exit(run(*sys.argv[1:4]))

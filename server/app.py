@@ -102,6 +102,8 @@ def health_blueprint(settings: Settings, manager) -> Blueprint:
         binary = settings.get("mapserver", "binary") or shutil.which("mapserv") \
             or "/usr/lib/cgi-bin/mapserv"
         checks["map_engine"] = "ok" if os.access(binary, os.X_OK) else f"missing: {binary}"
+        if settings.get("jobs", "scheduler"):
+            checks["dask"] = manager.executor.health()
         healthy = all(v == "ok" for v in checks.values())
         response = jsonify({"status": "ok" if healthy else "degraded", "checks": checks})
         response.status_code = 200 if healthy else 503

@@ -1,0 +1,122 @@
+"""Jobs on a Dask cluster: the real server (gunicorn, loopback HTTP) with ``jobs.scheduler``
+pointing at a real dask.distributed LocalCluster whose workers are separate processes (nannies
+restart a killed one), sharing the server's settings, job store and results folder."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import requests
+
+from aquamask.processes.jobstore import JobStore
+from tests.conftest import start_server
+
+distributed = pytest.importorskip("distributed")
+
+BIG = 2560  # px a side: a U-Net job of several seconds on one thread, long enough to kill
+
+
+@pytest.fixture(scope="module")
+def cluster_server(tmp_path_factory):
+    from aquamask.processes.demo import make_demo_scene
+
+    home = tmp_path_factory.mktemp("aquamask-dask")
+    make_demo_scene(home / "data" / "demo.tif")
+    make_demo_scene(home / "data" / "big.tif", size=BIG)
+    # the workers get no settings of their own: every task carries the server's
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       host="127.0.0.1", dashboard_address=None)
+    client = distributed.Client(cluster)
+    srv = start_server(home, {"AQUAMASK__JOBS__STALE_AFTER_S": "20",
+                              "AQUAMASK__LIMITS__MAX_JOBS_PER_USER": "0",
+                              "AQUAMASK__JOBS__SCHEDULER": cluster.scheduler_address})
+    yield srv, client
+    srv.process.terminate()
+    srv.process.wait(timeout=30)
+    client.close()
+    cluster.close()
+
+
+def store(srv) -> JobStore:
+    return JobStore(f"sqlite:///{srv.home}/jobs.sqlite")
+
+
+def worker_pids(client) -> set[int]:
+    return set(client.run(os.getpid).values())
+
+
+def test_jobs_run_on_the_cluster_workers_and_results_are_served(cluster_server):
+    srv, client = cluster_server
+    done = srv.execute({"image": {"href": "demo.tif"}, "method": "ndwi"})
+    assert done.status_code == 200, done.text
+    assert done.json()["method"] == "ndwi"
+    started = srv.execute({"image": {"href": "demo.tif"}}, asynchronous=True)
+    assert started.status_code == 201, started.text
+    status, seen = srv.wait_job(started.headers["Location"], timeout=120)
+    assert status["status"] == "successful", status
+    record = store(srv).get(status["jobID"])
+    assert record["pid"] in worker_pids(client)  # ran on a Dask worker, not in the server
+    results = requests.get(f"{srv.url}/jobs/{status['jobID']}/results?f=json", timeout=10).json()
+    mask = requests.get(results["mask"]["href"], timeout=10)
+    assert mask.status_code == 200 and mask.content[:4] in (b"II*\x00", b"II+\x00")
+    assert 0 < results["water_fraction"] < 1
+    # the worker plugin loaded the water model once on every worker
+    from aquamask.processes.pipeline import load_model
+    loaded = client.run(lambda: load_model.cache_info().currsize)
+    assert set(loaded.values()) == {1}, loaded
+
+
+def test_health_reports_the_cluster(cluster_server):
+    srv, _ = cluster_server
+    health = requests.get(f"{srv.url}/health", timeout=10).json()
+    assert health["checks"]["dask"] == "ok", health
+
+
+def _start_big_job(srv) -> str:
+    started = srv.execute({"image": {"href": "big.tif"}, "probability": False},
+                          asynchronous=True)
+    assert started.status_code == 201, started.text
+    url = started.headers["Location"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status = requests.get(url, timeout=10).json()
+        if status["status"] == "running" and status["progress"] >= 5:
+            return url
+        assert status["status"] in ("accepted", "running"), status
+        time.sleep(0.05)
+    raise TimeoutError("the job did not start")
+
+
+def test_a_killed_worker_fails_its_job_with_the_reason_and_the_server_goes_on(cluster_server):
+    srv, client = cluster_server
+    url = _start_big_job(srv)
+    job_id = url.rstrip("/").split("/")[-1]
+    pid = store(srv).get(job_id)["pid"]
+    assert pid in worker_pids(client)
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    status, _ = srv.wait_job(url, timeout=30)
+    assert status["status"] == "failed"
+    assert "killed or crashed" in status["message"]
+    assert time.monotonic() - killed < 30
+    assert not (srv.results / job_id).exists()
+    # the nanny restarts the worker; the cluster and the server take the next job
+    again = srv.execute({"image": {"href": "demo.tif"}, "method": "ndwi"})
+    assert again.status_code == 200, again.text
+
+
+def test_dismissing_a_job_running_on_a_worker_stops_it(cluster_server):
+    srv, client = cluster_server
+    url = _start_big_job(srv)
+    job_id = url.rstrip("/").split("/")[-1]
+    assert requests.delete(url, timeout=30).status_code == 200
+    assert requests.get(url, timeout=10).status_code == 404
+    # the task sees the dismissal at its next progress report and leaves nothing behind
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and client.processing() and any(client.processing().values()):
+        time.sleep(0.1)
+    assert not any(client.processing().values())
+    assert not (srv.results / job_id).exists()
+    assert not list(srv.results.glob(f".*-{job_id}*"))
