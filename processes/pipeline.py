@@ -21,6 +21,7 @@ from aquamask.processes.settings import Settings
 from aquamask.processes.sources import place_source
 from aquamask.processes.sources.query import PlaceQuery
 from aquamask.processes.sources.raster import RasterSource
+from aquamask.processes.storage import explain
 from aquamask.processes.types import Layer, Product, ProgressCallback
 
 
@@ -90,6 +91,8 @@ def run_detection(request: DetectionRequest, settings: Settings, product_id: str
         progress(82, "writing the cloud-optimized GeoTIFFs and the STAC item")
         product = write_product(product_id, mask, scene, request.parameters(),
                                 settings.results_dir, started)
+    except OSError as err:  # asked now: the partial files are removed below
+        raise explain(err, settings.results_dir)
     finally:
         scene.close()
         shutil.rmtree(work, ignore_errors=True)

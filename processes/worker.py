@@ -28,6 +28,7 @@ from pygeoapi.util import JobStatus, get_current_datetime
 from aquamask.processes.errors import Cancelled
 from aquamask.processes.jobstore import JobStore
 from aquamask.processes.settings import Settings
+from aquamask.processes.storage import explain
 
 LOGGER = logging.getLogger("aquamask.worker")
 RUNNING = (JobStatus.running.value,)
@@ -179,11 +180,10 @@ def _own_start_time() -> str | None:
 
 
 def _storage_message(err: OSError, settings: Settings) -> str:
-    """A failed write explained to the user (ENOSPC, EACCES, EROFS, EDQUOT, ...)."""
-    where = f" ({err.filename})" if err.filename else ""
-    reason = err.strerror or str(err)
-    return (f"the server could not write the results{where}: {reason}; nothing of this job "
-            f"was kept. Tell the server's operator (results folder: {settings.results_dir})")
+    """A failed write (disk full, read-only, permission denied) explained to the user."""
+    reason = explain(err, settings.results_dir).strerror or str(err)
+    return (f"the server could not write the results: {reason}; nothing of this job was "
+            f"kept. Tell the server's operator (results folder: {settings.results_dir})")
 
 
 def _fail(store: JobStore, job_id: str, status: int, code: str, message: str) -> None:
