@@ -33,8 +33,10 @@ import logging
 import math
 import os
 import shutil
-import threading
+import sys
 import tempfile
+import threading
+import uuid
 from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
@@ -88,7 +90,7 @@ OK, SKIPPED, FAILED = "ok", "skipped", "failed"
 # -- settings ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MonitoringConfig:
-    scheduler: str = "threads"
+    scheduler: str = "auto"
     max_parallel_dates: int = 2
     max_dates: int = 400
     max_scenes: int = 2000
@@ -103,8 +105,9 @@ class MonitoringConfig:
                         if raw.get(k) is not None})
         if config.max_parallel_dates < 1:
             raise ValueError("monitoring.max_parallel_dates must be at least 1")
-        if not (config.scheduler in ("threads", "synchronous") or "://" in config.scheduler):
-            raise ValueError(f"monitoring.scheduler must be threads, synchronous or a "
+        if not (config.scheduler in ("auto", "threads", "synchronous")
+                or "://" in config.scheduler):
+            raise ValueError(f"monitoring.scheduler must be auto, threads, synchronous or a "
                              f"dask.distributed scheduler address (got {config.scheduler!r})")
         return config
 
@@ -478,6 +481,27 @@ def detect_date(plan: DatePlan, ctx: DateContext) -> dict[str, Any]:
     return record
 
 
+def _cluster_client(scheduler: str):
+    """A context giving a dask.distributed client when the dates go to a cluster: the one
+    ``scheduler`` names, or (``auto``) the one this job runs on, whose worker thread is
+    handed back while the dates run (``worker_client``); None for local threads."""
+    if "://" in scheduler:
+        try:
+            from distributed import Client
+        except ImportError as err:
+            raise RuntimeError("monitoring.scheduler names a dask.distributed scheduler but "
+                               "the distributed package is not installed") from err
+        return Client(scheduler)
+    if scheduler == "auto" and "distributed" in sys.modules:
+        from distributed import get_worker, worker_client
+        try:
+            get_worker()
+        except ValueError:  # not in a Dask task
+            return None
+        return worker_client()
+    return None
+
+
 def run_parallel(tasks: list[Callable[[], Any]], config: MonitoringConfig,
                  on_done: Callable[[int, Any], None]) -> list[Any]:
     """Run independent ``tasks`` through dask (``monitoring.scheduler``), at most
@@ -509,23 +533,24 @@ def run_parallel(tasks: list[Callable[[], Any]], config: MonitoringConfig,
                     idle.notify_all()
         return run
 
-    delayed = [dask.delayed(guarded(task), pure=False, name=f"aquamask-date-{i}")()
-               for i, task in enumerate(tasks)]
-    if "://" in config.scheduler:  # a dask.distributed cluster (the scale-out issue)
-        try:
-            from distributed import Client, as_completed
-        except ImportError as err:
-            raise RuntimeError("monitoring.scheduler names a dask.distributed scheduler but "
-                               "the distributed package is not installed") from err
+    cluster = _cluster_client(config.scheduler)
+    if cluster is not None:  # a dask.distributed cluster: each date a task on its workers
+        from distributed import as_completed
         results: list[Any] = [None] * len(tasks)
-        with Client(config.scheduler) as client:
-            futures = client.compute(delayed)
+        # leaving the client releases the futures: dates not started do not start
+        with cluster as client:
+            batch = uuid.uuid4().hex
+            futures = client.compute([dask.delayed(task, pure=False)(
+                dask_key_name=f"aquamask-date-{batch}-{i}") for i, task in enumerate(tasks)])
             index = {f.key: i for i, f in enumerate(futures)}
             for future in as_completed(futures):
                 i = index[future.key]
                 results[i] = future.result()
                 on_done(i, results[i])
         return results
+    scheduler = "threads" if config.scheduler == "auto" else config.scheduler
+    delayed = [dask.delayed(guarded(task), pure=False, name=f"aquamask-date-{i}")()
+               for i, task in enumerate(tasks)]
     keys = {d.key: i for i, d in enumerate(delayed)}
     done: dict[int, Any] = {}
 
@@ -536,7 +561,7 @@ def run_parallel(tasks: list[Callable[[], Any]], config: MonitoringConfig,
 
     try:
         with Callback(posttask=posttask):
-            results = dask.compute(*delayed, scheduler=config.scheduler,
+            results = dask.compute(*delayed, scheduler=scheduler,
                                    num_workers=config.max_parallel_dates)
     except BaseException:
         stopped.set()

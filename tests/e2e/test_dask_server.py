@@ -120,3 +120,26 @@ def test_dismissing_a_job_running_on_a_worker_stops_it(cluster_server):
     assert not any(client.processing().values())
     assert not (srv.results / job_id).exists()
     assert not list(srv.results.glob(f".*-{job_id}*"))
+
+
+def test_a_series_fans_its_dates_out_as_tasks_on_the_cluster(cluster_server):
+    """water-timeseries on the cluster: the job's task hands each date to the workers as a
+    task of its own (monitoring.scheduler auto), and the series matches the scenes."""
+    from tests.processes.monitoring_scenes import USABLE, build_scenes
+
+    srv, client = cluster_server
+    scenes = build_scenes(srv.home / "scenes")  # skips without the shared Spain chip
+    response = requests.post(
+        f"{srv.url}/processes/water-timeseries/execution",
+        json={"inputs": {"bbox": scenes.bbox, "datetime": "2023-01-01/2023-08-31",
+                         "method": "ndwi", "max_cloud_cover": 50}},
+        headers={"Prefer": "respond-async"}, timeout=60)
+    assert response.status_code == 201, response.text
+    status, seen = srv.wait_job(response.headers["Location"], timeout=240)
+    assert status["status"] == "successful", status
+    assert seen == sorted(seen)
+    results = requests.get(f"{response.headers['Location']}/results?f=json", timeout=10).json()
+    detected = [r for r in results["timeseries"] if r["status"] == "ok"]
+    assert len(detected) == len(USABLE)
+    prefixes = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+    assert "aquamask-date" in prefixes, prefixes
