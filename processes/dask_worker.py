@@ -41,7 +41,7 @@ def _run_job(job_id: str, processor_path: str, database: str) -> int:
                      only_if_status=worker.RUNNING)
         worker.remove_job_files(Settings.load().results_dir, job_id)
         return 1
-    return worker.run(job_id, processor_path, database, use_slots=False)
+    return worker.run(job_id, processor_path, database, use_slots=False, runner="dask")
 
 
 class ModelPlugin(WorkerPlugin):

@@ -74,8 +74,9 @@ class LocalExecutor:
 
     def stop(self, record: dict[str, Any], grace: float = 10.0) -> None:
         pid, started = record.get("pid"), record.get("pid_start")
-        if record.get("host") != worker.HOST or not worker_alive(pid, started):
-            return
+        if record.get("runner") not in (None, "fork") or record.get("host") != worker.HOST \
+                or not worker_alive(pid, started):
+            return  # an inline job's pid is a web worker's: it stops at its next progress
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:

@@ -6,13 +6,13 @@ stored (pygeoapi's TinyDB manager rereads the whole file on every call).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from sqlalchemy import (Column, Float, Index, Integer, MetaData, String, Table, Text,
                         create_engine, event, func, inspect, select, text)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import NullPool
 
 metadata = MetaData()
 jobs = Table(
@@ -37,6 +37,7 @@ jobs = Table(
     Column("pid_start", String(32)),  # the worker's start time in /proc: pid reuse is told apart
     Column("host", String(255)),
     Column("heartbeat", Float),  # time.time() of the worker's last sign of life, on any host
+    Column("runner", String(16)),  # fork, dask or inline: how a dismissal stops it
     Column("owner", String(255)),
     Index("ix_jobs_started", "started"),
     Index("ix_jobs_status", "status"),
@@ -58,13 +59,25 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 class JobStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        if url.startswith("sqlite"):
-            # one connection per use: SQLite connections must not cross fork()
-            self.engine: Engine = create_engine(url, poolclass=NullPool)
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        else:
-            self.engine = create_engine(url, pool_pre_ping=True)
+        self._engine: Engine | None = None
+        self._pid = 0
         self._create_schema()
+
+    @property
+    def engine(self) -> Engine:
+        """This process's engine and its pool of connections (reused: opening a SQLite
+        connection and setting its pragmas costs more than a job update). A forked child
+        gets an engine of its own, as connections must not cross fork()."""
+        if self._pid != os.getpid():
+            if self._engine is not None:
+                self._engine.dispose(close=False)  # the parent's: left to the parent
+            if self.url.startswith("sqlite"):
+                self._engine = create_engine(self.url, pool_size=4, max_overflow=16)
+                event.listen(self._engine, "connect", _sqlite_pragmas)
+            else:
+                self._engine = create_engine(self.url, pool_pre_ping=True)
+            self._pid = os.getpid()
+        return self._engine
 
     def _create_schema(self) -> None:
         """Create the table, or add the columns a store written by an older release lacks.

@@ -11,6 +11,7 @@ reason: at once when its process on this host is gone, else when its heartbeat i
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from http import HTTPStatus
 from typing import Any, Optional, Tuple
@@ -20,8 +21,9 @@ from pygeoapi.process.base import (BaseProcessor, JobNotFoundError, JobResultNot
 from pygeoapi.process.manager.base import BaseManager
 from pygeoapi.util import JobStatus, RequestedResponse, get_current_datetime
 
+from aquamask.processes import worker
 from aquamask.processes.errors import TooManyJobs
-from aquamask.processes.executors import executor_from_settings, worker_alive
+from aquamask.processes.executors import LocalExecutor, executor_from_settings, worker_alive
 from aquamask.processes.identity import current_identity
 from aquamask.processes.jobstore import JobStore
 from aquamask.processes.settings import Settings
@@ -50,6 +52,8 @@ class AquamaskManager(BaseManager):
         self.database = manager_def.get("connection") or self.settings.database_url
         self.store = JobStore(self.database)
         self.executor = executor_from_settings(self.settings, self.store)
+        self.inline_max_pixels = int(self.settings.get("jobs", "inline_max_pixels") or 0)
+        self._validated = threading.local()  # what validate() found, for the same request
         self.stale_after_s = float(self.settings.get("jobs", "stale_after_s") or 60)
         self.sweep()
 
@@ -70,8 +74,7 @@ class AquamaskManager(BaseManager):
         # Validate before a job exists: bad input is a 4xx with nothing stored.
         processor = self.get_processor(process_id)
         validate = getattr(processor, "validate", None)
-        if validate is not None:
-            validate(data_dict)
+        self._validated.pixels = validate(data_dict) if validate is not None else None
         identity = current_identity.get()
         limit = int(self.settings.get("limits", "max_jobs_per_user") or 0)
         if identity is not None and limit:
@@ -94,9 +97,20 @@ class AquamaskManager(BaseManager):
         self._spawn(p, job_id, data_dict)
         return "application/json", None, JobStatus.accepted
 
+    def _inline(self) -> bool:
+        """Whether a synchronous job is small enough to run in this web worker's thread: no
+        fork, the processor and model already warm (the request waits either way)."""
+        pixels = getattr(self._validated, "pixels", None)
+        return isinstance(self.executor, LocalExecutor) and pixels is not None \
+            and pixels <= self.inline_max_pixels
+
     def _execute_handler_sync(self, p, job_id, data_dict, requested_outputs=None,
                               subscriber=None, requested_response=None):
-        self._spawn(p, job_id, data_dict)()
+        if self._inline():
+            worker.run_job(self.store, self.settings, job_id, lambda: p, runner="inline",
+                           inputs=data_dict)
+        else:
+            self._spawn(p, job_id, data_dict)()
         record = self.get_job(job_id)
         if record["status"] == JobStatus.successful.value:
             return "application/json", record["outputs"], JobStatus.successful
@@ -176,7 +190,8 @@ class AquamaskManager(BaseManager):
             self.store.update(job_id, {"status": JobStatus.dismissed.value,
                                        "message": "dismissed", "updated": get_current_datetime()},
                               only_if_status=ACTIVE)
-            self.executor.stop(record)
+            if record.get("runner") != "inline":  # that one stops at its next progress
+                self.executor.stop(record)
         try:
             from aquamask.processes import publishing
             publishing.unpublish(job_id, self.settings)

@@ -24,6 +24,14 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # settings a job brought with it (a Dask task carries the server's), returned by a plain
 # Settings.load() in that job's thread instead of this process's own
 PINNED: ContextVar["Settings | None"] = ContextVar("aquamask_settings", default=None)
+_LOADED: dict[tuple, "Settings"] = {}
+
+
+def _mtime(source) -> float | None:
+    try:
+        return os.stat(source).st_mtime
+    except (OSError, TypeError):
+        return None
 
 
 def _read_yaml(source) -> dict[str, Any]:
@@ -54,6 +62,19 @@ class Settings:
             return pinned
         environ = dict(os.environ if environ is None else environ)
         source = path or environ.get("AQUAMASK_CONFIG") or DEFAULT_CONFIG
+        # read once per process and configuration: every request instantiates processors
+        # (the working directory too: a relative home is resolved against it)
+        key = (str(source), _mtime(source), _mtime(DEFAULT_CONFIG), os.getcwd(),
+               tuple(sorted((k, v) for k, v in environ.items() if k.startswith(ENV_PREFIX))))
+        cached = _LOADED.get(key)
+        if cached is None:
+            if len(_LOADED) >= 32:
+                _LOADED.clear()
+            cached = _LOADED[key] = cls._read(source, environ)
+        return cached
+
+    @classmethod
+    def _read(cls, source, environ: dict[str, str]) -> "Settings":
         config = _read_yaml(source)
         # The packaged defaults fill what a user's file leaves out.
         if source != DEFAULT_CONFIG:

@@ -247,13 +247,15 @@ class WaterDetectionProcessor(BaseProcessor):
         super().__init__(processor_def, PROCESS_METADATA)
         self.settings = Settings.load()
 
-    def validate(self, data: dict[str, Any]) -> None:
-        """Everything that can be checked without reading the image, before a job exists."""
+    def validate(self, data: dict[str, Any]) -> int | None:
+        """Everything that can be checked without reading the image, before a job exists;
+        the pixels to process when known (an image), None for a place (found in the job)."""
         request = parse_inputs(data, self.settings)
         if request.href is None:  # a place: the search itself runs in the job's worker
             place_source(self.settings, request.source).check()
-            return
-        source_from_settings(self.settings).check({"href": request.href, "bands": request.bands})
+            return None
+        return source_from_settings(self.settings).check({"href": request.href,
+                                                          "bands": request.bands})
 
     def run(self, data: dict[str, Any], job_id: str,
             progress: ProgressCallback) -> dict[str, Any]:

@@ -19,10 +19,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Callable
 
 from pygeoapi.plugin import load_plugin
-from pygeoapi.process.base import ProcessorExecuteError
+from pygeoapi.process.base import BaseProcessor, ProcessorExecuteError
 from pygeoapi.util import JobStatus, get_current_datetime
 
 from aquamask.processes.errors import Cancelled
@@ -64,7 +64,7 @@ class ProgressReporter:
 
     def __init__(self, store: JobStore, job_id: str, interval: float = 0.5) -> None:
         self.store, self.job_id, self.interval = store, job_id, interval
-        self.last = 0.0
+        self.last = time.monotonic()  # the claim just wrote "started"
 
     def __call__(self, percent: float, message: str) -> None:
         now = time.monotonic()
@@ -102,22 +102,34 @@ class Heartbeat:
                 LOGGER.exception("job %s: heartbeat not written", self.job_id)
 
     def __enter__(self) -> "Heartbeat":
-        self.store.update(self.job_id, {"heartbeat": time.time()}, only_if_status=ACTIVE)
-        self.thread.start()
+        self.thread.start()  # the first beat is written with the job's claim
         return self
 
     def __exit__(self, *exc) -> None:
         self.stopped.set()
 
 
-def run(job_id: str, processor_path: str, database: str, *, use_slots: bool = True) -> int:
+def run(job_id: str, processor_path: str, database: str, *, use_slots: bool = True,
+        runner: str = "fork") -> int:
     """Run an ``accepted`` job to its end; 0 unless it failed. Without ``use_slots`` the
     caller bounds concurrency (a Dask worker's threads)."""
-    settings = Settings.load()
-    store = JobStore(database)
+    return run_job(JobStore(database), Settings.load(), job_id,
+                   lambda: load_plugin("process", {"name": processor_path}),
+                   use_slots=use_slots, runner=runner)
+
+
+def run_job(store: JobStore, settings: Settings, job_id: str,
+            make_processor: Callable[[], BaseProcessor], *, use_slots: bool = True,
+            runner: str = "fork", inputs: dict | None = None) -> int:
+    """``run`` with the store, settings and processor given: a small synchronous job runs
+    so in the web worker's own thread (``runner`` inline, its ``inputs`` given rather than
+    stored first: each write to the store counts at that size)."""
     record = store.get(job_id)
     if record is None or record["status"] != JobStatus.accepted.value:
         return 0
+    extra = {}
+    if inputs is not None:
+        record["inputs"] = extra["inputs"] = inputs
     heartbeat = Heartbeat(store, job_id, float(settings.get("jobs", "heartbeat_s") or 5))
     try:
         def waiting() -> None:
@@ -130,7 +142,7 @@ def run(job_id: str, processor_path: str, database: str, *, use_slots: bool = Tr
             slot = acquire_slot(settings.home / "slots", int(settings.get("jobs", "max_running")),
                                 waiting) if use_slots else None
             try:
-                return _execute(store, settings, job_id, processor_path, record)
+                return _execute(store, settings, job_id, make_processor, record, runner, extra)
             finally:
                 if slot is not None:
                     slot.close()
@@ -150,17 +162,19 @@ def run(job_id: str, processor_path: str, database: str, *, use_slots: bool = Tr
     return 1
 
 
-def _execute(store: JobStore, settings: Settings, job_id: str, processor_path: str,
-             record: dict) -> int:
+def _execute(store: JobStore, settings: Settings, job_id: str,
+             make_processor: Callable[[], BaseProcessor], record: dict, runner: str,
+             extra: dict) -> int:
     now = get_current_datetime()
     # this process's identity, so that its death is seen (Dask: the worker's process)
     if not store.update(job_id, {"status": JobStatus.running.value, "started": now,
                                  "updated": now, "progress": 1, "message": "started",
                                  "host": HOST, "pid": os.getpid(),
-                                 "pid_start": _own_start_time()},
+                                 "pid_start": _own_start_time(), "runner": runner,
+                                 "heartbeat": time.time(), **extra},
                         only_if_status=(JobStatus.accepted.value,)):
         return 0
-    processor = load_plugin("process", {"name": processor_path})
+    processor = make_processor()
     processor.set_job_id(job_id)
     outputs = processor.run(record["inputs"] or {}, job_id, ProgressReporter(store, job_id))
     now = get_current_datetime()

@@ -112,11 +112,12 @@ class RasterSource(Source):
         scene.sha256 = sha256_of(local) if local else None
         return scene
 
-    def check(self, request: dict[str, Any]) -> None:
+    def check(self, request: dict[str, Any]) -> int:
         """Open the image's header and apply every check ``read`` would, without reading
-        pixels: lets a server refuse bad input before it creates a job."""
+        pixels: lets a server refuse bad input before it creates a job. The image's pixels."""
         scene, _ = self._open(request)
         scene.close()
+        return scene.width * scene.height
 
     def _open(self, request: dict[str, Any]) -> tuple[Scene, Path | None]:
         href = request["href"]

@@ -10,6 +10,7 @@ import io
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 
 import numpy as np
@@ -250,3 +251,23 @@ def test_the_probability_output_can_be_left_out(server):
     assert set(item["assets"]) == {"mask"}
     bad = server.execute({"image": {"href": "demo/demo-scene.tif"}, "probability": "no"})
     assert bad.status_code == 400 and "true or false" in bad.json()["description"]
+
+
+def _job_record(server, job_id: str) -> dict:
+    from aquamask.processes.jobstore import JobStore
+    return JobStore(f"sqlite:///{server.home}/jobs.sqlite").get(job_id)
+
+
+def test_small_sync_jobs_run_in_the_web_worker_and_large_ones_in_a_worker_process(server):
+    web_workers = {int(p) for p in subprocess.run(
+        ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()}
+    small = server.execute({"image": {"href": "demo/demo-scene.tif"}, "method": "ndwi"})
+    assert small.status_code == 200, small.text
+    record = _job_record(server, small.json()["mask"]["href"].split("/")[-2])
+    assert record["runner"] == "inline" and record["pid"] in web_workers
+    assert record["status"] == "successful" and record["progress"] == 100
+    large = server.execute({"image": {"href": _big_scene(server)}, "method": "ndwi",
+                            "probability": False})  # 2048² px: over jobs.inline_max_pixels
+    assert large.status_code == 200, large.text
+    record = _job_record(server, large.json()["mask"]["href"].split("/")[-2])
+    assert record["runner"] == "fork" and record["pid"] not in web_workers
