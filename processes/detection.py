@@ -9,7 +9,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from contextlib import ExitStack
-from concurrent.futures import ThreadPoolExecutor
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -49,10 +51,46 @@ def predictor(method: str, model=None) -> tuple[Predict, int]:
     raise ValueError(f"unknown method {method!r}")
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """How a Dask worker finds the model of a fanned-out block: the weights and device the
+    job's settings name (``pipeline.load_model`` caches it per worker process)."""
+
+    weights: str | None
+    device: str | None
+
+
+def predict_block(method: str, spec: ModelSpec | None, bands: np.ndarray) -> np.ndarray:
+    """One block's probability, as a task on a Dask worker."""
+    model = None
+    if method == "unet":
+        from aquamask.processes.pipeline import load_model
+        model = load_model(spec.weights, spec.device)
+    return predictor(method, model)[0](bands)
+
+
+class BlockFanOut:
+    """Sends each block's prediction to the workers of a Dask cluster (``client``), with at
+    most ``depth`` blocks in flight; the job's own thread still reads and writes in order."""
+
+    def __init__(self, client, spec: ModelSpec | None, depth: int) -> None:
+        self.client, self.spec, self.depth = client, spec, depth
+
+    def submit(self, method: str, bands: np.ndarray) -> Future:
+        return self.client.submit(predict_block, method, self.spec, bands, pure=False,
+                                  key=f"aquamask-block-{uuid.uuid4().hex}")
+
+
 def _windows(width: int, height: int, block: int):
     for row in range(0, height, block):
         for col in range(0, width, block):
             yield Window(col, row, min(block, width - col), min(block, height - row))
+
+
+def _done(value) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def _output_profile(scene: Scene, dtype: str, nodata) -> dict:
@@ -67,7 +105,7 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
            model=None, block: int = BLOCK,
            progress: ProgressCallback = lambda pct, msg: None,
            stage_seconds: dict[str, float] | None = None,
-           with_probability: bool = True) -> Mask:
+           with_probability: bool = True, fan_out: BlockFanOut | None = None) -> Mask:
     """Classify every pixel of ``scene`` as water, dry or invalid.
 
     Each block is read with ``halo`` pixels of context on every side so that tiled inference
@@ -76,7 +114,9 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
     writer thread writes the previous one while the current one is predicted (GDAL and torch
     release the GIL), with at most PREFETCH blocks in flight, so memory stays bounded.
     ``stage_seconds``, when given, receives the time spent in each stage. Without
-    ``with_probability`` only the classes are written.
+    ``with_probability`` only the classes are written. With ``fan_out`` the predictions run
+    on a Dask cluster's workers, several blocks at once ("predict" is then the time spent
+    waiting for them).
     """
     predict, halo = predictor(method, model)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -125,14 +165,23 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
         with ThreadPoolExecutor(1, thread_name_prefix="aquamask-read") as reader, \
                 ThreadPoolExecutor(1, thread_name_prefix="aquamask-write") as writer:
             reads = deque(reader.submit(read, w) for w in windows[:PREFETCH])
+            next_read = len(reads)
+            # blocks whose prediction is under way: one here, several on a cluster
+            in_flight = fan_out.depth if fan_out is not None else 1
+            predictions: deque[Future] = deque()
             written = None
             for n, window in enumerate(windows):
-                bands = reads.popleft().result()
-                if n + PREFETCH < len(windows):
-                    reads.append(reader.submit(read, windows[n + PREFETCH]))
+                while reads and len(predictions) < in_flight:
+                    bands = reads.popleft().result()
+                    if next_read < len(windows):
+                        reads.append(reader.submit(read, windows[next_read]))
+                        next_read += 1
+                    predictions.append(fan_out.submit(method, bands) if fan_out is not None
+                                       else _done(bands))
                 start = time.perf_counter()
-                probability = predict(bands)[halo:halo + window.height,
-                                             halo:halo + window.width]
+                future = predictions.popleft()
+                probability = (future.result() if fan_out is not None else predict(
+                    future.result()))[halo:halo + window.height, halo:halo + window.width]
                 timings["predict"] += time.perf_counter() - start
                 if written is not None:
                     written.result()  # one write in flight; re-raises its error here

@@ -8,13 +8,15 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import shutil
+import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from aquamask.processes.detection import detect
+from aquamask.processes.detection import BlockFanOut, ModelSpec, detect
 from aquamask.processes.products import COG_MEDIA_TYPE, write_cogs, write_product
 from aquamask.processes.publishers import Publisher
 from aquamask.processes.settings import Settings
@@ -52,6 +54,28 @@ def load_model(weights: str | None, device: str | None):
     return WaterModel.load(weights, device=None if device in (None, "auto") else device)
 
 
+@contextmanager
+def block_fan_out(settings: Settings, pixels: int, method: str) -> Iterator[BlockFanOut | None]:
+    """Where the blocks of a scene are predicted: on every worker of the Dask cluster this
+    job runs on when the scene has at least ``detection.fan_out_pixels`` (the job's thread
+    leaves the worker's pool meanwhile), else here (None)."""
+    threshold = int(settings.get("detection", "fan_out_pixels") or 0)
+    if not threshold or pixels < threshold or "distributed" not in sys.modules:
+        yield None
+        return
+    from distributed import get_worker, worker_client
+    try:
+        get_worker()
+    except ValueError:  # not a Dask task
+        yield None
+        return
+    spec = ModelSpec(settings.get("detection", "weights"),
+                     settings.get("detection", "device")) if method == "unet" else None
+    with worker_client() as client:
+        threads = sum(client.nthreads().values())
+        yield BlockFanOut(client, spec, depth=max(2, 2 * threads))
+
+
 def source_from_settings(settings: Settings) -> RasterSource:
     return RasterSource(settings.data_root, int(settings.get("limits", "max_pixels")),
                         list(settings.get("limits", "href_schemes") or []),
@@ -86,8 +110,10 @@ def run_detection(request: DetectionRequest, settings: Settings, product_id: str
                            settings.get("detection", "device"))
     work = Path(tempfile.mkdtemp(prefix=f".work-{product_id}-", dir=settings.results_dir))
     try:
-        mask = detect(scene, request.method, request.threshold, work, model=model,
-                      progress=_scaled(progress, 5, 80), with_probability=request.probability)
+        with block_fan_out(settings, scene.width * scene.height, request.method) as fan_out:
+            mask = detect(scene, request.method, request.threshold, work, model=model,
+                          progress=_scaled(progress, 5, 80),
+                          with_probability=request.probability, fan_out=fan_out)
         progress(82, "writing the cloud-optimized GeoTIFFs and the STAC item")
         product = write_product(product_id, mask, scene, request.parameters(),
                                 settings.results_dir, started)

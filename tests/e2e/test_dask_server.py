@@ -29,7 +29,9 @@ def cluster_server(tmp_path_factory):
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        host="127.0.0.1", dashboard_address=None)
     client = distributed.Client(cluster)
+    # big.tif (6.5 Mpx) is over the fan-out size: its blocks are predicted across the workers
     srv = start_server(home, {"AQUAMASK__JOBS__STALE_AFTER_S": "20",
+                              "AQUAMASK__DETECTION__FAN_OUT_PIXELS": "4000000",
                               "AQUAMASK__LIMITS__MAX_JOBS_PER_USER": "0",
                               "AQUAMASK__JOBS__SCHEDULER": cluster.scheduler_address})
     yield srv, client
@@ -143,3 +145,25 @@ def test_a_series_fans_its_dates_out_as_tasks_on_the_cluster(cluster_server):
     assert len(detected) == len(USABLE)
     prefixes = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
     assert "aquamask-date" in prefixes, prefixes
+
+
+def test_a_large_scene_has_its_blocks_predicted_across_the_workers(cluster_server, tmp_path):
+    """The same mask as detection in one process, block for block."""
+    import numpy as np
+    import rasterio
+
+    from aquamask.processes.detection import detect
+    from aquamask.processes.sources.raster import RasterSource
+
+    srv, client = cluster_server
+    done = srv.execute({"image": {"href": "big.tif"}, "method": "ndwi", "probability": False})
+    assert done.status_code == 200, done.text
+    prefixes = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+    assert "aquamask-block" in prefixes, prefixes
+    served = tmp_path / "served.tif"
+    served.write_bytes(requests.get(done.json()["mask"]["href"], timeout=30).content)
+    scene = RasterSource(srv.home / "data", 10**9, []).read({"href": "big.tif"})
+    local = detect(scene, "ndwi", 0.5, tmp_path / "local", with_probability=False)
+    scene.close()
+    with rasterio.open(served) as a, rasterio.open(local.path) as b:
+        assert np.array_equal(a.read(1), b.read(1))
