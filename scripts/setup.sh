@@ -69,3 +69,10 @@ fi
 if ((WITH_TEST)) && [[ ! -x /usr/bin/chromium ]]; then
   apt_install chromium
 fi
+
+# --- PostgreSQL for the tests -----------------------------------------------------------------
+# With --test, Debian's server binaries: tests/postgres.py starts a throwaway cluster from
+# /usr/lib/postgresql/<version>/bin (the job store on PostgreSQL, several workers writing).
+if ((WITH_TEST)) && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  apt_install postgresql
+fi

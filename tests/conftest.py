@@ -110,3 +110,26 @@ def server(tmp_path_factory) -> Server:
 def demo_scene(tmp_path) -> Path:
     from aquamask.processes.demo import make_demo_scene
     return make_demo_scene(tmp_path / "demo-scene.tif")
+
+
+# --- PostgreSQL (tests/postgres.py): one throwaway cluster for the session, started on first use
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A real PostgreSQL server (Debian's binaries) in a temporary directory on a free port."""
+    from tests.postgres import running_cluster
+    with running_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_cluster) -> str:
+    """The SQLAlchemy URL of a database shared by the session."""
+    return postgres_cluster.create_database("aquamask")
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_cluster):
+    """The URL of a new, empty database of its own for one test, dropped after it."""
+    url = postgres_cluster.create_database()
+    yield url
+    postgres_cluster.drop_database(url.rsplit("/", 1)[1])
