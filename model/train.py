@@ -139,8 +139,29 @@ def _augment(img: np.ndarray, lab: np.ndarray, rng: np.random.RandomState
     return x.contiguous(), y.contiguous()
 
 
-def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _lovasz_hinge(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Lovasz hinge (Berman et al., CVPR 2018) over the flattened valid pixels of a batch:
+    a convex surrogate of 1 - water IoU."""
+    signs = 2 * target - 1
+    errors = 1 - logits * signs
+    errors_sorted, perm = torch.sort(errors, descending=True)
+    gt = target[perm]
+    gts = gt.sum()
+    inter = gts - gt.cumsum(0)
+    union = gts + (1 - gt).cumsum(0)
+    jac = 1 - inter / union
+    jac = torch.cat([jac[:1], jac[1:] - jac[:-1]])
+    return torch.dot(F.relu(errors_sorted), jac)
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "bce-dice") -> torch.Tensor:
     valid = y != IGNORE
+    if kind == "bce-lovasz":
+        target = (y == 1).float()[valid]
+        z = logits[valid]
+        return F.binary_cross_entropy_with_logits(z, target) + _lovasz_hinge(z, target)
+    if kind != "bce-dice":
+        raise ValueError(f"unknown loss {kind!r}")
     target = (y == 1).float()
     bce = F.binary_cross_entropy_with_logits(logits[valid], target[valid])
     p = torch.sigmoid(logits) * valid
@@ -196,6 +217,7 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
           seed: int = 0, epochs: int = 24, batch_size: int = 16,
           progress: Progress | None = None, base_channels: int = 12, depth: int = 4,
           lr: float = 3e-3, patience: int = 20, crop: int | None = None,
+          loss: str = "bce-dice", ema: float = 0.0,
           name: str = DEFAULT_NAME, version: str = "0.0.0", threads: int | None = None,
           max_train_chips: int | None = None, scale: int = 1, halo: int = 32,
           folds: int = 0, fold: int = 0) -> dict:
@@ -217,6 +239,7 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
         return _train(Path(data_dir), layout, Path(out_dir), seed=seed, epochs=epochs,
                       batch_size=batch_size, progress=progress or (lambda pct, msg: None),
                       base_channels=base_channels, depth=depth, lr=lr, patience=patience,
+                      loss=loss, ema=ema,
                       crop=crop, name=name, version=version,
                       max_train_chips=max_train_chips, scale=scale, halo=halo,
                       folds=folds, fold=fold)
@@ -228,6 +251,7 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
 def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int,
            batch_size: int, progress: Progress, base_channels: int, depth: int, lr: float,
            patience: int, crop: int | None, name: str, version: str,
+           loss: str = "bce-dice", ema: float = 0.0,
            max_train_chips: int | None, scale: int, halo: int, folds: int = 0,
            fold: int = 0) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -254,6 +278,12 @@ def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int
                                                 pct_start=0.1)
     history: list[dict] = []
     best = {"iou": -1.0, "epoch": -1, "state": None}
+    # exponential moving average of the weights (ema > 0): validated and kept instead of the
+    # raw weights; BatchNorm statistics are averaged the same way
+    ema_net = None
+    if ema > 0:
+        ema_net = UNet(**arch).to(memory_format=torch.channels_last)
+        ema_net.load_state_dict(net.state_dict())
     for epoch in range(epochs):
         net.train()
         order = rng.permutation(len(xt))
@@ -265,14 +295,23 @@ def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int
             y = torch.stack([p[1] for p in pairs])
             inp = standardise(raw_features(torch.where(
                 torch.isnan(x).any(1, keepdim=True), torch.nan, x)), mean_t, std_t)
-            loss = _loss(net(inp.contiguous(memory_format=torch.channels_last))[:, 0], y)
+            loss_value = _loss(net(inp.contiguous(memory_format=torch.channels_last))[:, 0], y,
+                               loss)
             opt.zero_grad()
-            loss.backward()
+            loss_value.backward()
             opt.step()
             sched.step()
-            total += float(loss.detach()) * len(idx)
+            if ema_net is not None:
+                with torch.no_grad():
+                    for e, v in zip(ema_net.state_dict().values(), net.state_dict().values()):
+                        if e.dtype.is_floating_point:
+                            e.mul_(ema).add_(v, alpha=1 - ema)
+                        else:
+                            e.copy_(v)
+            total += float(loss_value.detach()) * len(idx)
             count += len(idx)
-        z, lab = _val_logits(net, xv, yv, norm)
+        kept = ema_net if ema_net is not None else net
+        z, lab = _val_logits(kept, xv, yv, norm)
         val_iou = _iou(z > 0, lab == 1)
         val_loss = float(F.binary_cross_entropy_with_logits(
             torch.from_numpy(z), torch.from_numpy((lab == 1).astype(np.float32))))
@@ -281,7 +320,7 @@ def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int
                         "seconds": round(time.time() - started, 2)})
         if val_iou > best["iou"]:
             best = {"iou": val_iou, "epoch": epoch + 1,
-                    "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+                    "state": {k: v.detach().clone() for k, v in kept.state_dict().items()}}
         progress(100.0 * (epoch + 1) / (epochs + 1),
                  f"epoch {epoch + 1}/{epochs} loss {total / count:.4f} val IoU {val_iou:.4f}")
         if epoch + 1 - best["epoch"] >= patience:
@@ -302,7 +341,8 @@ def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int
             torch.from_numpy((lab == 1).astype(np.float64)))),
         "train_chips": len(xt), "val_chips": len(xv), "batch_size": batch_size,
         "folds": folds, "fold": fold,
-        "lr": lr, "threads": torch.get_num_threads(), "architecture": arch,
+        "lr": lr, "loss": loss, "ema": ema, "threads": torch.get_num_threads(),
+        "architecture": arch,
         "train_seconds": round(seconds, 1), "history": history,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -363,6 +403,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", type=int, default=1,
                     help="network resolution factor stored for 10 m inference")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--loss", default="bce-dice", choices=["bce-dice", "bce-lovasz"])
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="decay of an exponential moving average of the weights (0: off)")
     ap.add_argument("--folds", type=int, default=0,
                     help="K > 1: K-fold cross-validation into --out/fold-k instead of one run")
     args = ap.parse_args(argv)
@@ -371,13 +414,14 @@ def main(argv: list[str] | None = None) -> None:
                            version=args.version, seed=args.seed, epochs=args.epochs,
                            batch_size=args.batch_size, base_channels=args.base_channels,
                            depth=args.depth, patience=args.patience, threads=args.threads,
+                           loss=args.loss, ema=args.ema,
                            progress=lambda pct, msg: print(f"{pct:5.1f}% {msg}", flush=True))
         print(json.dumps(r, indent=1, default=str))
         return
     m = train(args.data_dir, args.layout, args.out, seed=args.seed, epochs=args.epochs,
               batch_size=args.batch_size, version=args.version,
               base_channels=args.base_channels, depth=args.depth, patience=args.patience,
-              scale=args.scale, threads=args.threads,
+              scale=args.scale, threads=args.threads, loss=args.loss, ema=args.ema,
               progress=lambda pct, msg: print(f"{pct:5.1f}% {msg}", flush=True))
     print(json.dumps({k: v for k, v in m.items() if k != "history"}, indent=1))
 

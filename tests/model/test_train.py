@@ -97,3 +97,26 @@ def test_one_command_training_on_the_sen1floods11_layout(tmp_path):
     assert m["layout"] == "sen1floods11" and m["train_chips"] == 4 and m["val_chips"] == 1
     w = torch.load(tmp_path / "out" / "unet-s2-water-0.0.2.pt", weights_only=True)
     assert all(name.startswith("C") for name in w["train_ids"] + w["val_ids"])
+
+
+def test_lovasz_loss_is_zero_for_confident_correct_logits_and_ignores_label_255():
+    from aquamask.model.train import _loss
+    y = torch.tensor([[[1, 0], [255, 1]]])
+    good = torch.tensor([[[5.0, -5.0], [-9.0, 5.0]]])
+    bad = -good
+    assert float(_loss(good, y, "bce-lovasz")) < 0.02
+    assert float(_loss(bad, y, "bce-lovasz")) > 5.0
+    # the ignored pixel's logit does not matter
+    other = good.clone()
+    other[0, 1, 0] = 9.0
+    assert torch.equal(_loss(good, y, "bce-lovasz"), _loss(other, y, "bce-lovasz"))
+
+
+def test_ema_and_lovasz_options_train_reproducibly(chips_dir, tmp_path):
+    data = _tiny_dataset(chips_dir, tmp_path / "data")
+    kwargs = dict(seed=1, epochs=2, batch_size=4, base_channels=4, depth=2, version="0.0.1",
+                  loss="bce-lovasz", ema=0.9)
+    a = train(data, "chips128", tmp_path / "a", **kwargs)
+    b = train(data, "chips128", tmp_path / "b", **kwargs)
+    assert a["val_iou"] == b["val_iou"] and a["loss"] == "bce-lovasz" and a["ema"] == 0.9
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
