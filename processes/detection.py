@@ -118,6 +118,7 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
     on a Dask cluster's workers, several blocks at once ("predict" is then the time spent
     waiting for them).
     """
+    started = time.perf_counter()
     predict, halo = predictor(method, model)
     workdir.mkdir(parents=True, exist_ok=True)
     classes_path = workdir / "classes.tif"
@@ -190,6 +191,8 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
                          f"detected water in block {n + 1} of {len(windows)}")
             if written is not None:
                 written.result()
+    from aquamask.server.metrics import observe_detection  # Prometheus, in the job's process
+    observe_detection(method, time.perf_counter() - started, timings, scene.width * scene.height)
     stats = MaskStats(water_pixels=totals["water_px"], valid_pixels=totals["valid_px"],
                       total_pixels=scene.width * scene.height,
                       water_area_km2=totals["water_km2"], valid_area_km2=totals["valid_km2"])

@@ -56,6 +56,7 @@ from aquamask.processes.sources.query import (CRS84, PlaceQuery, check_area, che
                                               parse_cloud_cover, parse_collection,
                                               parse_datetime, parse_geometry)
 from aquamask.processes.types import INVALID, WATER, MaskStats, Product, ProgressCallback
+from aquamask.server.metrics import instrument_job
 
 LOGGER = logging.getLogger(__name__)
 
@@ -1293,6 +1294,7 @@ class MonitoringProcessor:
         request = type(self).parse(data, self.settings)
         place_source(self.settings, request.source).check()
 
+    @instrument_job
     def run(self, data: dict[str, Any], job_id: str,
             progress: ProgressCallback) -> dict[str, Any]:
         request = type(self).parse(data, self.settings)

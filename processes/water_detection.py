@@ -18,6 +18,7 @@ from aquamask.processes.sources.query import (CRS84, PlaceQuery, check_area, che
                                               parse_cloud_cover, parse_collection,
                                               parse_datetime, parse_geometry)
 from aquamask.processes.types import DETECTION_BANDS, ProgressCallback
+from aquamask.server.metrics import instrument_job
 
 COG = "image/tiff; application=geotiff; profile=cloud-optimized"
 
@@ -257,6 +258,7 @@ class WaterDetectionProcessor(BaseProcessor):
         return source_from_settings(self.settings).check({"href": request.href,
                                                           "bands": request.bands})
 
+    @instrument_job
     def run(self, data: dict[str, Any], job_id: str,
             progress: ProgressCallback) -> dict[str, Any]:
         request = parse_inputs(data, self.settings)

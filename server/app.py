@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from aquamask.processes.products import ITEM_FILE, MASK_FILE, PROBABILITY_FILE
 from aquamask.processes.monitoring import MEDIA_TYPES as MONITORING_FILES
 from aquamask.processes.settings import Settings
+from aquamask.server import metrics
 from aquamask.server.auth import Auth
 
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -88,6 +89,32 @@ def results_blueprint(settings: Settings, manager) -> Blueprint:
     return blueprint
 
 
+def geoserver_check(settings: Settings) -> str:
+    """'ok' when GeoServer answers an authenticated GET of its REST about/version within
+    ``geoserver.connect_timeout_s`` (to connect, and again to answer), else what went wrong
+    (never the password; no URL either: /health is open)."""
+    import requests
+
+    from aquamask.processes.publishers.geoserver import read_password
+
+    timeout = float(settings.get("geoserver", "connect_timeout_s") or 5)
+    try:
+        auth = (str(settings.get("geoserver", "user") or "admin"), read_password(settings) or "")
+        response = requests.get(
+            str(settings.get("geoserver", "url")).rstrip("/") + "/rest/about/version.json",
+            auth=auth, headers={"Accept": "application/json"}, timeout=(timeout, timeout),
+            allow_redirects=False)  # a redirect could carry the credentials elsewhere
+    except ValueError as err:  # the password file cannot be read
+        return f"error: {err}"
+    except requests.Timeout:
+        return f"error: no answer within {timeout:g} s"
+    except requests.RequestException as err:
+        return f"error: unreachable ({type(err).__name__})"
+    if response.status_code in (401, 403):
+        return f"error: HTTP {response.status_code} (check geoserver.user and the password)"
+    return "ok" if response.status_code == 200 else f"error: HTTP {response.status_code}"
+
+
 def health_blueprint(settings: Settings, manager) -> Blueprint:
     blueprint = Blueprint("aquamask_health", __name__)
 
@@ -102,6 +129,8 @@ def health_blueprint(settings: Settings, manager) -> Blueprint:
         binary = settings.get("mapserver", "binary") or shutil.which("mapserv") \
             or "/usr/lib/cgi-bin/mapserv"
         checks["map_engine"] = "ok" if os.access(binary, os.X_OK) else f"missing: {binary}"
+        if settings.get("geoserver", "url"):
+            checks["geoserver"] = geoserver_check(settings)
         if settings.get("jobs", "scheduler"):
             checks["dask"] = manager.executor.health()
         healthy = all(v == "ok" for v in checks.values())
@@ -191,7 +220,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     from aquamask.server.viewer import viewer_blueprint
 
     APP.config["MAX_CONTENT_LENGTH"] = int(settings.get("limits", "max_request_bytes"))
-    Auth(settings).init_app(APP)
+    auth = Auth(settings)
+    # first: its timer starts before auth or anything else may answer the request
+    metrics.init_app(APP, settings, api_.manager.store, auth)
+    auth.init_app(APP)
     reject_non_object_execute_bodies(APP)
     add_security_headers(APP, settings)
     APP.register_blueprint(results_blueprint(settings, api_.manager))

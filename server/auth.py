@@ -159,8 +159,10 @@ OPEN_PATHS = frozenset({"/viewer", "/viewer/", "/viewer/api/config"})
 
 
 def required_role(method: str, path: str) -> str | None:
-    """The role a request needs; None for the open health check."""
-    if path == "/health" or path in OPEN_PATHS or path.startswith("/viewer/static/"):
+    """The role a request needs; None for the open health check, and for /metrics, which
+    checks its own access (``metrics.access``: a scraper may bring a static token instead)."""
+    if path in ("/health", "/metrics") or path in OPEN_PATHS \
+            or path.startswith("/viewer/static/"):
         return None
     if path.startswith(("/jobs", "/results/")):
         return "researcher"
@@ -225,25 +227,32 @@ class Auth:
                             anonymous=True)
         return None
 
+    def authorize(self, role: str) -> Response | None:
+        """None when the request comes with ``role`` (its identity is then the request's),
+        else the 401, 403 or 503 answer."""
+        try:
+            identity = self.identify()
+        except AuthError as err:
+            return _auth_error(err.status, err.error, err.message)
+        if identity is None:
+            return _auth_error(401, "invalid_request", "authentication required: send "
+                               "'Authorization: Bearer <token>' from the identity provider")
+        if not identity.has(role):
+            return _auth_error(403, "insufficient_scope",
+                               f"this needs the {role} role; yours: "
+                               f"{', '.join(sorted(identity.roles)) or 'none'}")
+        g.aquamask_identity_token = current_identity.set(identity)
+        return None
+
+    @staticmethod
+    def error(status: int, error: str, message: str) -> Response:
+        return _auth_error(status, error, message)
+
     def init_app(self, app: Flask) -> None:
         @app.before_request
         def authenticate() -> Response | None:
             role = required_role(request.method, request.path)
-            if role is None:
-                return None
-            try:
-                identity = self.identify()
-            except AuthError as err:
-                return _auth_error(err.status, err.error, err.message)
-            if identity is None:
-                return _auth_error(401, "invalid_request", "authentication required: send "
-                                   "'Authorization: Bearer <token>' from the identity provider")
-            if not identity.has(role):
-                return _auth_error(403, "insufficient_scope",
-                                   f"this needs the {role} role; yours: "
-                                   f"{', '.join(sorted(identity.roles)) or 'none'}")
-            g.aquamask_identity_token = current_identity.set(identity)
-            return None
+            return None if role is None else self.authorize(role)
 
         @app.teardown_request
         def forget(_exc) -> None:

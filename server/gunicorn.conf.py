@@ -1,6 +1,9 @@
 """gunicorn settings; `aquamask serve` passes bind, workers and timeout from aquamask.yml."""
 import os
 
+from aquamask.processes.settings import Settings
+from aquamask.server import metrics
+
 wsgi_app = "aquamask.server.wsgi:app"
 # Load the app once in the master: workers fork with pygeoapi configured, and the config files
 # it renders are written once, not raced by every worker.
@@ -10,3 +13,15 @@ threads = int(os.environ.get("AQUAMASK_THREADS", "4"))
 accesslog = "-"
 errorlog = "-"
 graceful_timeout = 30
+
+# Prometheus multiprocess mode: the folder is named before the app is preloaded, so every
+# process started from here (web workers, the fork server and its job workers) writes there.
+metrics.prepare_multiprocess(Settings.load())
+
+
+def on_starting(server):
+    metrics.empty_multiprocess_dir()  # once per start (not on a HUP reload), before any fork
+
+
+def child_exit(server, worker):
+    metrics.mark_process_dead(worker.pid)

@@ -2,9 +2,9 @@
 
 GeoServer cannot run on the test machines, so the GeoServer publisher is tested against this
 small HTTP server on loopback. It implements only the subset of the REST API the publisher
-calls, transcribed from GeoServer's published REST API documentation, the Swagger 2.0 files
-``doc/en/api/1.0.0/{workspaces,coveragestores,coverages,layers,styles,structuredcoverages}.yaml``
-of the geoserver/geoserver repository:
+(and /health: ``about/version``) calls, transcribed from GeoServer's published REST API
+documentation, the Swagger 2.0 files ``doc/en/api/1.0.0/{workspaces,coveragestores,coverages,
+layers,styles,structuredcoverages,manifests}.yaml`` of the geoserver/geoserver repository:
 
 * the same paths (under ``/geoserver/rest``), methods and status codes; where the Swagger file and
   GeoServer's controllers disagree the controller wins, and the line says so: ``PUT
@@ -341,6 +341,17 @@ class GeoServerStandIn:
         parts = path[len("/geoserver/rest/"):].split("/")
         m = request.method
         with self._lock:
+            # manifests.yaml /about/version (GET only): GeoServer, GeoTools and GeoWebCache
+            if parts[:1] == ["about"] and len(parts) == 2 \
+                    and parts[1] in ("version", "version.json"):
+                if m != "GET":
+                    raise RestError(405, "Method not allowed")
+                return 200, {"about": {"resource": [
+                    {"@name": "GeoServer", "Version": "2.25.2", "Git-Revision": "stand-in",
+                     "Build-Timestamp": "01-Jan-2024 00:00"},
+                    {"@name": "GeoTools", "Version": "31.2", "Git-Revision": "stand-in",
+                     "Build-Timestamp": "01-Jan-2024 00:00"},
+                    {"@name": "GeoWebCache", "Version": "1.25.2", "Git-Revision": "stand-in"}]}}
             if parts == ["workspaces"]:
                 if m == "POST":
                     return self._post_workspace(request)

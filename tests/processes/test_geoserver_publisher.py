@@ -633,11 +633,11 @@ def test_server_job_pending_then_switched_then_dismissed(tmp_path, standin):
 
     home = tmp_path / "server-home"
     make_demo_scene(home / "data" / "demo" / "demo-scene.tif")
-    standin.fail(500)
     server = start_server(home, {
         "AQUAMASK__GEOSERVER__URL": standin.url, "AQUAMASK__GEOSERVER__PASSWORD": PASSWORD,
         "AQUAMASK__GEOSERVER__RETRY_DELAYS_S": "[1, 1, 1, 1, 1]",
         "AQUAMASK__GEOSERVER__TIMEOUT_S": "2"}, workers=1)
+    standin.fail(500)  # once up: start_server waits for /health, which checks GeoServer too
     try:
         response = server.execute({"image": {"href": "demo/demo-scene.tif"},
                                    "method": "ndwi"}, asynchronous=True)
