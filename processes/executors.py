@@ -31,6 +31,13 @@ FORKSERVER.set_forkserver_preload(["aquamask.processes.worker",
                                    "aquamask.processes.monitoring", "torch"])
 
 
+def start_fork_server() -> None:
+    """Start this process's fork server now rather than on its first job: the server imports
+    torch and the processes, which takes seconds that a first request should not wait for."""
+    from multiprocessing import forkserver
+    forkserver.ensure_running()
+
+
 def process_start(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (clock ticks since boot), None if it is gone or a
     zombie: with the pid it names one process for good, even after the pid is reused."""

@@ -1,5 +1,6 @@
 """gunicorn settings; `aquamask serve` passes bind, workers and timeout from aquamask.yml."""
 import os
+import threading
 
 from aquamask.processes.settings import Settings
 from aquamask.server import metrics
@@ -21,6 +22,13 @@ metrics.prepare_multiprocess(Settings.load())
 
 def on_starting(server):
     metrics.empty_multiprocess_dir()  # once per start (not on a HUP reload), before any fork
+
+
+def post_fork(server, worker):
+    # each web worker starts its own fork server in the background, ready for its first job
+    if Settings.load().get("jobs", "scheduler") is None:
+        from aquamask.processes.executors import start_fork_server
+        threading.Thread(target=start_fork_server, name="fork-server-start", daemon=True).start()
 
 
 def child_exit(server, worker):
