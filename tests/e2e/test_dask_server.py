@@ -27,7 +27,8 @@ def cluster_server(tmp_path_factory):
     make_demo_scene(home / "data" / "big.tif", size=BIG)
     # the workers get no settings of their own: every task carries the server's
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None)
+                                       host="127.0.0.1", dashboard_address=None,
+                                       worker_dashboard_address="127.0.0.1:0")
     client = distributed.Client(cluster)
     # big.tif (6.5 Mpx) is over the fan-out size: its blocks are predicted across the workers
     srv = start_server(home, {"AQUAMASK__JOBS__STALE_AFTER_S": "20",
@@ -68,6 +69,35 @@ def test_jobs_run_on_the_cluster_workers_and_results_are_served(cluster_server):
     from aquamask.processes.pipeline import load_model
     loaded = client.run(lambda: load_model.cache_info().currsize)
     assert set(loaded.values()) == {1}, loaded
+
+
+def worker_samples(client, name: str, **labels: str) -> float:
+    """The sum over the Dask workers' own /metrics (their dashboard port) of one sample."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for worker in client.scheduler_info()["workers"].values():
+        port = worker["services"]["dashboard"]
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        total += sum(sample.value for family in text_string_to_metric_families(text)
+                     for sample in family.samples
+                     if sample.name == name and labels.items() <= sample.labels.items())
+    return total
+
+
+def test_job_metrics_are_served_by_the_workers_that_ran_them(cluster_server):
+    """Prometheus scrapes a Dask worker's dashboard /metrics: the detections and jobs it ran
+    are there (the server's /metrics has only what ran in its own processes)."""
+    srv, client = cluster_server
+    finished = dict(name="aquamask_jobs_finished_total", process="water-detection",
+                    outcome="successful")
+    inferred = dict(name="aquamask_inference_seconds_count", method="mndwi")
+    jobs_before = worker_samples(client, **finished)
+    scenes_before = worker_samples(client, **inferred)
+    done = srv.execute({"image": {"href": "demo.tif"}, "method": "mndwi"})
+    assert done.status_code == 200, done.text
+    assert worker_samples(client, **finished) == jobs_before + 1
+    assert worker_samples(client, **inferred) == scenes_before + 1
 
 
 def test_health_reports_the_cluster(cluster_server):
@@ -117,7 +147,7 @@ def test_dismissing_a_job_running_on_a_worker_stops_it(cluster_server):
     assert requests.get(url, timeout=10).status_code == 404
     # the task sees the dismissal at its next progress report and leaves nothing behind
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and client.processing() and any(client.processing().values()):
+    while time.monotonic() < deadline and any(client.processing().values()):
         time.sleep(0.1)
     assert not any(client.processing().values())
     assert not (srv.results / job_id).exists()
