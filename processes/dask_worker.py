@@ -39,7 +39,7 @@ def _run_job(job_id: str, processor_path: str, database: str) -> int:
                               "message": f"the Dask worker running the job ({where}) died "
                                          "before finishing it; it was killed or crashed"},
                      only_if_status=worker.RUNNING)
-        worker.remove_job_files(Settings.load().results_dir, job_id)
+        worker.remove_job_files(Settings.load(), job_id)
         return 1
     return worker.run(job_id, processor_path, database, use_slots=False, runner="dask")
 

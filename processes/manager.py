@@ -142,7 +142,7 @@ class AquamaskManager(BaseManager):
                        "error_status": 500, "error_code": "NoApplicableCode", "message": reason}
             if self.store.update(record["identifier"], changes, only_if_status=ACTIVE):
                 LOGGER.warning("job %s: %s", record["identifier"], reason)
-                remove_job_files(self.settings.results_dir, record["identifier"])
+                remove_job_files(self.settings, record["identifier"])
             record = self.store.get(record["identifier"]) or record
         return record
 
@@ -197,7 +197,7 @@ class AquamaskManager(BaseManager):
             publishing.unpublish(job_id, self.settings)
         except Exception:  # a layer that cannot be removed must not keep the files alive
             LOGGER.exception("job %s: unpublishing failed", job_id)
-        remove_job_files(self.settings.results_dir, job_id)
+        remove_job_files(self.settings, job_id)
         return self.store.delete(job_id)
 
     def __repr__(self) -> str:

@@ -41,7 +41,7 @@ from collections import defaultdict
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
@@ -57,6 +57,9 @@ from aquamask.processes.sources.query import (CRS84, PlaceQuery, check_area, che
                                               parse_datetime, parse_geometry)
 from aquamask.processes.types import INVALID, WATER, MaskStats, Product, ProgressCallback
 from aquamask.server.metrics import instrument_job
+
+if TYPE_CHECKING:
+    from aquamask.processes.results import ResultStore
 
 LOGGER = logging.getLogger(__name__)
 
@@ -651,21 +654,24 @@ def fail_if_nothing(records: list[dict[str, Any]]) -> None:
 
 # -- files ---------------------------------------------------------------------------------------
 class Staging:
-    """A job's results written under ``.staging-{job_id}``, renamed to ``{job_id}`` at once."""
+    """A job's results written into the results store's staging folder, committed at once
+    (a folder: renamed to ``{job_id}``; an object store: uploaded, the STAC items last)."""
 
-    def __init__(self, results_dir: Path, job_id: str) -> None:
-        self.final = results_dir / job_id
-        self.path = results_dir / f".staging-{job_id}"
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.path.mkdir(parents=True)
+    def __init__(self, results: "Path | ResultStore", job_id: str) -> None:
+        from aquamask.processes.results import LocalResultStore
+
+        self.store = LocalResultStore(results) if isinstance(results, (str, os.PathLike)) \
+            else results
+        self.job_id = job_id
+        self.path = self.store.staging(job_id)
 
     def commit(self) -> Path:
-        shutil.rmtree(self.final, ignore_errors=True)
-        os.replace(self.path, self.final)
-        return self.final
+        """The committed result's folder, as GDAL reads it (``ResultStore.gdal_path``)."""
+        self.store.commit(self.job_id, self.path)
+        return Path(self.store.gdal_path(self.job_id))
 
     def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        self.store.discard(self.path)
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -1035,9 +1041,9 @@ def run_timeseries(request: MonitoringRequest, settings: Settings, job_id: str,
     from aquamask.processes import field_validation, publishing
 
     config = MonitoringConfig.from_settings(settings)
-    results_dir = settings.results_dir
-    staging = Staging(results_dir, job_id)
-    work = Path(tempfile.mkdtemp(prefix=f".work-{job_id}-", dir=results_dir))
+    store = settings.results_store
+    staging = Staging(store, job_id)
+    work = store.work_dir(job_id)
     published: list[str] = []
     try:
         ctx = _context(request, settings, job_id, work, "water-timeseries",
@@ -1110,7 +1116,7 @@ def run_timeseries(request: MonitoringRequest, settings: Settings, job_id: str,
                 validation,
                 csv=link(base, job_id, VALIDATION_CSV, "matched pairs (CSV)"),
                 chart=link(base, job_id, VALIDATION_PNG, "water area and field values (PNG)"))
-        write_atomic(final / TIMESERIES_JSON, json.dumps(
+        store.put(job_id, TIMESERIES_JSON, json.dumps(
             {k: v for k, v in outputs.items() if k not in ("json",)}, indent=1))
         return outputs
     except BaseException:
@@ -1128,9 +1134,9 @@ def run_timeseries(request: MonitoringRequest, settings: Settings, job_id: str,
 def run_frequency(request: MonitoringRequest, settings: Settings, job_id: str,
                   progress: ProgressCallback) -> dict[str, Any]:
     config = MonitoringConfig.from_settings(settings)
-    results_dir = settings.results_dir
-    staging = Staging(results_dir, job_id)
-    work = Path(tempfile.mkdtemp(prefix=f".work-{job_id}-", dir=results_dir))
+    store = settings.results_store
+    staging = Staging(store, job_id)
+    work = store.work_dir(job_id)
     try:
         ctx = _context(request, settings, job_id, work, "water-frequency", None, progress)
         plans = find_dates(request, settings, ctx.source, _scaled(progress, 1, 5))
@@ -1198,9 +1204,9 @@ def run_change(request: MonitoringRequest, settings: Settings, job_id: str,
     from aquamask.processes.sources.compose import no_scene, select
 
     config = MonitoringConfig.from_settings(settings)
-    results_dir = settings.results_dir
-    staging = Staging(results_dir, job_id)
-    work = Path(tempfile.mkdtemp(prefix=f".work-{job_id}-", dir=results_dir))
+    store = settings.results_store
+    staging = Staging(store, job_id)
+    work = store.work_dir(job_id)
     try:
         ctx = _context(request, settings, job_id, work, "water-change", None, progress)
         plans = []

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 from aquamask.processes.detection import BlockFanOut, ModelSpec, detect
 from aquamask.processes.products import COG_MEDIA_TYPE, write_cogs, write_product
 from aquamask.processes.publishers import Publisher
+from aquamask.processes.results import ResultStoreError
 from aquamask.processes.settings import Settings
 from aquamask.processes.sources import place_source
 from aquamask.processes.sources.query import PlaceQuery
@@ -108,15 +109,17 @@ def run_detection(request: DetectionRequest, settings: Settings, product_id: str
         progress(4, "loading the water model")
         model = load_model(settings.get("detection", "weights"),
                            settings.get("detection", "device"))
-    work = Path(tempfile.mkdtemp(prefix=f".work-{product_id}-", dir=settings.results_dir))
+    store = settings.results_store
+    work = store.work_dir(product_id)
     try:
         with block_fan_out(settings, scene.width * scene.height, request.method) as fan_out:
             mask = detect(scene, request.method, request.threshold, work, model=model,
                           progress=_scaled(progress, 5, 80),
                           with_probability=request.probability, fan_out=fan_out)
         progress(82, "writing the cloud-optimized GeoTIFFs and the STAC item")
-        product = write_product(product_id, mask, scene, request.parameters(),
-                                settings.results_dir, started)
+        product = write_product(product_id, mask, scene, request.parameters(), store, started)
+    except ResultStoreError:  # the object store's own words; nothing of the job was kept
+        raise
     except OSError as err:  # asked now: the partial files are removed below
         raise explain(err, settings.results_dir)
     finally:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pystac
 from pyproj import CRS
@@ -20,6 +19,9 @@ from shapely.geometry import box, mapping
 
 from aquamask import __version__
 from aquamask.processes.types import INVALID, Mask, Product, Scene
+
+if TYPE_CHECKING:
+    from aquamask.processes.results import ResultStore
 
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 MASK_FILE = "mask.tif"
@@ -132,24 +134,28 @@ def wgs84_bounds(profile: dict[str, Any]) -> tuple[float, float, float, float]:
 
 
 def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, Any],
-                  results_dir: Path, started: dt.datetime) -> Product:
-    """Write COGs and STAC item into a temporary folder, then rename it into place, so a
-    reader never sees a half-written product and a failure leaves nothing behind."""
-    final = results_dir / product_id
-    staging = results_dir / f".staging-{product_id}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+                  results: "Path | ResultStore", started: dt.datetime) -> Product:
+    """Write COGs and STAC item into a staging folder, then commit it to the results store
+    (a folder: renamed into place; an object store: uploaded, the item last), so a reader
+    never sees a half-written product and a failure leaves nothing behind.
+
+    ``results`` is a store or a folder. The product's paths are where GDAL reads its files
+    (``ResultStore.gdal_path``: local paths, or /vsis3/... for an object store)."""
+    from aquamask.processes.results import LocalResultStore
+
+    store = LocalResultStore(results) if isinstance(results, (str, os.PathLike)) else results
+    staging = store.staging(product_id)
     try:
         mask_cog, probability_cog = write_cogs(mask, staging)
         bbox = wgs84_bounds(mask.profile)
         item = stac_item(product_id, mask, scene, parameters, started, bbox)
         (staging / ITEM_FILE).write_text(json.dumps(item.to_dict(include_self_link=False),
                                                     indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(staging, final)
+        store.commit(product_id, staging)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        store.discard(staging)
         raise
+    final = Path(store.gdal_path(product_id))
     crs = CRS.from_user_input(mask.profile["crs"])
     return Product(id=product_id, directory=final, mask_cog=final / MASK_FILE,
                    probability_cog=final / PROBABILITY_FILE if probability_cog else None,

@@ -131,11 +131,12 @@ def product_from_results(product_id: str, settings: Settings) -> Product:
     (whose datetime is then left out: the item cannot tell an acquisition time from the
     processing time, and a wrong time would put the mask at a wrong date of its series)."""
     validate_product_id(product_id)
+    store = settings.results_store
     state = read_state(product_id, settings) or {}
     described = state.get("product")
     if described:
         mask = Path(described["mask_cog"])
-        if not mask.is_file():
+        if not store.is_file(mask):
             raise FileNotFoundError(f"the mask of {product_id} is gone ({mask})")
         return Product(
             id=product_id, directory=Path(described["directory"]), mask_cog=mask,
@@ -146,23 +147,23 @@ def product_from_results(product_id: str, settings: Settings) -> Product:
             title=described.get("title") or "",
             datetime=dt.datetime.fromisoformat(described["datetime"])
             if described.get("datetime") else None)
-    directory = settings.results_dir / product_id
+    directory = Path(store.gdal_path(product_id))
     item_path, mask = directory / "item.json", directory / "mask.tif"
-    if not (item_path.is_file() and mask.is_file()):
-        raise FileNotFoundError(f"no result for {product_id} in {settings.results_dir}")
-    item = json.loads(item_path.read_text(encoding="utf-8"))
+    if not (store.is_file(item_path) and store.is_file(mask)):
+        raise FileNotFoundError(f"no result for {product_id} in {store.location}")
+    item = json.loads(store.read_text(product_id, "item.json"))
     props = item.get("properties") or {}
     crs = props.get("proj:code") or props.get("proj:wkt2")
     if not crs:
         import rasterio
-        with rasterio.open(mask) as src:
+        with store.gdal_env(), rasterio.open(str(mask)) as src:
             crs = src.crs.to_string()
     stats = MaskStats(0, 0, 0, float(props.get("aquamask:water_area_km2") or 0.0),
                       float(props.get("aquamask:valid_area_km2") or 0.0))
     probability = directory / "probability.tif"
     return Product(id=product_id, directory=directory, mask_cog=mask, stac_item=item_path,
                    stats=stats, bbox_wgs84=tuple(item["bbox"]), crs=crs,
-                   probability_cog=probability if probability.is_file() else None,
+                   probability_cog=probability if store.is_file(probability) else None,
                    title=props.get("title") or "")
 
 

@@ -108,8 +108,25 @@ class Settings:
         return self.path(self.get("paths", "data_root")).resolve()
 
     @property
+    def results_url(self) -> str | None:
+        """``paths.results`` when it is an object store URL (``s3://bucket/prefix``), else None."""
+        value = self.get("paths", "results")
+        return value if isinstance(value, str) and "://" in value else None
+
+    @property
     def results_dir(self) -> Path:
+        """The results folder; with an object store (``results_url``) the local folder where
+        jobs stage their files before uploading them (``storage.staging``, under ``home``)."""
+        if self.results_url:
+            return self.path((self.raw.get("storage") or {}).get("staging") or "staging")
         return self.path(self.get("paths", "results"))
+
+    @property
+    def results_store(self):
+        """Where results are written and read (``aquamask.processes.results``)."""
+        from aquamask.processes.results import results_store
+
+        return results_store(self)
 
     @property
     def database_url(self) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -27,6 +26,7 @@ from pygeoapi.util import JobStatus, get_current_datetime
 
 from aquamask.processes.errors import Cancelled
 from aquamask.processes.jobstore import JobStore
+from aquamask.processes.results import ResultStoreError
 from aquamask.processes.settings import Settings
 from aquamask.processes.storage import explain
 
@@ -36,11 +36,19 @@ ACTIVE = (JobStatus.accepted.value, JobStatus.running.value)
 HOST = socket.gethostname()
 
 
-def remove_job_files(results_dir: Path, job_id: str) -> None:
-    """A job's product folder and any staging or work folder it left."""
-    shutil.rmtree(results_dir / job_id, ignore_errors=True)
-    for leftover in results_dir.glob(f".*-{job_id}*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+def remove_job_files(results: "Path | Settings", job_id: str) -> None:
+    """A job's result (in the results folder or object store of ``results``, settings or a
+    folder) and any staging or work folder it left. An object store that cannot be reached
+    is logged: the job's record goes on."""
+    from aquamask.processes.results import LocalResultStore
+
+    store = results.results_store if isinstance(results, Settings) \
+        else LocalResultStore(results)
+    try:
+        store.remove(job_id)
+    except OSError:
+        LOGGER.exception("job %s: its results could not be removed from %s", job_id,
+                         store.location)
 
 
 def acquire_slot(directory: Path, slots: int, waiting) -> IO:
@@ -148,7 +156,7 @@ def run_job(store: JobStore, settings: Settings, job_id: str,
                     slot.close()
     except Cancelled:
         LOGGER.info("job %s dismissed; stopping", job_id)
-        remove_job_files(settings.results_dir, job_id)
+        remove_job_files(settings, job_id)
         return 0
     except ProcessorExecuteError as err:  # the request's fault: recorded with its 4xx
         _fail(store, job_id, int(err.http_status_code), err.ogc_exception_code, err.message)
@@ -158,7 +166,7 @@ def run_job(store: JobStore, settings: Settings, job_id: str,
     except Exception as err:  # noqa: BLE001 - recorded on the job, logged with its traceback
         LOGGER.exception("job %s failed", job_id)
         _fail(store, job_id, 500, "NoApplicableCode", f"internal error: {err}")
-    remove_job_files(settings.results_dir, job_id)
+    remove_job_files(settings, job_id)
     return 1
 
 
@@ -181,7 +189,7 @@ def _execute(store: JobStore, settings: Settings, job_id: str,
     store.update(job_id, {"status": JobStatus.successful.value, "outputs": outputs,
                           "progress": 100, "message": "Job complete", "finished": now,
                           "updated": now, "mimetype": "application/json",
-                          "location": str(settings.results_dir / job_id)},
+                          "location": settings.results_store.location_of(job_id)},
                  only_if_status=RUNNING)
     return 0
 
@@ -195,9 +203,14 @@ def _own_start_time() -> str | None:
 
 def _storage_message(err: OSError, settings: Settings) -> str:
     """A failed write (disk full, read-only, permission denied) explained to the user."""
+    if isinstance(err, ResultStoreError):  # the object store of paths.results refused
+        return (f"the server could not write the results: {err}; nothing of this job was "
+                "kept. Tell the server's operator (results store: "
+                f"{settings.results_store.location})")
     reason = explain(err, settings.results_dir).strerror or str(err)
+    folder = "staging folder" if settings.results_url else "results folder"
     return (f"the server could not write the results: {reason}; nothing of this job was "
-            f"kept. Tell the server's operator (results folder: {settings.results_dir})")
+            f"kept. Tell the server's operator ({folder}: {settings.results_dir})")
 
 
 def _fail(store: JobStore, job_id: str, status: int, code: str, message: str) -> None:

@@ -2,7 +2,9 @@
 (result files, the /ows map services, health)."""
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 import os
 import re
 import shutil
@@ -12,7 +14,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import yaml
-from flask import Blueprint, Flask, jsonify, request, send_from_directory
+from flask import Blueprint, Flask, current_app, jsonify, request, send_from_directory
 from jinja2 import Template
 from pygeoapi.process.base import JobNotFoundError
 from werkzeug.exceptions import HTTPException
@@ -23,6 +25,7 @@ from aquamask.processes.settings import Settings
 from aquamask.server import metrics
 from aquamask.server.auth import Auth
 
+LOGGER = logging.getLogger(__name__)
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 RESULT_FILES = {MASK_FILE: "image/tiff; application=geotiff; profile=cloud-optimized",
                 PROBABILITY_FILE: "image/tiff; application=geotiff; profile=cloud-optimized",
@@ -71,22 +74,86 @@ def render_pygeoapi_config(settings: Settings) -> tuple[Path, Path]:
 def results_blueprint(settings: Settings, manager) -> Blueprint:
     blueprint = Blueprint("aquamask_results", __name__)
 
+    store = settings.results_store
+
     @blueprint.get("/results/<job_id>/<name>")
     def result_file(job_id: str, name: str):
-        directory = settings.results_dir / job_id
         missing = ogc_exception(404, "NotFound", f"no result file {name!r} for job {job_id!r}")
-        if name not in RESULT_FILES or not JOB_ID.match(job_id) \
-                or not (directory / name).is_file():
+        if name not in RESULT_FILES or not JOB_ID.match(job_id):
             return missing
+        if not store.remote:
+            directory = settings.results_dir / job_id
+            if not (directory / name).is_file():
+                return missing
         try:
             manager.get_job(job_id)  # the owner's (or a manager's) only
         except JobNotFoundError:
             return missing
+        if store.remote:
+            return stored_file(store, job_id, name, missing)
         # conditional and range requests are honoured, so GDAL can read the COG over HTTP
         return send_from_directory(directory, name, mimetype=RESULT_FILES[name],
                                    conditional=True)
 
     return blueprint
+
+
+def stored_file(store, job_id: str, name: str, missing):
+    """A result file streamed from an object store, with conditional and range requests. A
+    single range (what GDAL asks for when it reads a COG over HTTP) is one ranged read of
+    exactly its bytes from the store; anything else is the whole file, streamed."""
+    from werkzeug.http import is_resource_modified
+    from werkzeug.wsgi import wrap_file
+
+    try:
+        info = store.info(job_id, name)
+    except Exception as err:  # noqa: BLE001 - the store is down: the server's side
+        LOGGER.error("/results/%s/%s: the results store failed: %s", job_id, name, err)
+        return ogc_exception(503, "NoApplicableCode", "the results store is not available")
+    if info is None:
+        return missing
+    size = info["size"]
+    mtime = (dt.datetime.fromtimestamp(info["mtime"], dt.timezone.utc)
+             if info.get("mtime") is not None else None)
+    etag = info.get("etag") or f"{size:x}-{int(info.get('mtime') or 0):x}"
+    mimetype = RESULT_FILES[name]
+
+    def finish(response):
+        response.set_etag(etag)
+        if mtime is not None:
+            response.last_modified = mtime
+        response.accept_ranges = "bytes"
+        return response
+
+    if not is_resource_modified(request.environ, etag=etag, last_modified=mtime):
+        return finish(current_app.response_class(status=304))
+    wanted = request.range
+    if_range = request.if_range
+    if wanted is not None and wanted.units == "bytes" and len(wanted.ranges) == 1 \
+            and ((if_range.etag is None and if_range.date is None) or if_range.etag == etag):
+        bounds = wanted.range_for_length(size)
+        if bounds is None:
+            response = current_app.response_class(status=416)
+            response.headers["Content-Range"] = f"bytes */{size}"
+            return finish(response)
+        start, stop = bounds
+        try:
+            data = store.read_range(job_id, name, start, stop)
+        except Exception as err:  # noqa: BLE001
+            LOGGER.error("/results/%s/%s: the results store failed: %s", job_id, name, err)
+            return ogc_exception(503, "NoApplicableCode", "the results store is not available")
+        response = current_app.response_class(data, status=206, mimetype=mimetype)
+        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+        return finish(response)
+    try:
+        handle = store.open(job_id, name)
+    except Exception as err:  # noqa: BLE001
+        LOGGER.error("/results/%s/%s: the results store failed: %s", job_id, name, err)
+        return ogc_exception(503, "NoApplicableCode", "the results store is not available")
+    response = current_app.response_class(wrap_file(request.environ, handle, 1 << 20),
+                                          mimetype=mimetype, direct_passthrough=True)
+    response.content_length = size
+    return finish(response)
 
 
 def geoserver_check(settings: Settings) -> str:
@@ -133,6 +200,11 @@ def health_blueprint(settings: Settings, manager) -> Blueprint:
             checks["geoserver"] = geoserver_check(settings)
         if settings.get("jobs", "scheduler"):
             checks["dask"] = manager.executor.health()
+        if settings.results_url:  # an object store: a listing of its prefix, bounded in time
+            try:
+                checks["results_store"] = settings.results_store.check()
+            except Exception as err:  # noqa: BLE001 - misconfigured: reported, not raised
+                checks["results_store"] = f"error: {type(err).__name__}"
         healthy = all(v == "ok" for v in checks.values())
         response = jsonify({"status": "ok" if healthy else "degraded", "checks": checks})
         response.status_code = 200 if healthy else 503

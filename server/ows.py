@@ -141,8 +141,12 @@ class MapServCGI:
     """Runs ``mapserv`` as a CGI program against one MapServer config file."""
 
     def __init__(self, config_path: Path | str, binary: str | os.PathLike | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S, script_name: str = "/ows") -> None:
+                 timeout: float = DEFAULT_TIMEOUT_S, script_name: str = "/ows",
+                 extra_env: dict[str, str] | None = None) -> None:
         self.config_path = Path(config_path)
+        # GDAL's options for layers on an object store (its endpoint and credentials: in the
+        # environment, never in the mapfile)
+        self.extra_env = dict(extra_env or {})
         self.binary = find_mapserv(binary)
         self.timeout = float(timeout)
         self.script_name = script_name
@@ -150,6 +154,7 @@ class MapServCGI:
     def environ(self, method: str, query: str, content_type: str | None = None,
                 content_length: int | None = None) -> dict[str, str]:
         env = {
+            **self.extra_env,
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
             "GATEWAY_INTERFACE": "CGI/1.1",
@@ -261,8 +266,10 @@ def ows_blueprint(publisher_factory: Callable[[], object],
             with lock:
                 if "cgi" not in state:
                     publisher = publisher_factory()
+                    store = getattr(publisher, "results_store", None)
                     state["cgi"] = MapServCGI(publisher.config_path,  # type: ignore[attr-defined]
-                                              binary, timeout)
+                                              binary, timeout, extra_env=store.cgi_environment()
+                                              if store is not None else None)
         return state["cgi"]
 
     @blueprint.route("/ows", methods=["GET", "POST"])

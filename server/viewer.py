@@ -105,19 +105,34 @@ class SceneIndex:
         return found, truncated
 
 
-def _acquired(results_dir: Path, job_id: str) -> str | None:
-    """The acquisition time a result's STAC item records, when it has one."""
-    from aquamask.processes.products import ITEM_FILE
+# job id -> acquisition time, of results on an object store (a result never changes; each
+# look-up there is a request)
+_ACQUIRED: dict[str, str] = {}
 
+
+def _acquired(results, job_id: str) -> str | None:
+    """The acquisition time a result's STAC item records, when it has one. ``results``: the
+    results folder or store (``aquamask.processes.results``)."""
+    from aquamask.processes.products import ITEM_FILE
+    from aquamask.processes.results import LocalResultStore
+
+    store = LocalResultStore(results) if isinstance(results, (str, os.PathLike)) else results
+    if store.remote and job_id in _ACQUIRED:
+        return _ACQUIRED[job_id]
     try:
-        item = json.loads((results_dir / job_id / ITEM_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        item = json.loads(store.read_text(job_id, ITEM_FILE))
+    except Exception:  # noqa: BLE001 - missing, unreadable, or the store is down: no time
         return None
     properties = item.get("properties") or {}
-    return properties.get("datetime") or properties.get("start_datetime")
+    acquired = properties.get("datetime") or properties.get("start_datetime")
+    if store.remote and acquired:
+        if len(_ACQUIRED) >= 4096:
+            _ACQUIRED.clear()
+        _ACQUIRED[job_id] = acquired
+    return acquired
 
 
-def result_summary(record: dict[str, Any], results_dir: Path) -> dict[str, Any]:
+def result_summary(record: dict[str, Any], results_dir) -> dict[str, Any]:
     outputs = record.get("outputs")
     return {
         "id": record["identifier"],
@@ -244,7 +259,7 @@ def viewer_blueprint(settings: Settings) -> Blueprint:
         except ValueError:
             return _ogc_error(400, "InvalidParameterValue", "limit must be an integer")
         jobs = api_.manager.get_jobs(status=JobStatus.successful, limit=limit)
-        results = [result_summary(r, settings.results_dir) for r in jobs["jobs"]]
+        results = [result_summary(r, settings.results_store) for r in jobs["jobs"]]
         return jsonify({"results": results, "numberMatched": jobs.get("numberMatched"),
                         "numberReturned": len(results)})
 

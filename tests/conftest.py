@@ -133,3 +133,15 @@ def fresh_postgres_url(postgres_cluster):
     url = postgres_cluster.create_database()
     yield url
     postgres_cluster.drop_database(url.rsplit("/", 1)[1])
+
+
+# --- S3 (tests/objectstore.py): moto's S3 server on loopback, the stand-in object store
+@pytest.fixture(scope="session")
+def s3():
+    pytest.importorskip("moto.server", reason="moto (the S3 stand-in) is not installed")
+    pytest.importorskip("s3fs")
+    from tests.objectstore import start_s3
+
+    standin = start_s3()
+    yield standin
+    standin.server.stop()

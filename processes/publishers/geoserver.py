@@ -48,8 +48,9 @@ from filelock import FileLock, Timeout
 from geo.Geoserver import Geoserver, GeoserverException
 
 from aquamask.processes.publishers import Publisher, getmap_params, ogc_url, service_layer
-from aquamask.processes.publishers.mapserver import (_atomic_write, _raster_facts, layer_name,
-                                                     series_key, validate_product_id)
+from aquamask.processes.publishers.mapserver import (_atomic_write, _raster_facts, is_vsi,
+                                                     layer_name, series_key,
+                                                     validate_product_id)
 from aquamask.processes.types import Layer, Product
 
 LOGGER = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ class GeoServerPublisher(Publisher):
                  shared_results_dir: str | None = None, results_dir: Path | str | None = None,
                  style: str = "water", public_url: str | None = None,
                  connect_timeout_s: float = 5.0, timeout_s: float = 60.0,
-                 time_series: bool = True) -> None:
+                 time_series: bool = True, results_store=None) -> None:
         if not url or not re.match(r"^https?://[^/\s]+", str(url)):
             raise ValueError(f"geoserver.url must be an http(s) URL (got {url!r})")
         if not WORKSPACE_NAME.fullmatch(str(workspace)):
@@ -227,6 +228,9 @@ class GeoServerPublisher(Publisher):
         self.store_mode = store_mode
         self.shared_results_dir = shared_results_dir.rstrip("/") if shared_results_dir else None
         self.results_dir = Path(results_dir).resolve() if results_dir else None
+        # the results store (aquamask.processes.results) products on an object store are
+        # copied from for upload
+        self.results_store = results_store
         self.time_series = bool(time_series)
         self.client = GeoServerClient(self.url, user, password, connect_timeout_s, timeout_s)
         self.workdir = Path(workdir).expanduser().resolve()
@@ -246,6 +250,10 @@ class GeoServerPublisher(Publisher):
         if not get("url"):
             raise ValueError("GeoServer is not configured: set geoserver.url "
                              "(AQUAMASK__GEOSERVER__URL)")
+        if settings.results_url and str(get("store_mode") or "upload") == "external":
+            raise ValueError(f"geoserver.store_mode external needs the results on a folder "
+                             f"GeoServer shares, but paths.results is an object store "
+                             f"({settings.results_url}): use geoserver.store_mode upload")
         return cls(get("url"), str(get("user") or "admin"), read_password(settings),
                    str(get("workspace") or "aquamask"),
                    settings.path(get("workdir") or "geoserver"),
@@ -255,7 +263,8 @@ class GeoServerPublisher(Publisher):
                    public_url=get("public_url"),
                    connect_timeout_s=float(get("connect_timeout_s") or 5),
                    timeout_s=float(get("timeout_s") or 60),
-                   time_series=get("time_series", True) is not False)
+                   time_series=get("time_series", True) is not False,
+                   results_store=settings.results_store)
 
     # -- catalogue -----------------------------------------------------------------------------
     @property
@@ -423,8 +432,18 @@ class GeoServerPublisher(Publisher):
 
     # -- Publisher -----------------------------------------------------------------------------
     def publish(self, product: Product) -> Layer:
+        path = Path(product.mask_cog)
+        if not is_vsi(path):
+            return self._publish(product, path.expanduser().resolve())
+        # a result on an object store: GeoServer receives a copy (upload mode only)
+        if self.store_mode != "upload" or self.results_store is None:
+            raise ValueError(f"{path} is on an object store: GeoServer can only receive a copy "
+                             "of it (geoserver.store_mode: upload)")
+        with self.results_store.local_copy(path, self.workdir) as local:
+            return self._publish(product, local)
+
+    def _publish(self, product: Product, path: Path) -> Layer:
         name = layer_name(product.id)
-        path = Path(product.mask_cog).expanduser().resolve()
         facts = _raster_facts(path)
         bbox = [float(v) for v in product.bbox_wgs84]
         if len(bbox) != 4:

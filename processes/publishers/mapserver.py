@@ -176,12 +176,28 @@ def raster_style(tags: dict[str, str]) -> str:
     return style
 
 
-def _raster_facts(path: Path) -> dict[str, Any]:
+def is_vsi(path: str | os.PathLike) -> bool:
+    """A path GDAL reads through a virtual file system (/vsis3/, /vsigs/, /vsiaz/...): a
+    result on an object store (``aquamask.processes.results``)."""
+    return str(path).startswith("/vsi")
+
+
+def _present(path: str | os.PathLike) -> bool:
+    """Whether a layer's COG is there: a local file is looked at; a result on an object store
+    is taken as there (it is removed by unpublishing, and a listing per layer on every render
+    would cost a request each)."""
+    return is_vsi(path) or Path(path).is_file()
+
+
+def _raster_facts(path: Path | str, env=None) -> dict[str, Any]:
     """What the mapfile needs from the COG itself: native extent, size, resolution, CRS, and
-    the style it is drawn with."""
+    the style it is drawn with. ``env``: the ``rasterio.Env`` to open it in (an object
+    store's credentials)."""
+    import contextlib
+
     import rasterio
 
-    with rasterio.open(path) as src:
+    with env or contextlib.nullcontext(), rasterio.open(str(path)) as src:
         style = raster_style(src.tags())
         if src.count < 1 or src.dtypes[0] != STYLE_DTYPES[style]:
             raise ValueError(f"{path} is not a {STYLE_DTYPES[style]} "
@@ -209,7 +225,9 @@ class MapServerPublisher(Publisher):
 
     name = NAME
 
-    def __init__(self, workdir: Path | str, base_url: str) -> None:
+    def __init__(self, workdir: Path | str, base_url: str, results_store=None) -> None:
+        # the results store (``aquamask.processes.results``) of products on an object store
+        self.results_store = results_store
         self.workdir = Path(workdir).expanduser().resolve()
         self.base_url = base_url.rstrip("/")
         self.ows_url = f"{self.base_url}/ows"
@@ -226,7 +244,7 @@ class MapServerPublisher(Publisher):
     def from_settings(cls, settings) -> "MapServerPublisher":
         """``mapserver.workdir`` (default ``mapserver`` under ``home``) and ``server.url``."""
         workdir = settings.get("mapserver", "workdir") or "mapserver"
-        return cls(settings.path(workdir), settings.url)
+        return cls(settings.path(workdir), settings.url, settings.results_store)
 
     # -- files ---------------------------------------------------------------------------------
     @property
@@ -295,7 +313,7 @@ class MapServerPublisher(Publisher):
         catalogue = self._read_catalogue() if catalogue is None else catalogue
         entries = sorted(catalogue.values(), key=lambda e: (e.get("published", ""), e["id"]))
         # a COG removed without unpublishing would make every request naming it fail
-        missing = [e["id"] for e in entries if not Path(e["path"]).is_file()]
+        missing = [e["id"] for e in entries if not _present(e["path"])]
         if missing:
             LOGGER.warning("left out of the mapfile, their COG is gone: %s", ", ".join(missing))
             entries = [e for e in entries if e["id"] not in missing]
@@ -394,7 +412,7 @@ class MapServerPublisher(Publisher):
     def _render(self, catalogue: dict[str, dict[str, Any]]) -> None:
         text = self.render_mapfile(catalogue)
         # the tile indexes before the mapfile that names them; stale ones after it
-        entries = [e for e in catalogue.values() if Path(e["path"]).is_file()]
+        entries = [e for e in catalogue.values() if _present(e["path"])]
         series = self._series(entries)
         if series:
             self.series_dir.mkdir(exist_ok=True)
@@ -417,9 +435,11 @@ class MapServerPublisher(Publisher):
     # -- Publisher -----------------------------------------------------------------------------
     def publish(self, product: Product) -> Layer:
         name = layer_name(product.id)
-        path = Path(product.mask_cog).expanduser().resolve()
+        path = Path(product.mask_cog)
+        path = path if is_vsi(path) else path.expanduser().resolve()
         _safe_path(path)
-        facts = _raster_facts(path)
+        facts = _raster_facts(path, self.results_store.gdal_env()
+                              if is_vsi(path) and self.results_store is not None else None)
         bbox = [float(v) for v in product.bbox_wgs84]
         if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
             raise ValueError(f"invalid WGS84 bbox {product.bbox_wgs84!r}")

@@ -10,6 +10,7 @@ GeoServer's failures; it does not prove that a real GeoServer renders the layers
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -665,3 +666,30 @@ def test_server_job_pending_then_switched_then_dismissed(tmp_path, standin):
         server.process.wait(timeout=30)
     log = (home / "server.log").read_text(errors="replace")
     assert "HTTP 500" in log and PASSWORD not in log
+
+
+# -- results on an object store (paths.results s3://...; moto's S3 server, tests/objectstore.py)
+def test_a_result_on_an_object_store_is_uploaded_as_a_copy(settings, standin, s3, tmp_path,
+                                                           monkeypatch):
+    bucket = s3.new_bucket()
+    for key, value in s3.environment(bucket).items():
+        monkeypatch.setenv(key, value)
+    remote = load_settings()
+    store = remote.results_store
+    staging = store.staging(ID1)
+    cog = write_mask_cog(staging / "mask.tif", "EPSG:32630")
+    data = cog.path.read_bytes()
+    product = make_product(cog, ID1, title="on S3")
+    store.commit(ID1, staging)
+    product = dataclasses.replace(product, directory=Path(store.gdal_path(ID1)),
+                                  mask_cog=Path(store.gdal_path(ID1, "mask.tif")))
+    publisher = GeoServerPublisher.from_settings(remote)
+    publisher.publish(product)
+    uploaded = standin.stores[("aquamask", f"water-{ID1}")]
+    assert uploaded.files[0].read_bytes() == data  # the object's bytes, fetched for upload
+    assert not list(publisher.workdir.glob(".copy-*"))  # the local copy is gone
+
+    monkeypatch.setenv("AQUAMASK__GEOSERVER__STORE_MODE", "external")
+    monkeypatch.setenv("AQUAMASK__GEOSERVER__SHARED_RESULTS_DIR", "/srv/results")
+    with pytest.raises(ValueError, match="paths.results is an object store"):
+        GeoServerPublisher.from_settings(load_settings())
