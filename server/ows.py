@@ -1,10 +1,11 @@
 """``/ows``: WMS 1.3.0 and WCS 2.0.1 of the published layers, served by MapServer's CGI.
 
 Each request runs ``mapserv`` once as a subprocess with a minimal CGI environment. The MapServer 8
-configuration file the publisher writes (``MAPSERVER_CONFIG_FILE``) names the mapfile as the
-default map and forbids map paths, and this module strips every ``map`` parameter (and MapServer's
-``map.*``/``map_*`` runtime substitutions) from the client's request, so a client can neither pick
-another mapfile nor alter this one.
+configuration file the publisher writes (``MAPSERVER_CONFIG_FILE``) forbids map paths, the
+mapfile is named by this module in ``MS_MAPFILE`` (a request for one product's layer gets that
+layer's own small mapfile, anything else the catalogue's), and this module strips every ``map``
+parameter (and MapServer's ``map.*``/``map_*`` runtime substitutions) from the client's request,
+so a client can neither pick another mapfile nor alter this one.
 
 The CGI output goes to a temporary file rather than a pipe: the subprocess timeout then covers the
 whole rendering, a slow client cannot stall ``mapserv``, and the status is known before the first
@@ -113,6 +114,26 @@ def oversized_image(query: str, max_size: int) -> Response | None:
     return None
 
 
+# the parameter naming the layers of each request that draws or describes layers
+LAYER_PARAMS = {"getmap": ("layers",), "map": ("layers",),
+                "getfeatureinfo": ("layers", "query_layers"),
+                "feature_info": ("layers", "query_layers"),
+                "getlegendgraphic": ("layer",),
+                "describecoverage": ("coverageid",), "getcoverage": ("coverageid",)}
+
+
+def single_layer(query: str) -> str | None:
+    """The one layer (or coverage) a GetMap, GetFeatureInfo, GetLegendGraphic,
+    DescribeCoverage or GetCoverage names, None when it names several or it is another
+    request."""
+    params = {k.strip().lower(): v for k, v in parse_qsl(query, keep_blank_values=True)}
+    keys = LAYER_PARAMS.get(params.get("request", "").strip().lower())
+    if not keys:
+        return None
+    names = {name.strip() for key in keys for name in params.get(key, "").split(",")}
+    return names.pop() if len(names) == 1 and all(names) else None
+
+
 def _parse_headers(raw: bytes) -> tuple[int | None, list[tuple[str, str]]]:
     status, headers = None, []
     for line in raw.decode("latin-1").splitlines():
@@ -138,18 +159,27 @@ def _stream(fh: IO[bytes], start: int) -> Iterator[bytes]:
 
 
 class MapServCGI:
-    """Runs ``mapserv`` as a CGI program against one MapServer config file."""
+    """Runs ``mapserv`` as a CGI program against one MapServer config file: on ``mapfile``, or
+    on the mapfile ``layer_mapfile(name)`` gives for a request naming one layer (None: none)."""
 
-    def __init__(self, config_path: Path | str, binary: str | os.PathLike | None = None,
+    def __init__(self, config_path: Path | str, mapfile: Path | str,
+                 binary: str | os.PathLike | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S, script_name: str = "/ows",
+                 layer_mapfile: Callable[[str], Path | None] | None = None,
                  extra_env: dict[str, str] | None = None) -> None:
         self.config_path = Path(config_path)
+        self.mapfile = Path(mapfile)
+        self.layer_mapfile = layer_mapfile
         # GDAL's options for layers on an object store (its endpoint and credentials: in the
         # environment, never in the mapfile)
         self.extra_env = dict(extra_env or {})
         self.binary = find_mapserv(binary)
         self.timeout = float(timeout)
         self.script_name = script_name
+
+    def mapfile_for(self, query: str) -> Path:
+        name = single_layer(query) if self.layer_mapfile is not None else None
+        return (self.layer_mapfile(name) if name else None) or self.mapfile
 
     def environ(self, method: str, query: str, content_type: str | None = None,
                 content_length: int | None = None) -> dict[str, str]:
@@ -166,6 +196,7 @@ class MapServCGI:
             "REQUEST_METHOD": method,
             "QUERY_STRING": query,
             "MAPSERVER_CONFIG_FILE": str(self.config_path),
+            "MS_MAPFILE": str(self.mapfile_for(query)),
         }
         if content_type is not None:
             env["CONTENT_TYPE"] = content_type
@@ -267,9 +298,10 @@ def ows_blueprint(publisher_factory: Callable[[], object],
                 if "cgi" not in state:
                     publisher = publisher_factory()
                     store = getattr(publisher, "results_store", None)
-                    state["cgi"] = MapServCGI(publisher.config_path,  # type: ignore[attr-defined]
-                                              binary, timeout, extra_env=store.cgi_environment()
-                                              if store is not None else None)
+                    state["cgi"] = MapServCGI(
+                        publisher.config_path, publisher.mapfile_path,  # type: ignore
+                        binary, timeout, layer_mapfile=publisher.layer_mapfile,  # type: ignore
+                        extra_env=store.cgi_environment() if store is not None else None)
         return state["cgi"]
 
     @blueprint.route("/ows", methods=["GET", "POST"])

@@ -142,6 +142,32 @@ def test_unpublish(publisher, client, masks):
     assert layer_names(client.get(WMS_CAPS).data) == []
 
 
+def test_each_layer_has_a_mapfile_of_its_own_until_unpublished(publisher, masks):
+    publisher.publish(make_product(masks["EPSG:32630"], "a"))
+    publisher.publish(make_product(masks["EPSG:4326"], "b"))
+    own = publisher.layer_mapfile("water-a")
+    assert own is not None and own.parent == publisher.layer_maps_dir
+    text = own.read_text()
+    assert 'NAME "water-a"' in text and 'NAME "water-b"' not in text
+    assert publisher.layer_mapfile("water-b") != own
+    for name in ("water-never-seen", "a", "series-0123456789abcdef", "water-../../etc/x",
+                 "water-a,water-b", ""):
+        assert publisher.layer_mapfile(name) is None, name
+    publisher.unpublish("a")
+    assert publisher.layer_mapfile("water-a") is None and not own.exists()
+    assert publisher.layer_mapfile("water-b") is not None
+
+
+def test_layer_mapfiles_are_made_for_a_catalogue_published_before_them(publisher, masks):
+    """A server upgraded from one mapfile for everything gets the layers' own at start."""
+    publisher.publish(make_product(masks["EPSG:4326"], "old"))
+    for stale in publisher.layer_maps_dir.glob("*.map"):
+        stale.unlink()
+    publisher.config_path.write_text("# an older config\n")
+    again = MapServerPublisher(publisher.workdir, BASE_URL)
+    assert again.layer_mapfile("water-old") is not None
+
+
 def test_a_second_instance_sees_the_same_catalogue(publisher, masks):
     publisher.publish(make_product(masks["EPSG:4326"], "shared"))
     other = MapServerPublisher(publisher.workdir, BASE_URL)

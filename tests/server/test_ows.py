@@ -13,7 +13,7 @@ from rasterio.warp import transform_bounds
 from werkzeug.serving import make_server
 
 from aquamask.processes.publishers.mapserver import MapServerPublisher
-from aquamask.server.ows import make_ows_blueprint, sanitize_query
+from aquamask.server.ows import make_ows_blueprint, sanitize_query, single_layer
 from tests.processes.conftest_mapserver import (BASE_URL, BLUE, DRY_PIXEL, NODATA_PIXEL,
                                                 WATER_PIXEL, coverage_ids, image_pixel,
                                                 layer_names, make_product, masks,  # noqa: F401
@@ -215,6 +215,41 @@ def test_map_parameter_cannot_change_the_mapfile(client, published):
         assert response.status_code == 200, evil
         assert response.data == plain.data, evil
     assert b"root:" not in plain.data
+
+
+@pytest.mark.parametrize("query, layer", [
+    ("SERVICE=WMS&REQUEST=GetMap&LAYERS=water-a&STYLES=", "water-a"),
+    ("service=WMS&request=getmap&layers=water-a,water-b", None),
+    ("REQUEST=GetMap&LAYERS=", None),
+    ("REQUEST=GetFeatureInfo&LAYERS=water-a&QUERY_LAYERS=water-a", "water-a"),
+    ("REQUEST=GetFeatureInfo&LAYERS=water-a&QUERY_LAYERS=water-b", None),
+    ("REQUEST=GetLegendGraphic&LAYER=water-a", "water-a"),
+    ("SERVICE=WCS&REQUEST=GetCoverage&COVERAGEID=water-a&SUBSET=x(0,1)", "water-a"),
+    ("SERVICE=WCS&REQUEST=DescribeCoverage&CoverageId=water-a", "water-a"),
+    ("SERVICE=WMS&REQUEST=GetCapabilities&LAYERS=water-a", None),
+])
+def test_single_layer_of_a_request(query, layer):
+    assert single_layer(query) == layer
+
+
+def test_one_layer_requests_are_answered_from_the_layers_own_mapfile(published, tmp_path):
+    """With the catalogue's mapfile broken, a GetMap of one layer still draws (its own
+    mapfile) while capabilities, which need every layer, fail: proof of which file was read."""
+    import shutil
+
+    copy = MapServerPublisher(shutil.copytree(published.workdir, tmp_path / "mapserver"),
+                              BASE_URL)
+    client = ows_app(copy).test_client()
+    copy.mapfile_path.write_text("MAP broken\n")
+    caps = get(client, SERVICE="WMS", VERSION="1.3.0", REQUEST="GetCapabilities")
+    assert caps.status_code >= 400 or b"ServiceException" in caps.data
+    drawn = get(client, SERVICE="WMS", VERSION="1.3.0", REQUEST="GetMap", LAYERS="water-geo",
+                STYLES="", CRS="EPSG:3857", BBOX="-20000,-20000,20000,20000", WIDTH=64,
+                HEIGHT=64, FORMAT="image/png")
+    assert drawn.status_code == 200 and drawn.content_type == "image/png", drawn.data[:300]
+    described = get(client, SERVICE="WCS", VERSION="2.0.1", REQUEST="DescribeCoverage",
+                    COVERAGEID="water-utm")
+    assert described.status_code == 200 and b'gml:id="water-utm"' in described.data
 
 
 def test_sanitize_query():
