@@ -294,7 +294,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     APP.config["MAX_CONTENT_LENGTH"] = int(settings.get("limits", "max_request_bytes"))
     auth = Auth(settings)
     # first: its timer starts before auth or anything else may answer the request
-    metrics.init_app(APP, settings, api_.manager.store, auth)
+    metrics.init_app(APP, settings, api_.manager.store, auth, api_.manager.sweep)
     auth.init_app(APP)
     reject_non_object_execute_bodies(APP)
     add_security_headers(APP, settings)

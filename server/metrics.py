@@ -170,10 +170,13 @@ def mark_process_dead(pid: int) -> None:
 
 
 class JobStates:
-    """``aquamask_jobs{state}``: the job store's count of each state, at scrape time."""
+    """``aquamask_jobs{state}``: the job store's count of each state, at scrape time, after
+    ``sweep()`` (the manager's) has failed the active jobs whose worker is gone: a job is
+    otherwise only found dead when someone reads it."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store, sweep: Callable[[], int] | None = None) -> None:
         self.store = store
+        self.sweep = sweep
 
     def describe(self):
         return []  # nothing asked of the store when registered
@@ -182,6 +185,8 @@ class JobStates:
         up = GaugeMetricFamily("aquamask_job_store_up",
                                "1 when the job store answered this scrape, else 0")
         try:
+            if self.sweep is not None:
+                self.sweep()
             counts = self.store.count_by_status()
         except Exception as err:  # noqa: BLE001 - a scrape reports it, /health explains it
             LOGGER.warning("metrics: the job store did not answer: %s", err)
@@ -225,9 +230,10 @@ def _route(request) -> str:
     return rule.rule if rule is not None else "unmatched"  # never the raw path
 
 
-def init_app(app, settings, store, auth) -> None:
+def init_app(app, settings, store, auth, sweep: Callable[[], int] | None = None) -> None:
     """Time every request (register before anything that may answer early, such as auth)
-    and serve ``GET /metrics`` with the access ``metrics.access`` sets."""
+    and serve ``GET /metrics`` with the access ``metrics.access`` sets; ``sweep`` runs before
+    jobs are counted."""
     global _server_process
     _server_process = True
     if not enabled(settings):
@@ -285,7 +291,7 @@ def init_app(app, settings, store, auth) -> None:
             multiprocess.MultiProcessCollector(registry)
         else:
             registry.register(_OwnRegistry())
-        registry.register(JobStates(store))
+        registry.register(JobStates(store, sweep))
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         response = Response(encoder(registry), content_type=content_type)
         response.headers["Cache-Control"] = "no-store"

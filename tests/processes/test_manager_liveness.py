@@ -45,6 +45,19 @@ def test_a_worker_elsewhere_without_heartbeat_is_failed_and_a_beating_one_is_not
     assert m.get_job("beating")["status"] == "running"
 
 
+def test_jobs_by_state_in_the_metrics_count_a_dead_worker_s_job_as_failed(store_url):
+    """Nobody read the job: the scrape's sweep finds it dead before counting."""
+    from aquamask.server.metrics import JobStates
+
+    m = manager(store_url)
+    add(m, "silent", host="gpu-node-7", pid=4242, heartbeat=time.time() - 31)
+    add(m, "beating", host="gpu-node-7", pid=4242, heartbeat=time.time() - 5)
+    families = {f.name: f for f in JobStates(m.store, m.sweep).collect()}
+    counts = {s.labels["state"]: s.value for s in families["aquamask_jobs"].samples}
+    assert counts["running"] == 1 and counts["failed"] == 1, counts
+    assert m.store.get("silent")["status"] == "failed"
+
+
 def test_a_local_worker_that_is_gone_is_failed_and_a_live_one_is_not(store_url):
     m = manager(store_url)
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
