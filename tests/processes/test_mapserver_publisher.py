@@ -153,6 +153,8 @@ def test_each_layer_has_a_mapfile_of_its_own_until_unpublished(publisher, masks)
     for name in ("water-never-seen", "a", "series-0123456789abcdef", "water-../../etc/x",
                  "water-a,water-b", ""):
         assert publisher.layer_mapfile(name) is None, name
+    own.write_text("")  # as a crash may leave it (derived files are not fsynced)
+    assert publisher.layer_mapfile("water-a") is None
     publisher.unpublish("a")
     assert publisher.layer_mapfile("water-a") is None and not own.exists()
     assert publisher.layer_mapfile("water-b") is not None
