@@ -226,7 +226,6 @@ class LocalResultStore(ResultStore):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-
 def _gdal_session(options: dict[str, str]):
     """A rasterio session that sets the store's GDAL options (rasterio refuses AWS_* options
     given to ``rasterio.Env`` directly)."""
@@ -289,6 +288,9 @@ def gdal_options_for(protocol: str, options: dict[str, Any],
             out["AZURE_NO_SIGN_REQUEST"] = "YES"
     # a COG has no side-car files: do not list its folder on every open
     out["GDAL_DISABLE_READDIR_ON_OPEN"] = "EMPTY_DIR"
+    # a store's passing 429/5xx answers are retried rather than drawn as an error
+    out["GDAL_HTTP_MAX_RETRY"] = "3"
+    out["GDAL_HTTP_RETRY_DELAY"] = "0.5"
     return out
 
 
@@ -319,7 +321,7 @@ class FsspecResultStore(ResultStore):
         for name in ("key", "secret", "token", "endpoint_url", "profile", "account_name",
                      "account_key", "sas_token", "connection_string"):
             # from the environment a value is parsed as YAML: a numeric secret is still text
-            if self.options.get(name) is not None and not isinstance(self.options[name], str):
+            if isinstance(self.options.get(name), (int, float)):
                 self.options[name] = str(self.options[name])
         if VSI_PREFIXES[protocol] == "/vsis3/":
             # every process sees the others' writes at once
@@ -330,6 +332,7 @@ class FsspecResultStore(ResultStore):
         self.gdal_options.update({str(k).upper(): ("YES" if v else "NO") if isinstance(v, bool)
                                   else str(v) for k, v in (gdal or {}).items() if v is not None})
         self._fs = None
+        self._fs_pid = os.getpid()
         self._fs_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -337,9 +340,11 @@ class FsspecResultStore(ResultStore):
 
     @property
     def fs(self):
-        if self._fs is None:
+        """The fsspec filesystem, made in this process (a forked job worker makes its own: an
+        async client does not survive a fork)."""
+        if self._fs is None or self._fs_pid != os.getpid():
             with self._fs_lock:
-                if self._fs is None:
+                if self._fs is None or self._fs_pid != os.getpid():
                     import fsspec
 
                     try:
@@ -347,6 +352,7 @@ class FsspecResultStore(ResultStore):
                     except ImportError as err:
                         raise ValueError(f"paths.results {self.url}: the fsspec package for "
                                          f"{self.protocol}:// is not installed ({err})") from None
+                    self._fs_pid = os.getpid()
         return self._fs
 
     def _key(self, job_id: str, name: str | None = None) -> str:

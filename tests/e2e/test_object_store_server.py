@@ -149,6 +149,31 @@ def test_a_time_series_publishes_its_dates_from_the_bucket(site, s3):
     assert s3.keys(bucket, f"results/{job}/") == []
 
 
+def test_a_change_is_stored_and_drawn_from_the_bucket(site, s3):
+    server, bucket, scenes = site
+    if scenes is None:
+        pytest.skip("the Sen1Floods11 chip of the monitoring scenes is absent")
+    response = requests.post(
+        f"{server.url}/processes/water-change/execution", timeout=300,
+        json={"inputs": {"bbox": scenes.bbox, "before": scenes.dates["d1"].day,
+                         "after": scenes.dates["d8"].day, "method": "ndwi"}})
+    assert response.status_code == 200, response.text
+    outputs = response.json()
+    job = outputs["change"]["href"].split("/results/", 1)[1].split("/", 1)[0]
+    assert s3.keys(bucket, f"results/{job}/") == [
+        f"results/{job}/{name}" for name in ("after.tif", "before.tif", "change.tif",
+                                             "item.json")], outputs
+    image = requests.get(outputs["layer"]["getmap"], timeout=30)
+    assert image.status_code == 200 and image.headers["Content-Type"] == "image/png", \
+        image.text[:500]
+    pixels = np.asarray(Image.open(io.BytesIO(image.content)).convert("RGBA"))
+    assert (pixels[..., 3] == 255).sum() > 1000  # the classes are drawn from /vsis3/
+    with rasterio.MemoryFile(requests.get(outputs["change"]["href"], timeout=30).content) as f:
+        with f.open() as change:
+            assert change.dtypes[0] == "uint8" and set(np.unique(change.read())) <= {
+                0, 1, 2, 3, 255}
+
+
 def test_a_store_that_goes_down_fails_the_job_clearly_and_loses_nothing(site, s3):
     server, bucket, _ = site
     kept = server.execute({"image": {"href": "demo.tif"}, "method": "ndwi",

@@ -155,6 +155,10 @@ def test_health_check_of_a_working_store(store):
     assert store.check() == "ok"  # an empty prefix of an existing bucket is fine
 
 
+COMMON = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_HTTP_MAX_RETRY": "3",
+          "GDAL_HTTP_RETRY_DELAY": "0.5"}
+
+
 def test_gdal_options_from_the_fsspec_options():
     options = gdal_options_for("s3", {
         "endpoint_url": "https://minio.example.org:9000", "key": "K", "secret": "S",
@@ -162,11 +166,9 @@ def test_gdal_options_from_the_fsspec_options():
     assert options == {"AWS_S3_ENDPOINT": "minio.example.org:9000", "AWS_HTTPS": "YES",
                        "AWS_VIRTUAL_HOSTING": "FALSE", "AWS_ACCESS_KEY_ID": "K",
                        "AWS_SECRET_ACCESS_KEY": "S", "AWS_REGION": "eu-central-1",
-                       "AWS_DEFAULT_REGION": "eu-central-1",
-                       "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
-    # AWS S3 itself, keys from the standard environment: nothing but the read-dir switch
-    assert gdal_options_for("s3", {}, environ={}) == {"GDAL_DISABLE_READDIR_ON_OPEN":
-                                                     "EMPTY_DIR"}
+                       "AWS_DEFAULT_REGION": "eu-central-1", **COMMON}
+    # AWS S3 itself, keys from the standard environment: only GDAL's reading options
+    assert gdal_options_for("s3", {}, environ={}) == COMMON
     # botocore's endpoint variable is followed by GDAL too
     assert gdal_options_for("s3", {}, environ={"AWS_ENDPOINT_URL": "http://10.0.0.5:9000"})[
         "AWS_S3_ENDPOINT"] == "10.0.0.5:9000"
@@ -238,3 +240,27 @@ def test_a_water_mask_written_to_the_object_store_is_published_from_vsis3(
     assert f'DATA "/vsis3/{store.root}/job-5/mask.tif"' in mapfile
     assert "AWS_SECRET_ACCESS_KEY" not in mapfile and "aquamask-test-secret" not in mapfile
     assert layer.name == "water-job-5"
+
+
+def test_a_forked_worker_uses_a_filesystem_of_its_own(store):
+    """Job workers are forked; the parent's async S3 client must not be reused in the child."""
+    import multiprocessing
+
+    staging = store.staging("job-6")
+    write_result(staging)
+    store.commit("job-6", staging)  # the parent's filesystem exists now
+    parent_fs = store.fs
+
+    def child(queue):
+        try:
+            queue.put((store.read_text("job-6", "item.json"), store.fs is not parent_fs))
+        except Exception as err:  # noqa: BLE001
+            queue.put((repr(err), False))
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    process = context.Process(target=child, args=(queue,))
+    process.start()
+    text, own = queue.get(timeout=60)
+    process.join(timeout=30)
+    assert json.loads(text)["properties"]["datetime"] == "2023-07-01" and own
