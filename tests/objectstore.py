@@ -3,8 +3,9 @@
 moto implements the S3 REST API (buckets, objects, ranged GETs, multipart uploads, listing) over
 real HTTP, so s3fs (botocore) and GDAL's /vsis3/ talk to it exactly as to AWS S3 or MinIO. It
 is used because no real object store can run here (no network, no MinIO binary). What it does
-not check, it does not pretend to: IAM policies are not enforced, so "forbidden" is tested with
-wrong keys against a bucket that does not exist and with a store that is not reachable."""
+not check, the tests do not pretend it does: moto enforces no access policies and accepts any
+keys, so an "access denied" answer is injected into s3fs (tests/processes/test_results_store.py);
+a missing bucket and a store that is down (the server stopped) are real."""
 from __future__ import annotations
 
 import socket
