@@ -1,21 +1,23 @@
 """The embedded publisher: MapServer 8 serves every published mask over WMS 1.3.0 and WCS 2.0.1.
 
-The publisher keeps a small catalogue (``catalogue.json``) of the products it has published and
-renders one mapfile from it (``config/mapfile.j2``) on every publish/unpublish. MapServer reads
-the mapfile on each request, so nothing has to be reloaded. MapServer parses the whole mapfile
-on every request, which grows with the catalogue (GetMap took 255 ms at 1,000 layers and 766 ms
-at 5,000, against 146 ms at 100), so every product also gets a mapfile of its own
-(``layers/<layer>.map``, the same template with that one layer): ``/ows`` answers a request
-naming one product's layer from it, and the catalogue's mapfile serves capabilities, series
-and requests for several layers. Gunicorn workers and job worker
-processes publish concurrently, so the read-modify-write of the catalogue and the rendering of the
-mapfile run under one cross-process file lock, and both files are written to a temporary name and
-renamed into place: a reader (MapServer, another worker) sees the old file or the new one, never
-half of one.
+The publisher keeps a small catalogue (``catalogue.json``) of the products it has published.
+Each product's LAYER block is written once, when it is published, to ``layers/<layer>.layer``
+(``config/mapfile-layer.j2``), with a mapfile of its own that includes it
+(``layers/<layer>.map``); the catalogue's mapfile (``config/mapfile.j2``, capabilities, time
+series, requests naming several layers) includes every block and is rewritten on each
+publish/unpublish. MapServer reads its mapfile on each request, so nothing has to be reloaded;
+``/ows`` answers a request naming one product's layer from that layer's own mapfile, because
+MapServer parses the whole mapfile on every request (GetMap took 255 ms with 1,000 layers in
+one mapfile and 766 ms with 5,000, against 146 ms with 100).
+
+Gunicorn workers and job worker processes publish concurrently, so the read-modify-write of the
+catalogue and the rendering of the mapfiles run under one cross-process file lock, and every
+file is written to a temporary name and renamed into place: a reader (MapServer, another
+worker) sees the old file or the new one, never half of one.
 
 Beside the mapfile it writes the MapServer 8 configuration file (``mapserver.conf``) that the
 ``/ows`` endpoint (``aquamask.server.ows``) hands to ``mapserv`` through ``MAPSERVER_CONFIG_FILE``:
-it names the mapfile as the default map and forbids map paths from the client.
+it forbids map paths from the client; ``/ows`` names the mapfile in ``MS_MAPFILE``.
 """
 from __future__ import annotations
 
@@ -48,6 +50,10 @@ CONFIG_FILE = "mapserver.conf"
 LOCK_FILE = ".publish.lock"
 MAP_ALIAS = "AQUAMASK"
 TEMPLATE = "mapfile.j2"
+LAYER_TEMPLATE = "mapfile-layer.j2"
+# in the first line of every mapfile written: a mapfile without it (an older layout) is
+# rendered again when a publisher starts
+MAPFILE_FORMAT = "aquamask mapfile format 2"
 # One blue for the mapfile, the SLD (config/styles/water.sld) and the viewer legend.
 WATER_RGB = (0, 112, 255)
 WATER_HEX = "#0070ff"
@@ -167,15 +173,37 @@ def _atomic_write(path: Path, text: str, durable: bool = True) -> None:
 
 
 @lru_cache(maxsize=1)
-def _template() -> jinja2.Template:
-    """Compiled once per process (job workers fork from a process that compiled it)."""
+def _templates() -> jinja2.Environment:
+    """Templates compiled once per process (job workers fork from a process that did it)."""
     import aquamask.config
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(aquamask.config.__file__).parent),
         autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["q"] = _mapserver_string
-    return env.get_template(TEMPLATE)
+    return env
+
+
+def render_layer(entry: dict[str, Any]) -> str:
+    """A catalogue entry's LAYER block (``config/mapfile-layer.j2``)."""
+    native = [f"EPSG:{entry['epsg']}"] if entry.get("epsg") else []
+    layer = {
+        "name": entry["name"],
+        "srs": native + [s for s in BASE_SRS if s not in native],
+        "path": _safe_path(Path(entry["path"])),
+        "epsg": entry.get("epsg"),
+        "extent": [float(v) for v in entry["extent"]],
+        "width": int(entry["width"]),
+        "height": int(entry["height"]),
+        "resolution": [float(v) for v in entry["resolution"]],
+        "title": entry.get("title") or entry["name"],
+        "abstract": entry.get("abstract") or "",
+        "style": entry.get("style") or "water",
+    }
+    return _templates().get_template(LAYER_TEMPLATE).render(
+        layer=layer, water_rgb=WATER_RGB, change_classes=CHANGE_CLASSES,
+        frequency_classes=FREQUENCY_CLASSES, range_labels=RANGE_LABELS,
+        band_descriptions=BAND_DESCRIPTIONS)
 
 
 def raster_style(tags: dict[str, str]) -> str:
@@ -197,7 +225,7 @@ def _present(path: str | os.PathLike) -> bool:
     """Whether a layer's COG is there: a local file is looked at; a result on an object store
     is taken as there (it is removed by unpublishing, and a listing per layer on every render
     would cost a request each)."""
-    return is_vsi(path) or Path(path).is_file()
+    return is_vsi(path) or os.path.isfile(path)
 
 
 def _raster_facts(path: Path | str, env=None) -> dict[str, Any]:
@@ -271,6 +299,9 @@ class MapServerPublisher(Publisher):
     def layer_maps_dir(self) -> Path:
         return self.workdir / LAYER_MAPS_DIR
 
+    def _layer_block(self, name: str) -> Path:
+        return self.layer_maps_dir / f"{name}.layer"
+
     def layer_mapfile(self, name: str) -> Path | None:
         """The mapfile of the product published as layer ``name`` alone, None if there is no
         such layer (any other name: a series, several layers, a typo)."""
@@ -278,8 +309,9 @@ class MapServerPublisher(Publisher):
                 or not PRODUCT_ID.fullmatch(name[len(LAYER_PREFIX):]):
             return None
         path = self.layer_maps_dir / f"{name}.map"
-        try:
-            return path if path.stat().st_size else None  # empty: cut by a crash
+        try:  # either file empty: cut by a crash
+            return path if path.stat().st_size and self._layer_block(name).stat().st_size \
+                else None
         except FileNotFoundError:
             return None
 
@@ -309,9 +341,10 @@ class MapServerPublisher(Publisher):
     def _files_current(self) -> bool:
         """The config file is this one and the mapfile advertises this ``base_url``."""
         try:
+            mapfile = self.mapfile_path.read_text(encoding="utf-8")
             return (self.config_path.read_text(encoding="utf-8") == self.config_text()
-                    and f'"ows_onlineresource" "{self.ows_url}?"'
-                    in self.mapfile_path.read_text(encoding="utf-8"))
+                    and mapfile.startswith(f"# {MAPFILE_FORMAT};")
+                    and f'"ows_onlineresource" "{self.ows_url}?"' in mapfile)
         except FileNotFoundError:
             return False
 
@@ -340,33 +373,25 @@ class MapServerPublisher(Publisher):
         _atomic_write(self.catalogue_path,
                       f'{{"version": 1, "products": [\n{lines}\n]}}\n')
 
-    def render_mapfile(self, catalogue: dict[str, dict[str, Any]] | None = None,
-                       with_series: bool = True) -> str:
-        catalogue = self._read_catalogue() if catalogue is None else catalogue
+    @staticmethod
+    def _available(catalogue: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        """The entries whose COG is there, oldest first: a COG removed without unpublishing
+        would make every request naming it fail."""
         entries = sorted(catalogue.values(), key=lambda e: (e.get("published", ""), e["id"]))
-        # a COG removed without unpublishing would make every request naming it fail
         missing = [e["id"] for e in entries if not _present(e["path"])]
         if missing:
             LOGGER.warning("left out of the mapfile, their COG is gone: %s", ", ".join(missing))
             entries = [e for e in entries if e["id"] not in missing]
-        layers, epsgs = [], []
+        return entries
+
+    def render_mapfile(self, entries: list[dict[str, Any]], with_series: bool = True) -> str:
+        """The mapfile of ``entries`` (available ones, see ``_available``)."""
+        epsgs = []
         for entry in entries:
             if entry.get("epsg") and f"EPSG:{entry['epsg']}" not in BASE_SRS + tuple(epsgs):
                 epsgs.append(f"EPSG:{entry['epsg']}")
-            native = [f"EPSG:{entry['epsg']}"] if entry.get("epsg") else []
-            layers.append({
-                "name": entry["name"],
-                "srs": native + [s for s in BASE_SRS if s not in native],
-                "path": _safe_path(Path(entry["path"])),
-                "epsg": entry.get("epsg"),
-                "extent": [float(v) for v in entry["extent"]],
-                "width": int(entry["width"]),
-                "height": int(entry["height"]),
-                "resolution": [float(v) for v in entry["resolution"]],
-                "title": entry.get("title") or entry["name"],
-                "abstract": entry.get("abstract") or "",
-                "style": entry.get("style") or "water",
-            })
+        # each layer's block is its own file (written when it was published), included
+        layers = [{"include": _safe_path(self._layer_block(e["name"]))} for e in entries]
         series = self._series(entries) if with_series else []
         if entries:
             boxes = [e["bbox_wgs84"] for e in entries]
@@ -374,7 +399,8 @@ class MapServerPublisher(Publisher):
                           max(b[2] for b in boxes), max(b[3] for b in boxes)]
         else:
             map_extent = [-180.0, -90.0, 180.0, 90.0]
-        return _template().render(
+        return _templates().get_template(TEMPLATE).render(
+            format=MAPFILE_FORMAT,
             generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             title="aquamask water masks",
             abstract="Water detected in satellite imagery by aquamask: blue is water; dry land "
@@ -385,12 +411,9 @@ class MapServerPublisher(Publisher):
             map_extent=map_extent,
             layers=layers,
             series=series,
-            maxsize=max([WMS_MAX_SIZE] + [max(l["width"], l["height"]) for l in layers]),
+            maxsize=max([WMS_MAX_SIZE]
+                        + [max(int(e["width"]), int(e["height"])) for e in entries]),
             water_rgb=WATER_RGB,
-            change_classes=CHANGE_CLASSES,
-            frequency_classes=FREQUENCY_CLASSES,
-            range_labels=RANGE_LABELS,
-            band_descriptions=BAND_DESCRIPTIONS,
         )
 
     @property
@@ -439,12 +462,14 @@ class MapServerPublisher(Publisher):
         return json.dumps({"type": "FeatureCollection", "crs": {
             "type": "name",
             "properties": {"name": f"urn:ogc:def:crs:EPSG::{series['epsg']}"}},
-            "features": features}, indent=1) + "\n"
+            "features": features}) + "\n"  # no indent=: json's C encoder, on every publish
 
     def _render_layer(self, entry: dict[str, Any]) -> None:
+        """The layer's block, then its own mapfile, which includes it."""
         self.layer_maps_dir.mkdir(exist_ok=True)
+        _atomic_write(self._layer_block(entry["name"]), render_layer(entry), durable=False)
         _atomic_write(self.layer_maps_dir / f"{entry['name']}.map",
-                      self.render_mapfile({entry["id"]: entry}, with_series=False),
+                      self.render_mapfile([entry], with_series=False),
                       durable=False)
 
     def _render_all(self, catalogue: dict[str, dict[str, Any]]) -> None:
@@ -453,16 +478,16 @@ class MapServerPublisher(Publisher):
             if _present(entry["path"]):
                 self._render_layer(entry)
         self._render(catalogue)
-        keep = {f"{entry['name']}.map" for entry in catalogue.values()}
+        keep = {entry["name"] for entry in catalogue.values()}
         if self.layer_maps_dir.is_dir():
-            for stale in self.layer_maps_dir.glob("*.map"):
-                if stale.name not in keep:
+            for stale in self.layer_maps_dir.iterdir():
+                if stale.suffix in (".map", ".layer") and stale.stem not in keep:
                     stale.unlink(missing_ok=True)
 
     def _render(self, catalogue: dict[str, dict[str, Any]]) -> None:
-        text = self.render_mapfile(catalogue)
+        entries = self._available(catalogue)
+        text = self.render_mapfile(entries)
         # the tile indexes before the mapfile that names them; stale ones after it
-        entries = [e for e in catalogue.values() if _present(e["path"])]
         series = self._series(entries)
         if series:
             self.series_dir.mkdir(exist_ok=True)
@@ -535,6 +560,7 @@ class MapServerPublisher(Publisher):
             self._render(catalogue)
             self._write_catalogue(catalogue)
             (self.layer_maps_dir / f"{entry['name']}.map").unlink(missing_ok=True)
+            self._layer_block(entry["name"]).unlink(missing_ok=True)
         LOGGER.info("unpublished %s", product_id)
 
     # -- reading -------------------------------------------------------------------------------

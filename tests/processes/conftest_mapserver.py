@@ -101,6 +101,12 @@ def make_product(mask: MaskFile, product_id: str, title: str = "") -> Product:
                    bbox_wgs84=mask.bbox_wgs84, crs=mask.crs, title=title)
 
 
+def mapfile_text(publisher: MapServerPublisher) -> str:
+    """The catalogue's mapfile as MapServer reads it: each INCLUDEd layer block in place."""
+    return re.sub(r'^  INCLUDE "([^"]+)"$', lambda m: Path(m.group(1)).read_text(),
+                  publisher.mapfile_path.read_text(), flags=re.M)
+
+
 def ows_app(publisher: MapServerPublisher, **kwargs) -> Flask:
     from aquamask.server.ows import ows_blueprint
 

@@ -5,6 +5,7 @@ Real MapServer (``mapserv`` through the /ows blueprint), real COGs, no mocks.
 from __future__ import annotations
 
 import multiprocessing
+import re
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,8 +18,8 @@ from aquamask.processes.publishers.mapserver import (MapServerPublisher, layer_n
                                                      validate_product_id)
 from aquamask.server.ows import find_mapserv
 from tests.processes.conftest_mapserver import (BASE_URL, client, coverage_ids,  # noqa: F401
-                                                layer_names, make_product, masks, ows_app,
-                                                publisher)
+                                                layer_names, make_product, mapfile_text,
+                                                masks, ows_app, publisher)
 
 WMS_CAPS = "/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities"
 WCS_CAPS = "/ows?SERVICE=WCS&VERSION=2.0.1&REQUEST=GetCapabilities"
@@ -59,7 +60,7 @@ def test_invalid_ids_raise(publisher, masks, bad):
 def test_text_cannot_break_out_of_the_mapfile(publisher, client, masks):
     product = make_product(masks["EPSG:32630"], "p1", title='evil" END LAYER\nNAME "x')
     publisher.publish(product)
-    text = publisher.mapfile_path.read_text()
+    text = mapfile_text(publisher)
     assert 'NAME "x' not in text and "evil' END LAYER NAME 'x" in text
     assert layer_names(client.get(WMS_CAPS).data) == ["water-p1"]
 
@@ -122,7 +123,7 @@ def test_republish_does_not_duplicate(publisher, client, masks):
     assert publisher.publish(product) == first
     assert [e["id"] for e in publisher.layers()] == ["twice"]
     assert publisher.layers()[0]["published"] == published
-    assert publisher.mapfile_path.read_text().count('NAME "water-twice"') == 1
+    assert mapfile_text(publisher).count('NAME "water-twice"') == 1
     assert layer_names(client.get(WMS_CAPS).data) == ["water-twice"]
 
 
@@ -147,16 +148,20 @@ def test_each_layer_has_a_mapfile_of_its_own_until_unpublished(publisher, masks)
     publisher.publish(make_product(masks["EPSG:4326"], "b"))
     own = publisher.layer_mapfile("water-a")
     assert own is not None and own.parent == publisher.layer_maps_dir
-    text = own.read_text()
-    assert 'NAME "water-a"' in text and 'NAME "water-b"' not in text
+    includes = re.findall(r'^  INCLUDE "([^"]+)"$', own.read_text(), flags=re.M)
+    assert includes == [str(publisher.layer_maps_dir / "water-a.layer")]
+    assert 'NAME "water-a"' in Path(includes[0]).read_text()
+    # the catalogue's mapfile includes the same block: a publish writes each layer once
+    assert f'INCLUDE "{includes[0]}"' in publisher.mapfile_path.read_text()
     assert publisher.layer_mapfile("water-b") != own
     for name in ("water-never-seen", "a", "series-0123456789abcdef", "water-../../etc/x",
                  "water-a,water-b", ""):
         assert publisher.layer_mapfile(name) is None, name
-    own.write_text("")  # as a crash may leave it (derived files are not fsynced)
+    Path(includes[0]).write_text("")  # as a crash may leave it (derived files: no fsync)
     assert publisher.layer_mapfile("water-a") is None
     publisher.unpublish("a")
-    assert publisher.layer_mapfile("water-a") is None and not own.exists()
+    assert publisher.layer_mapfile("water-a") is None
+    assert not own.exists() and not Path(includes[0]).exists()
     assert publisher.layer_mapfile("water-b") is not None
 
 
@@ -180,19 +185,19 @@ def test_a_second_instance_sees_the_same_catalogue(publisher, masks):
 
 def test_srs_lists_the_native_crs_of_each_layer(publisher, masks):
     publisher.publish(make_product(masks["EPSG:32630"], "utm"))
-    text = publisher.mapfile_path.read_text()
+    text = mapfile_text(publisher)
     assert '"ows_srs" "EPSG:4326 EPSG:3857 EPSG:32630"' in text
     assert '"ows_srs" "EPSG:32630 EPSG:4326 EPSG:3857"' in text
 
 
 def test_missing_cog_raises_and_changes_nothing(publisher, masks, tmp_path):
     publisher.publish(make_product(masks["EPSG:4326"], "kept"))
-    before = publisher.mapfile_path.read_text()
+    before = mapfile_text(publisher)
     product = make_product(masks["EPSG:4326"], "gone")
     product.mask_cog = tmp_path / "missing.tif"
     with pytest.raises(Exception):
         publisher.publish(product)
-    assert publisher.mapfile_path.read_text() == before
+    assert mapfile_text(publisher) == before
     assert [e["id"] for e in publisher.layers()] == ["kept"]
 
 
@@ -289,6 +294,6 @@ def test_a_new_base_url_is_advertised_without_a_publish(publisher, masks):
     publisher.publish(make_product(masks["EPSG:4326"], "moved"))
     moved = MapServerPublisher(publisher.workdir, "https://maps.example.org/aquamask")
     assert '"ows_onlineresource" "https://maps.example.org/aquamask/ows?"' in \
-        moved.mapfile_path.read_text()
+        mapfile_text(moved)
     assert [e["id"] for e in moved.layers()] == ["moved"]
-    assert 'NAME "water-moved"' in moved.mapfile_path.read_text()
+    assert 'NAME "water-moved"' in mapfile_text(moved)

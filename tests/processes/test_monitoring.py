@@ -17,6 +17,7 @@ from aquamask.processes.errors import Cancelled, InvalidInput, MissingInput, Too
 from aquamask.processes.publishers.mapserver import MapServerPublisher
 from aquamask.processes.settings import Settings
 from aquamask.processes import water_change, water_frequency, water_timeseries
+from tests.processes.conftest_mapserver import mapfile_text
 from tests.processes.monitoring_scenes import (DATES, GAIN, USABLE, build_scenes, field_csv)
 
 PIXEL_KM2 = 1e-4  # a 10 m UTM pixel; the ellipsoidal area differs by < 0.05 % here
@@ -159,7 +160,7 @@ def test_dates_are_one_time_enabled_layer(series, scenes):
     publisher = MapServerPublisher.from_settings(series["settings"])
     ids = sorted(e["id"] for e in publisher.layers())
     assert ids == [f"{JOB}--t{t.replace('-', '').replace(':', '').rstrip('Z')}" for t in times]
-    mapfile = publisher.mapfile_path.read_text()
+    mapfile = mapfile_text(publisher)
     assert f'"wms_timeextent" "{",".join(times)}"' in mapfile
     rows = {r["date"]: r for r in series["outputs"]["timeseries"]}
     assert rows[scenes.dates["d2"].day]["layer_time"] == times[1]
@@ -195,7 +196,7 @@ def test_unpublish_removes_every_date(scenes, home):
     publishing.unpublish("gone", settings)
     assert not [e for e in publisher.layers() if e["id"].startswith("gone--")]
     assert not list(publishing.state_dir(settings).glob("gone--*.json"))
-    assert "gone--" not in publisher.mapfile_path.read_text()
+    assert "gone--" not in mapfile_text(publisher)
 
 
 @pytest.mark.parametrize("scheduler", ["threads", "synchronous"])
@@ -251,13 +252,13 @@ def test_change_between_two_dates(scenes, home):
     entry = next(e for e in MapServerPublisher.from_settings(settings).layers()
                  if e["id"] == "change-job")
     assert entry["style"] == "change" and entry["datetime"] is None
-    mapfile = MapServerPublisher.from_settings(settings).mapfile_path.read_text()
+    mapfile = mapfile_text(MapServerPublisher.from_settings(settings))
     assert 'NAME "Water gained"' in mapfile and 'PROCESSING "NODATA=OFF"' in mapfile
     item = json.loads((folder / "item.json").read_text())
     assert item["properties"]["aquamask:change_pixels"] == {k: int(v) for k, v in expected.items()}
     publishing.unpublish("change-job", settings)
-    assert "water-change-job" not in MapServerPublisher.from_settings(settings) \
-        .mapfile_path.read_text()
+    assert "water-change-job" not in mapfile_text(
+        MapServerPublisher.from_settings(settings))
 
 
 def test_frequency_over_the_interval(scenes, home):
@@ -289,7 +290,7 @@ def test_frequency_over_the_interval(scenes, home):
     assert sum(c["area_km2"] for c in stats["classes"]) == pytest.approx(
         stats["ever_wet_area_km2"], rel=1e-6)
     assert outputs["layer"]["name"] == "water-freq-job"
-    mapfile = MapServerPublisher.from_settings(settings).mapfile_path.read_text()
+    mapfile = mapfile_text(MapServerPublisher.from_settings(settings))
     assert 'EXPRESSION ([pixel] > 75 AND [pixel] <= 100)' in mapfile
     publishing.unpublish("freq-job", settings)
 

@@ -14,6 +14,7 @@ import rasterio
 from aquamask.processes.results import (FsspecResultStore, LocalResultStore, ResultStoreError,
                                         gdal_options_for, results_store)
 from aquamask.processes.settings import Settings
+from tests.processes.conftest_mapserver import mapfile_text
 
 
 def write_result(folder: Path, size: int = 64) -> None:
@@ -236,7 +237,7 @@ def test_a_water_mask_written_to_the_object_store_is_published_from_vsis3(
     assert store.exists("job-5", "item.json")
     publisher = MapServerPublisher(tmp_path / "mapserver", "http://127.0.0.1:1", store)
     layer = publisher.publish(product)
-    mapfile = publisher.mapfile_path.read_text()
+    mapfile = mapfile_text(publisher)
     assert f'DATA "/vsis3/{store.root}/job-5/mask.tif"' in mapfile
     assert "AWS_SECRET_ACCESS_KEY" not in mapfile and "aquamask-test-secret" not in mapfile
     assert layer.name == "water-job-5"
