@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window

@@ -34,7 +34,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import threading
 import uuid
 from collections import defaultdict
@@ -50,6 +49,7 @@ from aquamask.processes.areas import pixel_areas_km2
 from aquamask.processes.detection import METHODS, detect
 from aquamask.processes.errors import (AquamaskError, Cancelled, InvalidInput, MissingInput,
                                        TooLarge)
+from aquamask.processes.results import write_atomic
 from aquamask.processes.settings import Settings
 from aquamask.processes.sources.query import (CRS84, PlaceQuery, check_area, check_date_span,
                                               iso, parse_bbox,
@@ -672,17 +672,6 @@ class Staging:
 
     def discard(self) -> None:
         self.store.discard(self.path)
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def link(base_url: str, job_id: str, name: str, title: str) -> dict[str, str]:

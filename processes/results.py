@@ -46,6 +46,19 @@ PASSED_ENV_PREFIXES = ("AWS_", "GS_", "GOOGLE_", "AZURE_", "CPL_", "GDAL_", "VSI
 HEALTH_TIMEOUT_S = 5.0
 
 
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """``data`` into ``path`` through a temporary file and a rename: readers see the old file
+    or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 class ResultStoreError(OSError):
     """The results store refused or could not be reached; ``str()`` says which and why."""
 
@@ -180,15 +193,7 @@ class LocalResultStore(ResultStore):
         os.replace(staging, final)
 
     def put(self, job_id: str, name: str, data: bytes | str) -> None:
-        path = self.root / job_id / _check_name(name)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.root / job_id / _check_name(name), data)
 
     def directory(self, job_id: str) -> Path:
         return self.root / job_id

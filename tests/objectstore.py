@@ -8,18 +8,13 @@ keys, so an "access denied" answer is injected into s3fs (tests/processes/test_r
 a missing bucket and a store that is down (the server stopped) are real."""
 from __future__ import annotations
 
-import socket
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from tests.conftest import free_port
+
 KEY, SECRET, REGION = "aquamask-test-key", "aquamask-test-secret", "us-east-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -64,7 +59,7 @@ class S3StandIn:
 def start_s3() -> S3StandIn:
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     return S3StandIn(endpoint=f"http://127.0.0.1:{port}", server=server)
