@@ -65,9 +65,25 @@ def new_home(tmp_path: Path, scenes: Path) -> Path:
     return home
 
 
+def fork_servers_by_web_worker(srv: Server) -> dict[int, list[int]]:
+    """Each gunicorn worker's pid -> its multiprocessing fork server processes."""
+    import psutil
+
+    return {web.pid: [p.pid for p in web.children()
+                      if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+            for web in psutil.Process(srv.process.pid).children()}
+
+
 def test_fifty_concurrent_async_executions_on_four_workers(tmp_path, scenes):
     srv = start_server(new_home(tmp_path, scenes), NO_LIMIT, workers=4)
     try:
+        # each web worker starts its fork server when it starts, not at its first job
+        deadline = time.monotonic() + 90
+        while not all((servers := fork_servers_by_web_worker(srv)).values()) \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(servers) == 4 and all(len(s) == 1 for s in servers.values()), servers
+
         def submit(_):
             return srv.execute({"image": {"href": "demo.tif"}, "method": "ndwi",
                                 "probability": False}, asynchronous=True)
