@@ -167,3 +167,15 @@ def test_jobs_beyond_the_per_user_limit_are_429(tmp_path):
     finally:
         limited.process.terminate()
         limited.process.wait(30)
+
+
+def test_job_list_offsets(server):
+    """No offset is the first page, quietly (pygeoapi 0.21 logs a warning for each such
+    request, which viewers make every few seconds); a negative or non-numeric one is a 400."""
+    log = server.home / "server.log"
+    before = log.stat().st_size
+    assert requests.get(f"{server.url}/jobs?f=json&limit=1", timeout=10).status_code == 200
+    for bad in ("-1", "x"):
+        response = requests.get(f"{server.url}/jobs?f=json&offset={bad}", timeout=10)
+        assert response.status_code == 400 and "offset" in response.json()["description"]
+    assert b"NoneType" not in log.read_bytes()[before:]
