@@ -380,3 +380,51 @@ def test_wms_images_are_capped_but_whole_large_coverages_are_served(tmp_path):
                   STYLES="", CRS="EPSG:4326", BBOX="42,-3,43,-2", WIDTH=4200, HEIGHT=10,
                   FORMAT="image/png")
     assert too_big.status_code == 400 and b"ServiceException" in too_big.data
+
+
+def test_capabilities_revalidate_with_an_etag_that_a_publish_changes(tmp_path, masks):
+    pub = MapServerPublisher(tmp_path / "mapserver", BASE_URL)
+    pub.publish(make_product(masks["EPSG:4326"], "first"))
+    client = ows_app(pub).test_client()
+    caps = "/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities"
+    first = client.get(caps)
+    etag = first.headers["ETag"]
+    assert first.status_code == 200 and layer_names(first.data) == ["water-first"] and etag
+    assert first.headers["Cache-Control"] == "no-cache"
+    again = client.get(caps)
+    assert again.data == first.data and again.headers["ETag"] == etag
+    unchanged = client.get(caps, headers={"If-None-Match": etag})
+    assert unchanged.status_code == 304 and not unchanged.data
+    wcs = client.get("/ows?SERVICE=WCS&VERSION=2.0.1&REQUEST=GetCapabilities")
+    assert wcs.headers["ETag"] != etag and coverage_ids(wcs.data) == ["water-first"]
+    pub.publish(make_product(masks["EPSG:32630"], "second"))
+    after = client.get(caps, headers={"If-None-Match": etag})
+    assert after.status_code == 200 and after.headers["ETag"] != etag
+    assert layer_names(after.data) == ["water-first", "water-second"]
+
+
+def test_capabilities_are_built_once_per_state_of_the_mapfile(tmp_path):
+    """The cache itself: the engine runs again only when the mapfile is replaced."""
+    from flask import Flask, Response
+
+    from aquamask.server.ows import CapabilitiesCache
+
+    mapfile = tmp_path / "aquamask.map"
+    mapfile.write_text("MAP END\n")
+    cache, runs = CapabilitiesCache(mapfile, entries=2), []
+
+    def engine() -> Response:
+        runs.append(1)
+        return Response(f"capabilities {len(runs)}", content_type="text/xml")
+
+    def get(query: str) -> bytes:
+        with Flask("t").test_request_context("/ows"):
+            return cache.answer(query, engine).get_data()
+
+    assert get("REQUEST=GetCapabilities") == b"capabilities 1"
+    assert get("REQUEST=GetCapabilities") == b"capabilities 1" and len(runs) == 1
+    assert get("SERVICE=WCS&REQUEST=GetCapabilities") == b"capabilities 2"
+    replaced = tmp_path / "new.map"
+    replaced.write_text("MAP END\n")
+    replaced.replace(mapfile)  # as the publisher writes it: a new file renamed into place
+    assert get("REQUEST=GetCapabilities") == b"capabilities 3" and len(runs) == 3
