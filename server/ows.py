@@ -146,10 +146,11 @@ class CapabilitiesCache:
 
     MapServer builds them from every layer (0.7-0.9 s with 1,000 layers here) and clients ask
     at each connection. The ETag names the mapfile's state and the query, so a client or proxy
-    revalidates with If-None-Match and gets a 304. Per process; a publish replaces the mapfile
-    (new inode), which retires every entry."""
+    revalidates with If-None-Match and gets a 304. Per process, a few entries (a document is
+    ~1.6 MB at 1,000 layers), keyed by the parameters whatever their order and case; a publish
+    replaces the mapfile (new inode), which retires every entry."""
 
-    def __init__(self, mapfile: Path, entries: int = 32) -> None:
+    def __init__(self, mapfile: Path, entries: int = 8) -> None:
         self.mapfile = mapfile
         self.entries = entries
         self._answers: OrderedDict[str, tuple[str, int, list[tuple[str, str]], bytes]] = \
@@ -165,6 +166,8 @@ class CapabilitiesCache:
         return hashlib.sha256(state.encode()).hexdigest()[:24]
 
     def answer(self, query: str, run: Callable[[], Response]) -> Response:
+        query = "&".join(sorted(f"{k.strip().lower()}={v}"
+                                for k, v in parse_qsl(query, keep_blank_values=True)))
         etag = self.etag(query)
         if etag is None:
             return run()

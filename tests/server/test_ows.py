@@ -424,6 +424,8 @@ def test_capabilities_are_built_once_per_state_of_the_mapfile(tmp_path):
     assert get("REQUEST=GetCapabilities") == b"capabilities 1"
     assert get("REQUEST=GetCapabilities") == b"capabilities 1" and len(runs) == 1
     assert get("SERVICE=WCS&REQUEST=GetCapabilities") == b"capabilities 2"
+    # the same parameters in another order and case are the same request
+    assert get("request=GetCapabilities&service=WCS") == b"capabilities 2" and len(runs) == 2
     replaced = tmp_path / "new.map"
     replaced.write_text("MAP END\n")
     replaced.replace(mapfile)  # as the publisher writes it: a new file renamed into place
