@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from http import HTTPStatus
 from importlib.resources import files
 from pathlib import Path
@@ -21,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 
 from aquamask.processes.products import ITEM_FILE, MASK_FILE, PROBABILITY_FILE
 from aquamask.processes.monitoring import MEDIA_TYPES as MONITORING_FILES
+from aquamask.processes.results import write_atomic
 from aquamask.processes.settings import Settings
 from aquamask.server import metrics
 from aquamask.server.auth import Auth
@@ -41,13 +41,6 @@ def ogc_exception(status: int, code: str, description: str):
     return response
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def render_pygeoapi_config(settings: Settings) -> tuple[Path, Path]:
     """Write pygeoapi's config and OpenAPI document under ``home`` from our settings."""
     from pygeoapi.openapi import get_oas
@@ -66,8 +59,8 @@ def render_pygeoapi_config(settings: Settings) -> tuple[Path, Path]:
         or "&copy; OpenStreetMap contributors")
     config_path = settings.home / "pygeoapi.yml"
     openapi_path = settings.home / "openapi.yml"
-    _atomic_write(config_path, text)
-    _atomic_write(openapi_path, yaml.safe_dump(get_oas(yaml.safe_load(text)), sort_keys=False))
+    write_atomic(config_path, text)
+    write_atomic(openapi_path, yaml.safe_dump(get_oas(yaml.safe_load(text)), sort_keys=False))
     return config_path, openapi_path
 
 
