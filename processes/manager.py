@@ -107,8 +107,13 @@ class AquamaskManager(BaseManager):
     def _execute_handler_sync(self, p, job_id, data_dict, requested_outputs=None,
                               subscriber=None, requested_response=None):
         if self._inline():
+            # the record this thread just added: neither read back first nor after success
+            added = getattr(self._validated, "added", None)
+            record = dict(added) if added and added.get("identifier") == job_id else None
             worker.run_job(self.store, self.settings, job_id, lambda: p, runner="inline",
-                           inputs=data_dict)
+                           inputs=data_dict, record=record)
+            if record is not None and record["status"] == JobStatus.successful.value:
+                return "application/json", record["outputs"], JobStatus.successful
         else:
             self._spawn(p, job_id, data_dict)()
         record = self.get_job(job_id)
@@ -160,6 +165,7 @@ class AquamaskManager(BaseManager):
         identity = current_identity.get()
         if identity is not None:
             job_metadata["owner"] = identity.subject
+        self._validated.added = job_metadata  # an inline job starts from it
         return self.store.add(job_metadata)
 
     def update_job(self, job_id: str, update_dict: dict) -> bool:

@@ -128,11 +128,14 @@ def run(job_id: str, processor_path: str, database: str, *, use_slots: bool = Tr
 
 def run_job(store: JobStore, settings: Settings, job_id: str,
             make_processor: Callable[[], BaseProcessor], *, use_slots: bool = True,
-            runner: str = "fork", inputs: dict | None = None) -> int:
+            runner: str = "fork", inputs: dict | None = None,
+            record: dict | None = None) -> int:
     """``run`` with the store, settings and processor given: a small synchronous job runs
     so in the web worker's own thread (``runner`` inline, its ``inputs`` given rather than
-    stored first: each write to the store counts at that size)."""
-    record = store.get(job_id)
+    stored first, its ``record`` as just added rather than read back: each round trip to the
+    store counts at that size). A given ``record`` is updated in place with the outcome when
+    the job succeeds (``status``, ``outputs``)."""
+    record = record if record is not None else store.get(job_id)
     if record is None or record["status"] != JobStatus.accepted.value:
         return 0
     extra = {}
@@ -186,11 +189,12 @@ def _execute(store: JobStore, settings: Settings, job_id: str,
     processor.set_job_id(job_id)
     outputs = processor.run(record["inputs"] or {}, job_id, ProgressReporter(store, job_id))
     now = get_current_datetime()
-    store.update(job_id, {"status": JobStatus.successful.value, "outputs": outputs,
-                          "progress": 100, "message": "Job complete", "finished": now,
-                          "updated": now, "mimetype": "application/json",
-                          "location": settings.results_store.location_of(job_id)},
-                 only_if_status=RUNNING)
+    finished = {"status": JobStatus.successful.value, "outputs": outputs, "progress": 100,
+                "message": "Job complete", "finished": now, "updated": now,
+                "mimetype": "application/json",
+                "location": settings.results_store.location_of(job_id)}
+    if store.update(job_id, finished, only_if_status=RUNNING):
+        record.update(finished)  # not when dismissed meanwhile
     return 0
 
 
