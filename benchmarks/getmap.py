@@ -23,6 +23,7 @@ from urllib.parse import urlencode
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import settle  # noqa: E402
 from tests.conftest import start_server  # noqa: E402
 
 from aquamask.processes.demo import make_demo_scene  # noqa: E402
@@ -53,6 +54,7 @@ def main() -> None:
         layer = outputs["layer"]["name"]
         for _ in range(args.layers - 1):
             assert server.execute({"image": {"href": "small.tif"}}).status_code == 200
+        settle(server.process.pid)
         west, south, east, north = outputs["bbox"]
         query = urlencode({"SERVICE": "WMS", "VERSION": "1.3.0", "REQUEST": "GetMap",
                            "LAYERS": layer, "STYLES": "", "CRS": "EPSG:4326",

@@ -17,6 +17,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import settle  # noqa: E402
 from tests.conftest import start_server  # noqa: E402  (the tests' real-server launcher)
 
 from aquamask.processes.jobstore import JobStore  # noqa: E402
@@ -57,6 +58,7 @@ def main() -> None:
     try:
         store = JobStore(f"sqlite:///{home}/jobs.sqlite")
         fill(store, 1)
+        settle(server.process.pid)
         results = {}
         for label, extra in (("1 job", 0), (f"{args.jobs} jobs", args.jobs - 1)):
             if extra:

@@ -33,6 +33,7 @@ from urllib.parse import urlencode
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import settle  # noqa: E402
 from tests.conftest import start_server  # noqa: E402  (the tests' real-server launcher)
 
 from aquamask.processes.demo import make_demo_scene  # noqa: E402
@@ -190,9 +191,6 @@ def main() -> None:
                         help="side of the scene published for GetMap")
     parser.add_argument("--job-timeout", type=float, default=120)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--warmup", type=float, default=15,
-                        help="seconds between the server's start and the load: each web worker "
-                             "starts its job fork server (torch imported) in the background")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="aquamask-load-"))
@@ -203,7 +201,7 @@ def main() -> None:
                                  "AQUAMASK__LIMITS__MAX_JOBS_PER_USER": "0"},
                           workers=args.workers)
     rec = Recorder()
-    time.sleep(args.warmup)
+    warmup = settle(server.process.pid)
     try:
         published = server.execute({"image": {"href": "scene.tif"}})
         published.raise_for_status()
@@ -240,7 +238,7 @@ def main() -> None:
     config = {"getmap_clients": args.getmap_clients, "exec_clients": args.exec_clients,
               "duration_s": args.duration, "max_getmap": args.max_getmap,
               "max_executions": args.max_executions, "sync_every": args.sync_every,
-              "gunicorn_workers": args.workers, "warmup_s": args.warmup,
+              "gunicorn_workers": args.workers, "warmup_s": round(warmup, 1),
               "image_px": args.size ** 2,
               "layer_px": args.layer_size ** 2, "method": "ndwi"}
     RESULTS.mkdir(exist_ok=True)
@@ -253,7 +251,7 @@ def main() -> None:
          "errors_total": sum(rec.errors.values()), "error_samples": rec.samples_of_errors},
         indent=2))
     lines = [f"Load: {args.getmap_clients} GetMap + {args.exec_clients} execution clients, "
-             f"{elapsed:.0f} s after {args.warmup:g} s of warm-up, {args.workers} gunicorn "
+             f"{elapsed:.0f} s after {warmup:.0f} s of warm-up, {args.workers} gunicorn "
              f"workers ({machine}); executions of a "
              f"{args.size}² image (NDWI), 1 in {args.sync_every} synchronous", "",
              "| kind | ok | errors | per s | p50 ms | p95 ms | p99 ms | max ms |",
