@@ -30,7 +30,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jinja2
 from filelock import FileLock
@@ -384,15 +384,16 @@ class MapServerPublisher(Publisher):
             entries = [e for e in entries if e["id"] not in missing]
         return entries
 
-    def render_mapfile(self, entries: list[dict[str, Any]], with_series: bool = True) -> str:
-        """The mapfile of ``entries`` (available ones, see ``_available``)."""
+    def render_mapfile(self, entries: list[dict[str, Any]],
+                       series: Sequence[dict[str, Any]] = ()) -> str:
+        """The mapfile of ``entries`` (available ones, see ``_available``) and of the time
+        ``series`` layers (``_series``)."""
         epsgs = []
         for entry in entries:
             if entry.get("epsg") and f"EPSG:{entry['epsg']}" not in BASE_SRS + tuple(epsgs):
                 epsgs.append(f"EPSG:{entry['epsg']}")
         # each layer's block is its own file (written when it was published), included
         layers = [{"include": _safe_path(self._layer_block(e["name"]))} for e in entries]
-        series = self._series(entries) if with_series else []
         if entries:
             boxes = [e["bbox_wgs84"] for e in entries]
             map_extent = [min(b[0] for b in boxes), min(b[1] for b in boxes),
@@ -469,7 +470,7 @@ class MapServerPublisher(Publisher):
         self.layer_maps_dir.mkdir(exist_ok=True)
         _atomic_write(self._layer_block(entry["name"]), render_layer(entry), durable=False)
         _atomic_write(self.layer_maps_dir / f"{entry['name']}.map",
-                      self.render_mapfile([entry], with_series=False),
+                      self.render_mapfile([entry]),
                       durable=False)
 
     def _render_all(self, catalogue: dict[str, dict[str, Any]]) -> None:
@@ -486,9 +487,9 @@ class MapServerPublisher(Publisher):
 
     def _render(self, catalogue: dict[str, dict[str, Any]]) -> None:
         entries = self._available(catalogue)
-        text = self.render_mapfile(entries)
-        # the tile indexes before the mapfile that names them; stale ones after it
         series = self._series(entries)
+        text = self.render_mapfile(entries, series)
+        # the tile indexes before the mapfile that names them; stale ones after it
         if series:
             self.series_dir.mkdir(exist_ok=True)
         for item in series:
