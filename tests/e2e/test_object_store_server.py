@@ -48,6 +48,13 @@ def job_id_of(response) -> str:
     return response.json()["mask"]["href"].split("/results/", 1)[1].split("/", 1)[0]
 
 
+def run_async(server, inputs: dict) -> dict:
+    """Execute asynchronously and wait: the job's final status."""
+    started = server.execute(inputs, asynchronous=True)
+    assert started.status_code == 201, started.text
+    return server.wait_job(started.headers["Location"], timeout=120)[0]
+
+
 def blue_pixels(url: str) -> int:
     response = requests.get(url, timeout=30)
     assert response.status_code == 200, response.text[:500]
@@ -109,9 +116,7 @@ def test_a_sync_result_is_stored_served_and_drawn_from_the_bucket(site, s3, tmp_
 
 def test_an_async_unet_job_is_stored_and_dismissal_deletes_its_objects(site, s3):
     server, bucket, _ = site
-    started = server.execute({"image": {"href": "demo.tif"}}, asynchronous=True)
-    assert started.status_code == 201, started.text
-    status, _ = server.wait_job(started.headers["Location"], timeout=120)
+    status = run_async(server, {"image": {"href": "demo.tif"}})
     assert status["status"] == "successful", status
     job = status["jobID"]
     results = requests.get(f"{server.url}/jobs/{job}/results?f=json", timeout=10).json()
@@ -184,10 +189,7 @@ def test_a_store_that_goes_down_fails_the_job_clearly_and_loses_nothing(site, s3
 
     s3.server.stop()
     try:
-        started = server.execute({"image": {"href": "demo.tif"}, "method": "ndwi"},
-                                 asynchronous=True)
-        assert started.status_code == 201, started.text
-        status, _ = server.wait_job(started.headers["Location"], timeout=120)
+        status = run_async(server, {"image": {"href": "demo.tif"}, "method": "ndwi"})
         assert status["status"] == "failed", status
         message = status["message"]
         assert message.startswith("the server could not write the results: storing the "
@@ -223,10 +225,7 @@ def test_jobs_on_dask_workers_upload_to_the_bucket(s3, tmp_path_factory):
     server = start_server(home, {**s3.environment(bucket),
                                  "AQUAMASK__JOBS__SCHEDULER": cluster.scheduler_address})
     try:
-        started = server.execute({"image": {"href": "demo.tif"}, "method": "ndwi"},
-                                 asynchronous=True)
-        assert started.status_code == 201, started.text
-        status, _ = server.wait_job(started.headers["Location"], timeout=120)
+        status = run_async(server, {"image": {"href": "demo.tif"}, "method": "ndwi"})
         assert status["status"] == "successful", status
         job = status["jobID"]
         from aquamask.processes.jobstore import JobStore
