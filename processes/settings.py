@@ -136,6 +136,16 @@ class Settings:
             url = prefix + str(self.path(url[len(prefix):]))
         return url
 
+    @cached_property
+    def job_store(self):
+        """This configuration's job store (``aquamask.processes.jobstore``), one per process
+        (it reconnects after a fork). It never creates a missing SQLite file: the server does
+        that when it starts."""
+        from aquamask.processes.jobstore import JobStore
+
+        return JobStore(self.database_url, create=False,
+                        retry_s=float(self.get("jobs", "store_retry_s") or 120))
+
     def ensure_dirs(self) -> None:
         for directory in (self.home, self.data_root, self.results_dir):
             directory.mkdir(parents=True, exist_ok=True)
