@@ -968,8 +968,8 @@ def publish_styled(job_id: str, directory: Path, cog: str, profile: dict[str, An
     their styles; removed by ``publishing.unpublish(job_id)`` like any job's layer)."""
     from pyproj import CRS
 
+    from aquamask.processes import publishing
     from aquamask.processes.products import wgs84_bounds
-    from aquamask.processes.publishers.mapserver import MapServerPublisher
 
     crs = CRS.from_user_input(profile["crs"])
     product = Product(id=job_id, directory=directory, mask_cog=directory / cog,
@@ -978,7 +978,7 @@ def publish_styled(job_id: str, directory: Path, cog: str, profile: dict[str, An
                       bbox_wgs84=wgs84_bounds(profile),
                       crs=f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_wkt(),
                       title=title)
-    return MapServerPublisher.from_settings(settings).publish(product).as_output()
+    return publishing.publish_embedded(product, settings).as_output()
 
 
 # -- the processes -------------------------------------------------------------------------------
@@ -996,30 +996,19 @@ def _scaled(progress: ProgressCallback, start: float, end: float) -> ProgressCal
     return lambda pct, msg: progress(start + (end - start) * pct / 100.0, msg)
 
 
-def series_layer(products: list[tuple[dict[str, Any], Product, Any]], settings: Settings
-                 ) -> dict[str, Any] | None:
-    """The time-enabled WMS layer the dates were published into, with a GetMap per date."""
-    from aquamask.processes.publishers import getmap_params, ogc_url
-    from aquamask.processes.publishers.mapserver import MapServerPublisher, _utc_time
+def series_layer(products: list[tuple[dict[str, Any], Product, Any]], settings: Settings,
+                 job_id: str) -> dict[str, Any] | None:
+    """The time-enabled WMS layer of the job's dates, with a GetMap per date."""
+    from aquamask.processes import publishing
+    from aquamask.processes.publishers.mapserver import series_name, utc_time
 
     if not products:
         return None
     _, first, layer = products[0]
-    times = [_utc_time(p.datetime.isoformat()) for _, p, _ in products]
-    bbox = list(first.bbox_wgs84)
-    if layer.publisher == "geoserver":
-        from aquamask.processes.publishers.geoserver import GeoServerPublisher
-
-        geoserver = GeoServerPublisher.from_settings(settings)
-        name = geoserver.series_of(first.id)
-        urls = {t: geoserver.series_getmap_url(name, bbox, t) for t in times} if name else {}
-    else:
-        embedded = MapServerPublisher.from_settings(settings)
-        name = embedded.series_of(first.id)
-        urls = {t: ogc_url(embedded.ows_url, **getmap_params(name, bbox, TIME=t))
-                for t in times} if name else {}
-    if name is None:
-        return None
+    times = [utc_time(p.datetime.isoformat()) for _, p, _ in products]
+    name = series_name(job_id)
+    engine = "geoserver" if layer.publisher == "geoserver" else "embedded"
+    urls = publishing.series_urls(name, list(first.bbox_wgs84), times, engine, settings)
     return {"name": name, "published": layer.publisher, "wms": layer.wms_url,
             "getcapabilities": layer.get_capabilities_url, "dimension": "time",
             "times": times, "getmap": urls[times[-1]], "getmap_by_time": urls}
@@ -1028,6 +1017,7 @@ def series_layer(products: list[tuple[dict[str, Any], Product, Any]], settings: 
 def run_timeseries(request: MonitoringRequest, settings: Settings, job_id: str,
                    progress: ProgressCallback) -> dict[str, Any]:
     from aquamask.processes import field_validation, publishing
+    from aquamask.processes.publishers.mapserver import series_name
 
     config = MonitoringConfig.from_settings(settings)
     store = settings.results_store
@@ -1072,10 +1062,11 @@ def run_timeseries(request: MonitoringRequest, settings: Settings, job_id: str,
                             stac_item=final / DATES_DIR / product.id / product.stac_item.name,
                             title=f"Water mask ({request.method}) of {row['date']}")
             published.append(moved.id)
-            layer = publishing.publish(moved, settings, background=False)
+            layer = publishing.publish(moved, settings, background=False,
+                                       series=series_name(job_id))
             row["layer"] = layer.name
             products.append((row, moved, layer))
-        layer = series_layer(products, settings)
+        layer = series_layer(products, settings, job_id)
         if layer is not None:
             for (row, _, _), time in zip(products, layer["times"]):
                 row["layer_time"] = time

@@ -1,37 +1,31 @@
-"""Where a result is published: GeoServer when configured, the embedded engine otherwise or
-meanwhile, and the bounded retries that move a layer to GeoServer later.
+"""Where a result is published, recorded as one ``layers`` row of the job store: GeoServer when
+configured, the embedded engine otherwise or meanwhile, and the bounded retries that move a
+layer to GeoServer later.
 
-``publish(product, settings)`` is what the pipeline calls:
+``publish(product, settings)`` is what the pipeline calls. The layer belongs to the product's
+job: its owner is the job's owner, and it is shown to others only when the job asked for it
+(the ``public`` input).
 
-* GeoServer not configured (``geoserver.url`` empty): the embedded MapServer publishes it;
-  ``published: embedded``.
-* GeoServer publishes it: ``published: geoserver``; the layer URLs are GeoServer's.
+* GeoServer not configured (``geoserver.url`` empty): the embedded engine serves it
+  (``engine`` embedded, ``state`` published).
+* GeoServer publishes it: ``engine`` geoserver; the layer URLs are GeoServer's.
 * GeoServer fails (unreachable, 401/403, 5xx, slower than ``geoserver.timeout_s``): the embedded
-  engine publishes it, the job still succeeds with ``published: pending``, and a retry process
+  engine serves it, the job still succeeds with ``published: pending``, and a retry process
   (``python -m aquamask.processes.publishing retry ID``) tries GeoServer again after each of
   ``geoserver.retry_delays_s``. The first success switches the job's ``layer`` output to
-  GeoServer's URLs (``published: geoserver``) and removes the embedded copy; when every retry
-  failed the layer stays embedded (``published: embedded``, ``publish_error`` says why) and an
-  operator can run ``aquamask publish JOB_ID``.
+  GeoServer's URLs and retires the embedded copy; when every retry failed the layer stays
+  embedded (``publish_error`` says why) and an operator can run ``aquamask publish JOB_ID``.
 
-Nothing is lost: the COG stays in the results folder and is served by the embedded engine until
-GeoServer has it. Nothing is published twice: the GeoServer publisher checks before it creates,
-one product has at most one retry process (its pid is in the state, and the state is changed
-under a per-product file lock), and a result dismissed meanwhile is taken off GeoServer again.
-
-The state of each product is a small JSON file in ``geoserver.state_dir`` (default
-``publishing`` under ``home``): where it is published, attempts, the last error (never a
-secret), the retry process, and the product's description (so a retry or ``aquamask publish``
-rebuilds the ``Product`` without the pipeline).
-
-``unpublish(product_id, settings)`` removes the layer from both engines; when GeoServer cannot
-be reached it keeps an ``unpublish-pending`` state and retries the deletion in the background.
+Every change of a row is one transaction, guarded by the state it expects (a retry that finds
+the layer unpublished meanwhile takes it off GeoServer again), so no file lock is needed and
+nothing is published twice. ``unpublish(job_id, settings)`` removes every layer of a job from
+both engines; when GeoServer cannot be reached its row stays ``unpublish-pending`` (not served
+here) and the deletion is retried in the background.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 import os
 import signal
@@ -41,64 +35,33 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from filelock import FileLock
-
 from aquamask.processes.publishers.geoserver import GeoServerError, GeoServerPublisher
-from aquamask.processes.publishers.mapserver import (PRODUCT_ID, MapServerPublisher,
-                                                     _atomic_write, validate_product_id)
+from aquamask.processes.publishers.mapserver import (MapServerPublisher, layer_name,
+                                                     product_facts, utc_time,
+                                                     validate_product_id)
 from aquamask.processes.settings import Settings
 from aquamask.processes.types import Layer, MaskStats, Product
 
 LOGGER = logging.getLogger(__name__)
 
 GEOSERVER, EMBEDDED, PENDING, NONE = "geoserver", "embedded", "pending", "none"
-UNPUBLISH_PENDING = "unpublish-pending"
+PUBLISHED, UNPUBLISH_PENDING = "published", "unpublish-pending"
 DEFAULT_RETRY_DELAYS_S = (10, 30, 90, 270, 810)
-LOCK_TIMEOUT_S = 300
 RETRY_MODULE = "aquamask.processes.publishing"
 FINAL_JOB_STATES = ("successful", "failed", "dismissed")
-
-
-# -- state ---------------------------------------------------------------------------------------
-def state_dir(settings: Settings) -> Path:
-    directory = settings.path(settings.get("geoserver", "state_dir") or "publishing")
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
-
-
-def _state_path(product_id: str, settings: Settings) -> Path:
-    return state_dir(settings) / f"{validate_product_id(product_id)}.json"
-
-
-def _lock(product_id: str, settings: Settings) -> FileLock:
-    return FileLock(str(state_dir(settings) / f".{validate_product_id(product_id)}.lock"),
-                    timeout=LOCK_TIMEOUT_S)
-
-
-def read_state(product_id: str, settings: Settings) -> dict[str, Any] | None:
-    try:
-        with open(_state_path(product_id, settings), encoding="utf-8") as fh:
-            return json.load(fh)
-    except FileNotFoundError:
-        return None
-
-
-def _write_state(product_id: str, settings: Settings, **changes: Any) -> dict[str, Any]:
-    state = read_state(product_id, settings) or {"id": product_id, "attempts": 0}
-    state.update(changes, updated=_now())
-    _atomic_write(_state_path(product_id, settings), json.dumps(state, indent=1) + "\n")
-    return state
-
-
-def _drop_state(product_id: str, settings: Settings) -> None:
-    try:
-        _state_path(product_id, settings).unlink()
-    except FileNotFoundError:
-        pass
+DERIVED_SEPARATOR = "--"
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def public_state(row: dict[str, Any] | None) -> str:
+    """Where a layer stands, in one word: geoserver, embedded, pending, unpublish-pending, or
+    none when it is not published."""
+    if row is None:
+        return NONE
+    return row["engine"] if row["state"] == PUBLISHED else row["state"]
 
 
 def retry_delays(settings: Settings) -> list[float]:
@@ -110,6 +73,17 @@ def retry_delays(settings: Settings) -> list[float]:
         raise ValueError(f"geoserver.retry_delays_s must be a list of seconds >= 0 "
                          f"(got {delays!r})")
     return [float(d) for d in delays]
+
+
+def job_of(product_id: str) -> str:
+    """The job a product belongs to: its own id, or the part before ``--`` of a derived id."""
+    return validate_product_id(product_id).split(DERIVED_SEPARATOR, 1)[0]
+
+
+def derived_id(job_id: str, suffix: str) -> str:
+    """The id of one of several products a job publishes (a time series' dates):
+    ``{job_id}--{suffix}``; ``unpublish(job_id)`` removes them with the job's own."""
+    return validate_product_id(f"{job_id}{DERIVED_SEPARATOR}{suffix}")
 
 
 # -- products ------------------------------------------------------------------------------------
@@ -127,17 +101,15 @@ def describe(product: Product) -> dict[str, Any]:
 
 
 def product_from_results(product_id: str, settings: Settings) -> Product:
-    """The ``Product`` of a finished job: from its publishing state, else from its STAC item
-    (whose datetime is then left out: the item cannot tell an acquisition time from the
-    processing time, and a wrong time would put the mask at a wrong date of its series)."""
+    """The ``Product`` of a finished job: from its layer row, else from its STAC item."""
     validate_product_id(product_id)
     store = settings.results_store
-    state = read_state(product_id, settings) or {}
-    described = state.get("product")
+    row = settings.job_store.layer(product_id) or {}
+    described = row.get("product")
     if described:
         mask = Path(described["mask_cog"])
         if not store.is_file(mask):
-            raise FileNotFoundError(f"the mask of {product_id} is gone ({mask})")
+            raise FileNotFoundError(f"the mask of {product_id} is gone")
         return Product(
             id=product_id, directory=Path(described["directory"]), mask_cog=mask,
             stac_item=Path(described["stac_item"]), stats=MaskStats(**described["stats"]),
@@ -147,10 +119,12 @@ def product_from_results(product_id: str, settings: Settings) -> Product:
             title=described.get("title") or "",
             datetime=dt.datetime.fromisoformat(described["datetime"])
             if described.get("datetime") else None)
+    import json
+
     directory = Path(store.gdal_path(product_id))
     item_path, mask = directory / "item.json", directory / "mask.tif"
     if not (store.is_file(item_path) and store.is_file(mask)):
-        raise FileNotFoundError(f"no result for {product_id} in {store.location}")
+        raise FileNotFoundError(f"no result for {product_id} in the results store")
     item = json.loads(store.read_text(product_id, "item.json"))
     props = item.get("properties") or {}
     crs = props.get("proj:code") or props.get("proj:wkt2")
@@ -160,11 +134,13 @@ def product_from_results(product_id: str, settings: Settings) -> Product:
             crs = src.crs.to_string()
     stats = MaskStats(0, 0, 0, float(props.get("aquamask:water_area_km2") or 0.0),
                       float(props.get("aquamask:valid_area_km2") or 0.0))
+    acquired = props.get("aquamask:acquired") or None
     probability = directory / "probability.tif"
     return Product(id=product_id, directory=directory, mask_cog=mask, stac_item=item_path,
                    stats=stats, bbox_wgs84=tuple(item["bbox"]), crs=crs,
                    probability_cog=probability if store.is_file(probability) else None,
-                   title=props.get("title") or "")
+                   title=props.get("title") or "",
+                   datetime=dt.datetime.fromisoformat(acquired) if acquired else None)
 
 
 # -- the job's outputs ---------------------------------------------------------------------------
@@ -182,9 +158,7 @@ def update_job_layer(product_id: str, output: dict[str, Any], settings: Settings
 
     Waits up to ``wait_s`` for a job still running (its worker stores the outputs right after
     publishing). False when the job is gone or did not succeed: its result is not served."""
-    from aquamask.processes.jobstore import JobStore
-
-    store = JobStore(settings.database_url)
+    store = settings.job_store
     deadline = time.monotonic() + wait_s
     while True:
         record = store.get(product_id)
@@ -199,6 +173,28 @@ def update_job_layer(product_id: str, output: dict[str, Any], settings: Settings
         time.sleep(0.2)
 
 
+# -- rows ----------------------------------------------------------------------------------------
+def _layer_row(product: Product, settings: Settings, *, series: str | None,
+               engine: str, state: str) -> dict[str, Any]:
+    """The row of ``product``'s layer: its job's owner and ``public`` input."""
+    job_id = job_of(product.id)
+    record = settings.job_store.get(job_id) or {}
+    inputs = record.get("inputs") if isinstance(record.get("inputs"), dict) else {}
+    now = _now()
+    previous = settings.job_store.layer(product.id) or {}
+    return {
+        "product_id": product.id, "job_id": job_id, "name": layer_name(product.id),
+        "owner": record.get("owner"), "public": inputs.get("public") is True,
+        "series": series,
+        "datetime": utc_time(product.datetime.isoformat()) if product.datetime else None,
+        "facts": product_facts(product, settings.results_store),
+        "product": describe(product), "engine": engine, "state": state,
+        "geoserver": previous.get("geoserver"), "attempts": previous.get("attempts") or 0,
+        "last_error": None, "retrier_pid": None,
+        "published": previous.get("published") or now, "updated": now,
+    }
+
+
 # -- the retry process ---------------------------------------------------------------------------
 def _retrier_alive(pid: int | None, product_id: str) -> bool:
     if not pid:
@@ -211,27 +207,27 @@ def _retrier_alive(pid: int | None, product_id: str) -> bool:
     return status != "Z" and RETRY_MODULE.encode() in cmdline and product_id.encode() in cmdline
 
 
-def _stop_retrier(product_id: str, settings: Settings) -> None:
-    pid = (read_state(product_id, settings) or {}).get("retrier_pid")
-    if pid and pid != os.getpid() and _retrier_alive(pid, product_id):
+def _stop_retrier(row: dict[str, Any] | None) -> None:
+    pid = (row or {}).get("retrier_pid")
+    if pid and pid != os.getpid() and _retrier_alive(pid, row["product_id"]):
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + 10
-        while _retrier_alive(pid, product_id) and time.monotonic() < deadline:
+        while _retrier_alive(pid, row["product_id"]) and time.monotonic() < deadline:
             time.sleep(0.05)
 
 
 def spawn_retrier(product_id: str, settings: Settings) -> int | None:
     """Start the background retry of ``product_id`` unless one runs already; its pid."""
-    state = read_state(product_id, settings) or {}
-    if _retrier_alive(state.get("retrier_pid"), product_id):
-        return state["retrier_pid"]
+    row = settings.job_store.layer(product_id) or {}
+    if _retrier_alive(row.get("retrier_pid"), product_id):
+        return row["retrier_pid"]
     process = subprocess.Popen(
         [sys.executable, "-m", RETRY_MODULE, "retry", product_id],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
-    _write_state(product_id, settings, retrier_pid=process.pid)
+    settings.job_store.update_layer(product_id, {"retrier_pid": process.pid})
     return process.pid
 
 
@@ -239,241 +235,226 @@ def retry(product_id: str, settings: Settings,
           sleep: Callable[[float], None] = time.sleep) -> str:
     """The background retry: the pending action of ``product_id`` after each delay, until one
     succeeds or the delays are spent. Returns the final state."""
+    store = settings.job_store
     for delay in retry_delays(settings):
         sleep(delay)
-        state = read_state(product_id, settings)
-        if state is None or state.get("state") not in (PENDING, UNPUBLISH_PENDING):
-            return (state or {}).get("state", NONE)  # unpublished or done meanwhile
-        if state["state"] == UNPUBLISH_PENDING:
-            if _try_unpublish_geoserver(product_id, settings):
+        row = store.layer(product_id)
+        if row is None or row["state"] not in (PENDING, UNPUBLISH_PENDING):
+            return public_state(row)  # unpublished or done meanwhile
+        if row["state"] == UNPUBLISH_PENDING:
+            if _try_unpublish_geoserver(row, settings):
                 return NONE
             continue
-        result = _attempt(product_id, settings, wait_for_job_s=float(
+        result = _attempt(row, settings, wait_for_job_s=float(
             settings.get("server", "timeout") or 600))
         if result != PENDING:
             return result
-    with _lock(product_id, settings):
-        state = read_state(product_id, settings) or {}
-        if state.get("state") == UNPUBLISH_PENDING:
-            _write_state(product_id, settings, retrier_pid=None)
-            LOGGER.error("%s: GeoServer still has its layer after %d attempts; run "
-                         "`aquamask unpublish %s` when GeoServer is back", product_id,
-                         state.get("attempts", 0), product_id)
-            return UNPUBLISH_PENDING
-        if state.get("state") != PENDING:
-            return state.get("state", NONE)
-        state = _write_state(product_id, settings, state=EMBEDDED, retrier_pid=None)
+    row = store.layer(product_id)
+    if row is None:
+        return NONE
+    if row["state"] == UNPUBLISH_PENDING:
+        store.update_layer(product_id, {"retrier_pid": None})
+        LOGGER.error("%s: GeoServer still has its layer after %d attempts; run "
+                     "`aquamask unpublish %s` when GeoServer is back", product_id,
+                     row["attempts"], job_of(product_id))
+        return UNPUBLISH_PENDING
+    if not store.update_layer(product_id, {"state": PUBLISHED, "retrier_pid": None,
+                                           "updated": _now()}, only_if_state=(PENDING,)):
+        return public_state(store.layer(product_id))
     LOGGER.error("%s: GeoServer publishing failed %d times (%s); the layer stays on the "
                  "embedded engine; `aquamask publish %s` tries again", product_id,
-                 state.get("attempts", 0), state.get("last_error"), product_id)
+                 row["attempts"], row["last_error"], job_of(product_id))
     embedded = MapServerPublisher.from_settings(settings)
-    try:
-        layer = embedded.layer(product_id)
-    except KeyError:
-        return EMBEDDED
-    update_job_layer(product_id, layer_output(layer, state.get("last_error")), settings)
+    update_job_layer(product_id, layer_output(embedded.layer(row), row["last_error"]),
+                     settings)
     return EMBEDDED
 
 
-def _attempt(product_id: str, settings: Settings, wait_for_job_s: float = 0.0) -> str:
-    """One GeoServer attempt for a pending product; switches the layer on success."""
+def _attempt(row: dict[str, Any], settings: Settings, wait_for_job_s: float = 0.0) -> str:
+    """One GeoServer attempt for a pending layer; switches the layer on success."""
+    store = settings.job_store
+    product_id = row["product_id"]
     try:
         product = product_from_results(product_id, settings)
         geoserver = GeoServerPublisher.from_settings(settings)
     except (FileNotFoundError, ValueError) as err:
         LOGGER.error("%s: cannot publish to GeoServer: %s", product_id, err)
-        with _lock(product_id, settings):
-            _write_state(product_id, settings, state=EMBEDDED, last_error=str(err),
-                         retrier_pid=None)
+        store.update_layer(product_id, {"state": PUBLISHED, "last_error": str(err),
+                                        "retrier_pid": None}, only_if_state=(PENDING,))
         return EMBEDDED
     try:
-        layer = geoserver.publish(product)
+        layer = geoserver.publish(product, row)
     except GeoServerError as err:
-        with _lock(product_id, settings):
-            state = read_state(product_id, settings) or {}
-            _write_state(product_id, settings, attempts=state.get("attempts", 0) + 1,
-                         last_error=str(err))
+        store.update_layer(product_id, {"attempts": row["attempts"] + 1,
+                                        "last_error": str(err)}, only_if_state=(PENDING,))
         LOGGER.warning("%s: GeoServer retry failed: %s", product_id, err)
         return PENDING
-    with _lock(product_id, settings):
-        state = read_state(product_id, settings)
-        if state is None or state.get("state") != PENDING:
-            # unpublished (dismissed) while this attempt ran: take it off GeoServer again
-            _undo(geoserver, product_id)
-            return (state or {}).get("state", NONE)
-        _write_state(product_id, settings, state=GEOSERVER, attempts=state.get("attempts", 0)
-                     + 1, last_error=None, retrier_pid=None, published=_now())
-    MapServerPublisher.from_settings(settings).unpublish(product_id)
+    if not store.update_layer(product_id, {
+            "engine": GEOSERVER, "state": PUBLISHED, "attempts": row["attempts"] + 1,
+            "last_error": None, "retrier_pid": None, "updated": _now()},
+            only_if_state=(PENDING,)):
+        # unpublished (dismissed) while this attempt ran: take it off GeoServer again
+        _undo(geoserver, store.layer(product_id) or row)
+        return public_state(store.layer(product_id))
+    MapServerPublisher.from_settings(settings).unpublish(row)
     if not update_job_layer(product_id, layer_output(layer), settings, wait_s=wait_for_job_s):
-        record_gone = _job_gone_or_failed(product_id, settings)
-        if record_gone:
+        record = store.get(job_of(product_id))
+        if record is None or record["status"] in ("failed", "dismissed"):
             LOGGER.info("%s: the job is gone or failed; removing its GeoServer layer",
                         product_id)
-            _undo(geoserver, product_id)
-            with _lock(product_id, settings):
-                _drop_state(product_id, settings)
+            _undo(geoserver, store.layer(product_id) or row)
+            store.delete_layer(product_id)
             return NONE
     LOGGER.info("%s: now published on GeoServer", product_id)
     return GEOSERVER
 
 
-def _job_gone_or_failed(product_id: str, settings: Settings) -> bool:
-    from aquamask.processes.jobstore import JobStore
-
-    record = JobStore(settings.database_url).get(product_id)
-    return record is None or record["status"] in ("failed", "dismissed")
-
-
-def _undo(geoserver: GeoServerPublisher, product_id: str) -> None:
+def _undo(geoserver: GeoServerPublisher, row: dict[str, Any]) -> None:
     try:
-        geoserver.unpublish(product_id)
+        geoserver.unpublish(row)
     except GeoServerError as err:
         LOGGER.error("%s: could not remove the GeoServer layer of a dismissed job: %s",
-                     product_id, err)
+                     row["product_id"], err)
 
 
-def _try_unpublish_geoserver(product_id: str, settings: Settings) -> bool:
+def _try_unpublish_geoserver(row: dict[str, Any], settings: Settings) -> bool:
+    store = settings.job_store
     try:
-        GeoServerPublisher.from_settings(settings).unpublish(product_id)
+        GeoServerPublisher.from_settings(settings).unpublish(row)
     except GeoServerError as err:
-        with _lock(product_id, settings):
-            state = read_state(product_id, settings) or {}
-            _write_state(product_id, settings, attempts=state.get("attempts", 0) + 1,
-                         last_error=str(err))
-        LOGGER.warning("%s: GeoServer unpublish retry failed: %s", product_id, err)
+        store.update_layer(row["product_id"], {"attempts": row["attempts"] + 1,
+                                               "last_error": str(err)})
+        LOGGER.warning("%s: GeoServer unpublish retry failed: %s", row["product_id"], err)
         return False
-    with _lock(product_id, settings):
-        _drop_state(product_id, settings)
+    store.delete_layer(row["product_id"])
     return True
 
 
 # -- the entry points ----------------------------------------------------------------------------
-def publish(product: Product, settings: Settings, *, background: bool = True) -> Layer:
+def publish(product: Product, settings: Settings, *, series: str | None = None,
+            background: bool = True) -> Layer:
     """Publish ``product``: GeoServer when configured, else (or meanwhile) the embedded engine.
 
+    ``series``: the product is one date of its job's time series (``series_name(job)``).
     ``background``: start the retry process when GeoServer fails (the pipeline); without it
-    (``aquamask publish``) a failure leaves the layer embedded and is reported in the state.
+    (``aquamask publish``) a failure leaves the layer embedded and is reported in the row.
     The returned ``Layer``'s ``publisher`` is ``geoserver``, ``embedded`` or ``pending``.
     """
     validate_product_id(product.id)
+    store = settings.job_store
     embedded = MapServerPublisher.from_settings(settings)
-    if not GeoServerPublisher.configured(settings):
-        layer = embedded.publish(product)
-        with _lock(product.id, settings):
-            _write_state(product.id, settings, state=EMBEDDED, product=describe(product),
-                         last_error=None)
+
+    def serve_here(state: str, error: str | None, attempts: int = 0) -> Layer:
+        row = dict(_layer_row(product, settings, series=series, engine=EMBEDDED, state=state),
+                   last_error=error)
+        row["attempts"] += attempts
+        layer = embedded.publish(product, row)  # its files before the row that shows it
+        store.put_layer(row)
+        if series:
+            embedded.render_series(series)
         return layer
-    _stop_retrier(product.id, settings)
+
+    if not GeoServerPublisher.configured(settings):
+        return serve_here(PUBLISHED, None)
+    _stop_retrier(store.layer(product.id))
     try:
         geoserver = GeoServerPublisher.from_settings(settings)
     except ValueError as err:  # misconfigured: retrying will not help
         LOGGER.error("GeoServer is misconfigured (%s); %s stays on the embedded engine",
                      err, product.id)
-        layer = embedded.publish(product)
-        with _lock(product.id, settings):
-            _write_state(product.id, settings, state=EMBEDDED, product=describe(product),
-                         last_error=f"misconfigured: {err}", retrier_pid=None)
-        return layer
-    with _lock(product.id, settings):
-        _write_state(product.id, settings, state=PENDING, product=describe(product))
+        return serve_here(PUBLISHED, f"misconfigured: {err}")
+    # the row first (not served here): an unpublish after a publish that stopped half-way
+    # (killed, timed out) finds what GeoServer may have been given
+    row = _layer_row(product, settings, series=series, engine=GEOSERVER, state=PENDING)
+    store.put_layer(row)
     try:
-        layer = geoserver.publish(product)
+        layer = geoserver.publish(product, row)
     except ValueError as err:
         # what GeoServer cannot take will not change by retrying (e.g. a COG outside the
         # shared results folder): served by the embedded engine, which raises in turn when the
         # product itself is bad
         LOGGER.error("%s: not published to GeoServer: %s", product.id, err)
-        layer = embedded.publish(product)
-        with _lock(product.id, settings):
-            _write_state(product.id, settings, state=EMBEDDED, last_error=str(err))
-        return layer
+        return serve_here(PUBLISHED, str(err))
     except GeoServerError as err:
+        retrying = background and bool(retry_delays(settings))
         LOGGER.warning("%s: GeoServer publishing failed (%s); serving it from the embedded "
-                       "engine%s", product.id, err, " and retrying" if background else "")
-        layer = embedded.publish(product)
-        with _lock(product.id, settings):
-            state = read_state(product.id, settings) or {}
-            retrying = background and bool(retry_delays(settings))
-            _write_state(product.id, settings, state=PENDING if retrying else EMBEDDED,
-                         attempts=state.get("attempts", 0) + 1, last_error=str(err))
+                       "engine%s", product.id, err, " and retrying" if retrying else "")
+        layer = serve_here(PENDING if retrying else PUBLISHED, str(err), attempts=1)
         if retrying:
             spawn_retrier(product.id, settings)
             return dataclasses.replace(layer, publisher=PENDING)
         return layer
-    with _lock(product.id, settings):
-        state = read_state(product.id, settings) or {}
-        _write_state(product.id, settings, state=GEOSERVER, last_error=None,
-                     attempts=state.get("attempts", 0) + 1, published=_now(),
-                     retrier_pid=None)
-    embedded.unpublish(product.id)  # an earlier fallback copy, if any
+    store.update_layer(product.id, {"state": PUBLISHED, "attempts": row["attempts"] + 1,
+                                    "updated": _now()})
+    embedded.retire(row["name"])  # an earlier fallback copy, if any
     return layer
 
 
-DERIVED_SEPARATOR = "--"
+def publish_embedded(product: Product, settings: Settings) -> Layer:
+    """Publish ``product`` on the embedded engine alone (styles only it draws: water change
+    and frequency)."""
+    validate_product_id(product.id)
+    row = _layer_row(product, settings, series=None, engine=EMBEDDED, state=PUBLISHED)
+    layer = MapServerPublisher.from_settings(settings).publish(product, row)
+    settings.job_store.put_layer(row)
+    return layer
 
 
-def derived_id(job_id: str, suffix: str) -> str:
-    """The id of one of several products a job publishes (a time series' dates):
-    ``{job_id}--{suffix}``; ``unpublish(job_id)`` removes them with the job's own."""
-    return validate_product_id(f"{job_id}{DERIVED_SEPARATOR}{suffix}")
+def layer_of(row: dict[str, Any], settings: Settings) -> Layer:
+    """The service URLs of a layer row, on the engine that serves it."""
+    if row["engine"] == GEOSERVER:
+        return GeoServerPublisher.from_settings(settings).layer(row)
+    return MapServerPublisher.from_settings(settings).layer(row)
 
 
-def derived_ids(product_id: str, settings: Settings) -> list[str]:
-    """The products published under ``product_id``'s derived ids, wherever a trace of them
-    is: a publishing state, or the embedded or GeoServer catalogue (a publish cut short)."""
-    prefix = f"{validate_product_id(product_id)}{DERIVED_SEPARATOR}"
-    found = {path.stem for path in state_dir(settings).glob(f"{prefix}*.json")}
-    found.update(e["id"] for e in MapServerPublisher.from_settings(settings).layers())
-    if GeoServerPublisher.configured(settings):
-        try:
-            found.update(e["id"] for e in GeoServerPublisher.from_settings(settings).layers())
-        except ValueError:  # misconfigured: nothing of ours can be there
-            pass
-    return sorted(i for i in found if i.startswith(prefix) and PRODUCT_ID.fullmatch(i))
+def series_urls(series: str, bbox: list[float], times: list[str], engine: str,
+                settings: Settings) -> dict[str, str]:
+    """A GetMap of ``series`` at each of ``times`` on the engine that serves it."""
+    if engine == GEOSERVER:
+        geoserver = GeoServerPublisher.from_settings(settings)
+        return {t: geoserver.series_getmap_url(series, bbox, t) for t in times}
+    return MapServerPublisher.from_settings(settings).series_urls(series, bbox, times)
 
 
-def unpublish(product_id: str, settings: Settings, *, background: bool = True) -> str:
-    """Remove ``product_id``'s layer, and those of its derived ids (``derived_id``), from both
-    engines and drop their state.
+def unpublish(job_id: str, settings: Settings, *, background: bool = True) -> str:
+    """Remove every layer of ``job_id`` (its own and its derived products') from both engines.
 
-    Returns ``none`` when it is gone everywhere, ``unpublish-pending`` when GeoServer could not
-    be reached (then retried in the background when ``background``)."""
-    results = [_unpublish_one(derived, settings, background)
-               for derived in derived_ids(product_id, settings)]
-    results.append(_unpublish_one(product_id, settings, background))
+    Returns ``none`` when they are gone everywhere, ``unpublish-pending`` when GeoServer could
+    not be reached (then retried in the background when ``background``)."""
+    rows = settings.job_store.layers(job_id=job_of(job_id))
+    if job_id != job_of(job_id):
+        rows = [r for r in rows if r["product_id"] == job_id]
+    results = [_unpublish_row(row, settings, background) for row in rows]
     return UNPUBLISH_PENDING if UNPUBLISH_PENDING in results else NONE
 
 
-def _unpublish_one(product_id: str, settings: Settings, background: bool) -> str:
-    validate_product_id(product_id)
-    _stop_retrier(product_id, settings)
-    MapServerPublisher.from_settings(settings).unpublish(product_id)
-    with _lock(product_id, settings):
-        state = read_state(product_id, settings) or {}
-        if not GeoServerPublisher.configured(settings):
-            _drop_state(product_id, settings)
+def _unpublish_row(row: dict[str, Any], settings: Settings, background: bool) -> str:
+    store = settings.job_store
+    _stop_retrier(row)
+    embedded = MapServerPublisher.from_settings(settings)
+    if row["engine"] == EMBEDDED:
+        store.delete_layer(row["product_id"])
+        embedded.unpublish(row)
+        if not row.get("geoserver"):
             return NONE
-        try:
-            GeoServerPublisher.from_settings(settings).unpublish(product_id)
-        except ValueError as err:
-            LOGGER.error("%s: GeoServer is misconfigured (%s); not unpublished there",
-                         product_id, err)
-            _drop_state(product_id, settings)
-            return NONE
-        except GeoServerError as err:
-            LOGGER.warning("%s: GeoServer unpublish failed (%s)%s", product_id, err,
-                           "; retrying in the background" if background else "")
-            _write_state(product_id, settings, state=UNPUBLISH_PENDING, last_error=str(err),
-                         attempts=0, retrier_pid=None,
-                         product=state.get("product"))
-            pending = True
-        else:
-            _drop_state(product_id, settings)
-            pending = False
-    if pending:
+    if not GeoServerPublisher.configured(settings):
+        store.delete_layer(row["product_id"])
+        return NONE
+    try:
+        GeoServerPublisher.from_settings(settings).unpublish(row)
+    except ValueError as err:
+        LOGGER.error("%s: GeoServer is misconfigured (%s); not unpublished there",
+                     row["product_id"], err)
+    except GeoServerError as err:
+        LOGGER.warning("%s: GeoServer unpublish failed (%s)%s", row["product_id"], err,
+                       "; retrying in the background" if background else "")
+        row = dict(row, engine=GEOSERVER, state=UNPUBLISH_PENDING, last_error=str(err),
+                   attempts=0, retrier_pid=None, updated=_now())
+        store.put_layer(row)
         if background and retry_delays(settings):
-            spawn_retrier(product_id, settings)
+            spawn_retrier(row["product_id"], settings)
         return UNPUBLISH_PENDING
+    store.delete_layer(row["product_id"])
     return NONE
 
 

@@ -25,7 +25,6 @@ def _fail(message: str, code: int = 2) -> None:
 def publish_command(job_id: str) -> None:
     """Publish (again) the mask of finished job JOB_ID: GeoServer when configured."""
     from aquamask.processes import publishing
-    from aquamask.processes.jobstore import JobStore
     from aquamask.processes.publishers.mapserver import validate_product_id
 
     settings = Settings.load()
@@ -33,7 +32,7 @@ def publish_command(job_id: str) -> None:
         validate_product_id(job_id)
     except ValueError as err:
         _fail(str(err))
-    record = JobStore(settings.database_url).get(job_id)
+    record = settings.job_store.get(job_id)
     if record is None:
         _fail(f"no job {job_id}")
     if record["status"] != "successful":
@@ -43,8 +42,7 @@ def publish_command(job_id: str) -> None:
     except FileNotFoundError as err:
         _fail(str(err))
     layer = publishing.publish(product, settings, background=False)
-    state = publishing.read_state(job_id, settings) or {}
-    error = state.get("last_error")
+    error = (settings.job_store.layer(job_id) or {}).get("last_error")
     output = publishing.layer_output(layer, error)
     publishing.update_job_layer(job_id, output, settings)
     click.echo(json.dumps(output, indent=2))

@@ -47,14 +47,20 @@ def service_layer(name: str, publisher: str, wms: str, wcs: str, bbox_wgs84: Seq
 
 
 class Publisher(ABC):
-    """Interface of every publisher, chosen by dotted path in config."""
+    """Interface of every map engine. The layer rows live in the job store
+    (``aquamask.processes.publishing`` writes them); an engine turns a row into a served layer
+    and back, and gives its service URLs."""
 
     name: str
 
     @abstractmethod
-    def publish(self, product: Product) -> Layer:
-        """Make ``product`` a layer; publishing the same product again must not duplicate it."""
+    def publish(self, product: Product, row: dict[str, Any]) -> Layer:
+        """Serve ``product`` as the layer of ``row``; doing it again must not duplicate it."""
 
     @abstractmethod
-    def unpublish(self, product_id: str) -> None:
-        """Remove the layer of ``product_id``; a no-op when it is not published."""
+    def unpublish(self, row: dict[str, Any]) -> None:
+        """Stop serving the layer of ``row``; a no-op when it is not served."""
+
+    @abstractmethod
+    def layer(self, row: dict[str, Any]) -> Layer:
+        """The service URLs of the layer of ``row``."""

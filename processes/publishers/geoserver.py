@@ -9,9 +9,8 @@ Built on the ``geoserver-rest`` package (``geo.Geoserver``). For one result it
    GeoServer configures the coverage and the layer of the same name,
 4. sets the coverage's title, abstract, keywords, native and declared CRS and both bounding boxes
    (``PUT .../coverages/{name}``) and the layer's default style (``PUT /layers/{ws}:{name}``),
-5. when the result has an acquisition time, adds it to the ImageMosaic of its area (products on
-   the same pixel grid: same CRS, extent and resolution) so WMS clients step through the dates
-   with ``TIME=``: the first product creates the mosaic (``PUT .../file.imagemosaic`` with a zip of
+5. when the result is one date of a job's time series, adds it to that series' ImageMosaic so
+   WMS clients step through the dates with ``TIME=``: the first product creates the mosaic (``PUT .../file.imagemosaic`` with a zip of
    ``indexer.properties``, ``timeregex.properties`` and the granule), the next ones are harvested
    into it (``POST .../file.imagemosaic?filename=...``); the coverage gets a TIME dimension.
 
@@ -20,9 +19,10 @@ nothing twice. ``unpublish`` deletes the store with its coverage and layer (``re
 its files (``purge=all`` for uploads; ``purge=metadata`` for a referenced COG, which aquamask
 owns), and removes the product's granule from its mosaic (the mosaic itself when it was the last).
 
-Which store, mosaic and granule belong to which product is kept in a small local catalogue
-(``catalogue.json`` in ``geoserver.workdir``, under a file lock, written atomically), so
-``unpublish`` needs neither the COG nor GeoServer's listings.
+Which store, mosaic and granule belong to which product is kept in the product's layer row of
+the job store (its ``geoserver`` column, written before the first change on GeoServer), so
+``unpublish`` needs neither the COG nor GeoServer's listings. A time series is one job's dates
+(``series-<job>``), never products of other jobs or places.
 
 The password is read from ``AQUAMASK__GEOSERVER__PASSWORD`` or the file ``password_file`` names;
 it is held by the client only and never logged: errors carry the HTTP status and GeoServer's
@@ -31,7 +31,6 @@ message, and requests' own messages (which can hold URLs) are reduced to their c
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import re
@@ -48,16 +47,13 @@ from filelock import FileLock, Timeout
 from geo.Geoserver import Geoserver, GeoserverException
 
 from aquamask.processes.publishers import Publisher, getmap_params, ogc_url, service_layer
-from aquamask.processes.publishers.mapserver import (_atomic_write, _raster_facts, is_vsi,
-                                                     layer_name, series_key,
-                                                     validate_product_id)
+from aquamask.processes.publishers.mapserver import is_vsi, raster_facts
 from aquamask.processes.types import Layer, Product
 
 LOGGER = logging.getLogger(__name__)
 
 NAME = "geoserver"
 STYLE_FILE = "water.sld"
-CATALOGUE_FILE = "catalogue.json"
 LOCK_FILE = ".publish.lock"
 LOCK_TIMEOUT_S = 120
 STORE_MODES = ("upload", "external")
@@ -208,7 +204,7 @@ class GeoServerPublisher(Publisher):
                  shared_results_dir: str | None = None, results_dir: Path | str | None = None,
                  style: str = "water", public_url: str | None = None,
                  connect_timeout_s: float = 5.0, timeout_s: float = 60.0,
-                 time_series: bool = True, results_store=None) -> None:
+                 time_series: bool = True, results_store=None, store=None) -> None:
         if not url or not re.match(r"^https?://[^/\s]+", str(url)):
             raise ValueError(f"geoserver.url must be an http(s) URL (got {url!r})")
         if not WORKSPACE_NAME.fullmatch(str(workspace)):
@@ -232,6 +228,8 @@ class GeoServerPublisher(Publisher):
         # copied from for upload
         self.results_store = results_store
         self.time_series = bool(time_series)
+        # the job store, whose layer rows hold what GeoServer was given for each product
+        self.store = store
         self.client = GeoServerClient(self.url, user, password, connect_timeout_s, timeout_s)
         self.workdir = Path(workdir).expanduser().resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -264,32 +262,7 @@ class GeoServerPublisher(Publisher):
                    connect_timeout_s=float(get("connect_timeout_s") or 5),
                    timeout_s=float(get("timeout_s") or 60),
                    time_series=get("time_series", True) is not False,
-                   results_store=settings.results_store)
-
-    # -- catalogue -----------------------------------------------------------------------------
-    @property
-    def catalogue_path(self) -> Path:
-        return self.workdir / CATALOGUE_FILE
-
-    def _read_catalogue(self) -> dict[str, dict[str, Any]]:
-        try:
-            with open(self.catalogue_path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            return {}
-        return {entry["id"]: entry for entry in data.get("products", [])}
-
-    def _write_catalogue(self, catalogue: dict[str, dict[str, Any]]) -> None:
-        products = sorted(catalogue.values(), key=lambda e: (e.get("published") or "", e["id"]))
-        _atomic_write(self.catalogue_path,
-                      json.dumps({"version": 1, "products": products}, indent=1) + "\n")
-
-    def layers(self) -> list[dict[str, Any]]:
-        return sorted(self._read_catalogue().values(),
-                      key=lambda e: (e.get("published") or "", e["id"]))
-
-    def is_published(self, product_id: str) -> bool:
-        return validate_product_id(product_id) in self._read_catalogue()
+                   results_store=settings.results_store, store=settings.job_store)
 
     @contextmanager
     def _locked(self, what: str):
@@ -424,30 +397,33 @@ class GeoServerPublisher(Publisher):
         extent_facts = dict(facts)
         self._call("mosaic metadata", self.client.update_coverage, ws, key, key,
                    self._coverage_body(key, "Water masks through time",
-                                       "Water detected by aquamask on one area at each date: "
+                                       "Water detected by aquamask on one place at each date: "
                                        "choose the date with the WMS TIME parameter. Blue is "
                                        "water; dry land and no data are transparent.",
                                        extent_facts, bbox, time_dimension=True))
         self._call("mosaic style", self.client.publish_style, key, f"{ws}:{self.style}", ws)
 
     # -- Publisher -----------------------------------------------------------------------------
-    def publish(self, product: Product) -> Layer:
+    def publish(self, product: Product, row: dict[str, Any]) -> Layer:
+        """Publish ``product`` as the layer of its ``row`` (name, series, WGS84 box)."""
         path = Path(product.mask_cog)
         if not is_vsi(path):
-            return self._publish(product, path.expanduser().resolve())
+            return self._publish(product, row, path.expanduser().resolve())
         # a result on an object store: GeoServer receives a copy (upload mode only)
         if self.store_mode != "upload" or self.results_store is None:
-            raise ValueError(f"{path} is on an object store: GeoServer can only receive a copy "
-                             "of it (geoserver.store_mode: upload)")
+            raise ValueError(f"{path.name} is on an object store: GeoServer can only receive a "
+                             "copy of it (geoserver.store_mode: upload)")
         with self.results_store.local_copy(path, self.workdir) as local:
-            return self._publish(product, local)
+            return self._publish(product, row, local)
 
-    def _publish(self, product: Product, path: Path) -> Layer:
-        name = layer_name(product.id)
-        facts = _raster_facts(path)
-        bbox = [float(v) for v in product.bbox_wgs84]
-        if len(bbox) != 4:
-            raise ValueError(f"invalid WGS84 bbox {product.bbox_wgs84!r}")
+    def _record(self, row: dict[str, Any], entry: dict[str, Any]) -> None:
+        if self.store is not None:
+            self.store.update_layer(row["product_id"], {"geoserver": entry})
+
+    def _publish(self, product: Product, row: dict[str, Any], path: Path) -> Layer:
+        name = row["name"]
+        facts = raster_facts(path)
+        bbox = [float(v) for v in row["facts"]["bbox_wgs84"]]
         stats = product.stats
         when = product.datetime.astimezone(dt.timezone.utc) if product.datetime else None
         abstract = (f"Water mask {product.id}"
@@ -457,24 +433,18 @@ class GeoServerPublisher(Publisher):
                       "WCS: 0 dry, 1 water, 255 no data.")
         title = product.title or f"Water mask {product.id}"
         series = granule = None
-        if self.time_series and when is not None:
-            series = series_key(facts)
+        if self.time_series and when is not None and row.get("series"):
+            series = row["series"]
             granule = f"{when.strftime(TIME_FORMAT)}_{product.id}.tif"
         ws = self.workspace
         with self._locked("publish"):
-            # the entry is written before the first change on GeoServer, so that an unpublish
-            # after a publish that stopped half-way (killed, timed out) finds the store and
-            # the granule it may have left
-            catalogue = self._read_catalogue()
-            previous = catalogue.get(product.id) or {}
-            entry = {
-                "id": product.id, "name": name, "store": name, "bbox_wgs84": bbox,
-                "series": series, "granule": granule,
-                "time": when.isoformat() if when else None, "mode": self.store_mode,
-                "complete": False, "published": previous.get("published"),
-            }
-            catalogue[product.id] = entry
-            self._write_catalogue(catalogue)
+            # recorded before the first change on GeoServer, so that an unpublish after a
+            # publish that stopped half-way (killed, timed out) finds the store and the granule
+            # it may have left
+            entry = {"store": name, "series": series, "granule": granule,
+                     "time": when.isoformat() if when else None, "mode": self.store_mode,
+                     "complete": False}
+            self._record(row, entry)
             self._ensure_workspace()
             self._ensure_style()
             if not self._call("store lookup", self.client.exists, "workspaces", ws,
@@ -485,24 +455,21 @@ class GeoServerPublisher(Publisher):
             self._call("layer style", self.client.publish_style, name, f"{ws}:{self.style}", ws)
             if series:
                 self._publish_series(product, series, granule, path, facts, bbox)
-            catalogue = self._read_catalogue()
-            catalogue[product.id] = dict(entry, complete=True, published=entry["published"]
-                                         or dt.datetime.now(dt.timezone.utc).isoformat())
-            self._write_catalogue(catalogue)
+            self._record(row, dict(entry, complete=True))
         LOGGER.info("published %s to GeoServer as %s:%s%s", product.id, ws, name,
                     f" (time series {series})" if series else "")
-        return self.layer(product.id, bbox)
+        return self.layer(row)
 
-    def unpublish(self, product_id: str) -> None:
+    def unpublish(self, row: dict[str, Any]) -> None:
         """Delete the product's store, coverage, layer and files on GeoServer, and its granule.
 
-        Deletes by name even without a catalogue entry (a publish that failed half-way leaves
-        a store behind but no entry); raises GeoServerError when GeoServer cannot be reached, so
+        Deletes by name even when the row records nothing (a publish that failed half-way
+        leaves a store behind); raises GeoServerError when GeoServer cannot be reached, so
         the caller can try again later."""
-        name = layer_name(product_id)
+        name = row["name"]
         ws = self.workspace
+        entry = row.get("geoserver") or {}
         with self._locked("unpublish"):
-            entry = self._read_catalogue().get(product_id) or {}
             purge = "metadata" if entry.get("mode", self.store_mode) == "external" else "all"
             self._call("store deletion", self.client.delete_store, ws, name, purge)
             series, granule = entry.get("series"), entry.get("granule")
@@ -515,28 +482,16 @@ class GeoServerPublisher(Publisher):
                                       series):
                         self._call("mosaic deletion", self.client.delete_store, ws, series,
                                    "all")
-            catalogue = self._read_catalogue()
-            if catalogue.pop(product_id, None) is not None:
-                self._write_catalogue(catalogue)
-        LOGGER.info("unpublished %s from GeoServer", product_id)
+        LOGGER.info("unpublished %s from GeoServer", row["product_id"])
 
     # -- reading -------------------------------------------------------------------------------
-    def series_of(self, product_id: str) -> str | None:
-        return (self._read_catalogue().get(validate_product_id(product_id)) or {}).get("series")
-
-    def layer(self, product_id: str, bbox_wgs84: list[float] | tuple[float, ...] | None = None
-              ) -> Layer:
-        if bbox_wgs84 is None:
-            entry = self._read_catalogue().get(product_id)
-            if entry is None:
-                raise KeyError(product_id)
-            bbox_wgs84 = entry["bbox_wgs84"]
-        return service_layer(layer_name(product_id), self.name,
+    def layer(self, row: dict[str, Any]) -> Layer:
+        return service_layer(row["name"], self.name,
                              f"{self.public_url}/{self.workspace}/wms",
-                             f"{self.public_url}/{self.workspace}/wcs", bbox_wgs84,
-                             {"VERSION": "1.0.0"})
+                             f"{self.public_url}/{self.workspace}/wcs",
+                             row["facts"]["bbox_wgs84"], {"VERSION": "1.0.0"})
 
     def series_getmap_url(self, series: str, bbox_wgs84: list[float], time: str) -> str:
-        """A GetMap of the area's mosaic at one date (WMS ``TIME``)."""
+        """A GetMap of the series' mosaic at one date (WMS ``TIME``)."""
         return ogc_url(f"{self.public_url}/{self.workspace}/wms",
                        **getmap_params(series, bbox_wgs84, TIME=time))

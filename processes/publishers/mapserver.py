@@ -1,69 +1,72 @@
-"""The embedded publisher: MapServer 8 serves every published mask over WMS 1.3.0 and WCS 2.0.1.
+"""The embedded map engine: MapServer 8 serves the published layers over WMS 1.3.0 and WCS 2.0.1.
 
-The publisher keeps a small catalogue (``catalogue.json``) of the products it has published.
-Each product's LAYER block is written once, when it is published, to ``layers/<layer>.layer``
-(``config/mapfile-layer.j2``), with a mapfile of its own that includes it
-(``layers/<layer>.map``); the catalogue's mapfile (``config/mapfile.j2``, capabilities, time
-series, requests naming several layers) includes every block and is rewritten on each
-publish/unpublish. MapServer reads its mapfile on each request, so nothing has to be reloaded;
-``/ows`` answers a request naming one product's layer from that layer's own mapfile, because
-MapServer parses the whole mapfile on every request (GetMap took 255 ms with 1,000 layers in
-one mapfile and 766 ms with 5,000, against 146 ms with 100).
+The layers themselves live in the job store (``layers`` rows, written by
+``aquamask.processes.publishing``); every file here is derived from those rows and can be
+rebuilt from them at any time:
 
-Gunicorn workers and job worker processes publish concurrently, so the read-modify-write of the
-catalogue and the rendering of the mapfiles run under one cross-process file lock, and every
-file is written to a temporary name and renamed into place: a reader (MapServer, another
-worker) sees the old file or the new one, never half of one.
+* ``layers/<name>.layer``: a product's LAYER block (``config/mapfile-layer.j2``), written once
+  when it is published, and ``layers/<name>.map``, a mapfile of its own that INCLUDEs it (a
+  request for one layer parses one small file: MapServer parses its whole mapfile on every
+  request, 255 ms with 1,000 layers in one).
+* ``series/<key>.layer``, ``.geojson`` and ``.map``: a time series (the dates of one job) as
+  one WMS layer with a TIME dimension over a tile index of its dates' COGs.
+* ``views/<view>.map``: what one owner may see (their layers and the public ones; everything
+  for managers), for GetCapabilities and requests naming several layers; rendered when first
+  asked for after the catalogue's revision changed, so a publish stays O(1) in the number of
+  layers.
+* ``sets/<digest>.map``: the mapfile of a request naming several layers, rendered on demand.
 
-Beside the mapfile it writes the MapServer 8 configuration file (``mapserver.conf``) that the
-``/ows`` endpoint (``aquamask.server.ows``) hands to ``mapserv`` through ``MAPSERVER_CONFIG_FILE``:
-it forbids map paths from the client; ``/ows`` names the mapfile in ``MS_MAPFILE``.
+Every file is written to a temporary name and renamed into place, so MapServer never reads
+half of one. A layer's files outlive its unpublishing by ``grace_s`` (a request that already
+chose a view including it can still read them), then ``collect()`` removes them. A file that is
+missing or cut short (its last line is not the end marker) is rendered again from its row.
+
+Beside them, the MapServer 8 configuration file (``mapserver.conf``) that ``mapserv`` gets in
+``MAPSERVER_CONFIG_FILE``: no map paths from clients, no POST bodies, no raw VRT bands, and the
+object store's GDAL options (secrets stay out of MapServer's environment: ``mapserver.conf`` is
+readable by the server's user only).
 """
 from __future__ import annotations
 
 import datetime as dt
-from functools import lru_cache
+import hashlib
 import json
 import logging
 import math
 import os
 import re
 import tempfile
+import time
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import jinja2
-from filelock import FileLock
 
-from aquamask.processes.publishers import WMS_MAX_SIZE, Publisher, service_layer
+from aquamask.processes.publishers import Publisher, getmap_params, ogc_url, service_layer
 from aquamask.processes.types import Layer, Product
 
 LOGGER = logging.getLogger(__name__)
 
 NAME = "embedded"
 PRODUCT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+LAYER_NAME = re.compile(r"^(water|series)-[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LAYER_PREFIX = "water-"
-CATALOGUE_FILE = "catalogue.json"
-MAPFILE = "aquamask.map"
-LAYER_MAPS_DIR = "layers"
+SERIES_PREFIX = "series-"
 CONFIG_FILE = "mapserver.conf"
-LOCK_FILE = ".publish.lock"
-MAP_ALIAS = "AQUAMASK"
+LAYERS_DIR, SERIES_DIR, VIEWS_DIR, SETS_DIR = "layers", "series", "views", "sets"
 TEMPLATE = "mapfile.j2"
 LAYER_TEMPLATE = "mapfile-layer.j2"
-# in the first line of every mapfile written: a mapfile without it (an older layout) is
-# rendered again when a publisher starts
-MAPFILE_FORMAT = "aquamask mapfile format 2"
+SERIES_TEMPLATE = "mapfile-series.j2"
+# the first line of every file written; a file of another format is rendered again
+FORMAT = "aquamask mapfile format 3"
+END_MARKER = "# end of aquamask file\n"
 # One blue for the mapfile, the SLD (config/styles/water.sld) and the viewer legend.
 WATER_RGB = (0, 112, 255)
 WATER_HEX = "#0070ff"
 BASE_SRS = ("EPSG:4326", "EPSG:3857")
-LOCK_TIMEOUT_S = 120
-# time series: one WMS layer with a TIME dimension per area, over a tile index of its dates
-SERIES_PREFIX = "series-"
-SERIES_DIR = "series"
 # monitoring products name their style in a GDAL tag of the COG; each style's data type
-# (config/mapfile.j2 draws each; config/styles/<style>.sld is the same for GeoServer)
+# (config/mapfile-layer.j2 draws each; config/styles/<style>.sld is the same for GeoServer)
 STYLE_TAG = "AQUAMASK_STYLE"
 STYLE_DTYPES = {"water": "uint8", "change": "uint8", "frequency": "uint8"}
 # the classes of each monitoring style: config/styles/change.sld and frequency.sld use the
@@ -96,44 +99,33 @@ STYLE_ABSTRACTS = {
 }
 
 
-def layer_name(product_id: str) -> str:
-    """The WMS layer name and WCS coverage id of a product.
-
-    WCS 2.0 coverage ids are NCNames, which cannot start with a digit, and product ids are often
-    UUIDs: the letter prefix makes every valid id a valid coverage id.
-    """
-    return LAYER_PREFIX + validate_product_id(product_id)
-
-
-def series_key(facts: dict[str, Any]) -> str:
-    """The area of a product, shared by both engines: its pixel grid (CRS, extent and
-    resolution, to a tenth of a pixel). Products of one area form one time series layer named
-    by this key (a mosaic needs one CRS, and stepping through dates only means something on one
-    footprint); any other grid is another area."""
-    import hashlib
-
-    res_x, res_y = facts["resolution"]
-    left, bottom, right, top = facts["extent"]
-    crs = f"EPSG:{facts['epsg']}" if facts.get("epsg") else facts["wkt"]
-    grid = [round(left / res_x * 10), round(bottom / res_y * 10), round(right / res_x * 10),
-            round(top / res_y * 10), round(res_x, 9), round(res_y, 9)]
-    digest = hashlib.sha256(json.dumps([crs, grid]).encode()).hexdigest()
-    return SERIES_PREFIX + digest[:16]
-
-
-def _utc_time(text: str) -> str:
-    """An ISO 8601 time as UTC ``YYYY-MM-DDTHH:MM:SSZ`` (naive times are taken as UTC)."""
-    when = dt.datetime.fromisoformat(text)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def validate_product_id(product_id: str) -> str:
     if not isinstance(product_id, str) or not PRODUCT_ID.fullmatch(product_id):
         raise ValueError(f"invalid product id {product_id!r}: expected 1 to 64 letters, digits, "
                          "'-' or '_', starting with a letter or digit")
     return product_id
+
+
+def layer_name(product_id: str) -> str:
+    """The WMS layer name and WCS coverage id of a product.
+
+    WCS 2.0 coverage ids are NCNames, which cannot start with a digit, and product ids are
+    UUIDs: the letter prefix makes every valid id a valid coverage id."""
+    return LAYER_PREFIX + validate_product_id(product_id)
+
+
+def series_name(job_id: str) -> str:
+    """The time-enabled layer of one job's dates (a series is one place over dates: never
+    another job's, never another place's)."""
+    return SERIES_PREFIX + validate_product_id(job_id)
+
+
+def utc_time(text: str) -> str:
+    """An ISO 8601 time as UTC ``YYYY-MM-DDTHH:MM:SSZ`` (naive times are taken as UTC)."""
+    when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _mapserver_string(value: Any) -> str:
@@ -143,18 +135,18 @@ def _mapserver_string(value: Any) -> str:
     return f'"{text}"'
 
 
-def _safe_path(path: Path) -> str:
+def safe_path(path: Path | str) -> str:
     text = str(path)
     if re.search(r'["\x00-\x1f\x7f]', text):
-        raise ValueError(f"path {text!r} cannot be written into a mapfile")
+        raise ValueError("a path with quotes or control characters cannot be written into a "
+                         "mapfile")
     return text
 
 
-def _atomic_write(path: Path, text: str, durable: bool = True) -> None:
-    """``text`` into ``path`` through a temporary file and a rename. ``durable=False`` skips
-    the fsync (a few ms a file) for files derived from the catalogue: after a power loss one
-    may be empty; an empty layer mapfile is not used, an empty catalogue mapfile is rendered
-    again when the next publisher starts."""
+def atomic_write(path: Path, text: str, durable: bool = False, mode: int = 0o644) -> None:
+    """``text`` into ``path`` through a temporary file and a rename. Derived files skip the
+    fsync (a few ms each): after a power loss one may be cut short, and is then rendered
+    again from the store (see ``_intact``)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -162,7 +154,7 @@ def _atomic_write(path: Path, text: str, durable: bool = True) -> None:
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -170,6 +162,18 @@ def _atomic_write(path: Path, text: str, durable: bool = True) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def _intact(path: Path) -> bool:
+    """Whether a derived file is there whole: of this format and ending with the marker."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(FORMAT) + 2)
+            fh.seek(max(0, os.fstat(fh.fileno()).st_size - len(END_MARKER)))
+            tail = fh.read()
+    except FileNotFoundError:
+        return False
+    return head == f"# {FORMAT}".encode() and tail == END_MARKER.encode()
 
 
 @lru_cache(maxsize=1)
@@ -182,28 +186,6 @@ def _templates() -> jinja2.Environment:
         autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     env.filters["q"] = _mapserver_string
     return env
-
-
-def render_layer(entry: dict[str, Any]) -> str:
-    """A catalogue entry's LAYER block (``config/mapfile-layer.j2``)."""
-    native = [f"EPSG:{entry['epsg']}"] if entry.get("epsg") else []
-    layer = {
-        "name": entry["name"],
-        "srs": native + [s for s in BASE_SRS if s not in native],
-        "path": _safe_path(Path(entry["path"])),
-        "epsg": entry.get("epsg"),
-        "extent": [float(v) for v in entry["extent"]],
-        "width": int(entry["width"]),
-        "height": int(entry["height"]),
-        "resolution": [float(v) for v in entry["resolution"]],
-        "title": entry.get("title") or entry["name"],
-        "abstract": entry.get("abstract") or "",
-        "style": entry.get("style") or "water",
-    }
-    return _templates().get_template(LAYER_TEMPLATE).render(
-        layer=layer, water_rgb=WATER_RGB, change_classes=CHANGE_CLASSES,
-        frequency_classes=FREQUENCY_CLASSES, range_labels=RANGE_LABELS,
-        band_descriptions=BAND_DESCRIPTIONS)
 
 
 def raster_style(tags: dict[str, str]) -> str:
@@ -221,15 +203,8 @@ def is_vsi(path: str | os.PathLike) -> bool:
     return str(path).startswith("/vsi")
 
 
-def _present(path: str | os.PathLike) -> bool:
-    """Whether a layer's COG is there: a local file is looked at; a result on an object store
-    is taken as there (it is removed by unpublishing, and a listing per layer on every render
-    would cost a request each)."""
-    return is_vsi(path) or os.path.isfile(path)
-
-
-def _raster_facts(path: Path | str, env=None) -> dict[str, Any]:
-    """What the mapfile needs from the COG itself: native extent, size, resolution, CRS, and
+def raster_facts(path: Path | str, env=None) -> dict[str, Any]:
+    """What a mapfile needs from the COG itself: native extent, size, resolution, CRS, and
     the style it is drawn with. ``env``: the ``rasterio.Env`` to open it in (an object
     store's credentials)."""
     import contextlib
@@ -239,10 +214,10 @@ def _raster_facts(path: Path | str, env=None) -> dict[str, Any]:
     with env or contextlib.nullcontext(), rasterio.open(str(path)) as src:
         style = raster_style(src.tags())
         if src.count < 1 or src.dtypes[0] != STYLE_DTYPES[style]:
-            raise ValueError(f"{path} is not a {STYLE_DTYPES[style]} "
+            raise ValueError(f"{Path(str(path)).name} is not a {STYLE_DTYPES[style]} "
                              + ("mask" if style == "water" else f"{style} raster"))
         if src.crs is None:
-            raise ValueError(f"{path} has no CRS")
+            raise ValueError(f"{Path(str(path)).name} has no CRS")
         epsg = src.crs.to_epsg()
         left, bottom, right, top = src.bounds
         return {
@@ -256,97 +231,89 @@ def _raster_facts(path: Path | str, env=None) -> dict[str, Any]:
         }
 
 
+def product_facts(product: Product, results_store=None) -> dict[str, Any]:
+    """The ``facts`` of a product's layer row: its COG's facts, WGS84 box, title, abstract."""
+    path = Path(product.mask_cog)
+    path = path if is_vsi(path) else path.expanduser().resolve()
+    safe_path(path)
+    facts = raster_facts(path, results_store.gdal_env()
+                         if is_vsi(path) and results_store is not None else None)
+    bbox = [float(v) for v in product.bbox_wgs84]
+    if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
+        raise ValueError(f"invalid WGS84 bbox {product.bbox_wgs84!r}")
+    stats = product.stats
+    when = utc_time(product.datetime.isoformat()) if product.datetime else None
+    abstract = STYLE_ABSTRACTS.get(facts["style"]) or (
+        "Water mask" + (f" of {when}" if when else " (acquisition time unknown)")
+        + f": {stats.water_area_km2:.3f} km2 of water in {stats.valid_area_km2:.3f} km2 "
+          "observed. Blue is water; dry land and no data are transparent. WCS: 0 dry, "
+          "1 water, 255 no data.")
+    return {**facts, "path": str(path), "bbox_wgs84": bbox, "crs": product.crs,
+            "title": product.title or "Water mask", "abstract": abstract}
+
+
 class MapServerPublisher(Publisher):
-    """Publishes products as layers of one MapServer mapfile in ``workdir``.
+    """Derives MapServer's files in ``workdir`` from the layer rows of ``store``.
 
     ``base_url`` is the public URL of the server; the services are at ``{base_url}/ows``.
-    """
+    ``max_size``: MapServer's MAXSIZE (largest WMS image or WCS coverage side), fixed by
+    configuration rather than by what was published."""
 
     name = NAME
 
-    def __init__(self, workdir: Path | str, base_url: str, results_store=None) -> None:
-        # the results store (``aquamask.processes.results``) of products on an object store
+    def __init__(self, workdir: Path | str, base_url: str, store, results_store=None, *,
+                 max_size: int = 16384, grace_s: float = 180.0) -> None:
+        self.store = store
         self.results_store = results_store
         self.workdir = Path(workdir).expanduser().resolve()
         self.base_url = base_url.rstrip("/")
         self.ows_url = f"{self.base_url}/ows"
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        _safe_path(self.workdir)
-        self._lock = FileLock(str(self.workdir / LOCK_FILE), timeout=LOCK_TIMEOUT_S)
-        if not self._files_current():
-            with self._lock:
-                if not self._files_current():
-                    self._write_config()
-                    self._render_all(self._read_catalogue())
+        self.max_size = int(max_size)
+        self.grace_s = float(grace_s)
+        safe_path(self.workdir)
+        for folder in (LAYERS_DIR, SERIES_DIR, VIEWS_DIR, SETS_DIR):
+            (self.workdir / folder).mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self._header_tag = hashlib.sha256(f"{self.ows_url}\n{self.max_size}".encode()) \
+            .hexdigest()[:12]
 
     @classmethod
     def from_settings(cls, settings) -> "MapServerPublisher":
-        """``mapserver.workdir`` (default ``mapserver`` under ``home``) and ``server.url``."""
+        from aquamask.processes.jobstore import JobStore
+
         workdir = settings.get("mapserver", "workdir") or "mapserver"
-        return cls(settings.path(workdir), settings.url, settings.results_store)
+        return cls(settings.path(workdir), settings.url,
+                   JobStore(settings.database_url, create=False,
+                            retry_s=float(settings.get("jobs", "store_retry_s") or 120)),
+                   settings.results_store,
+                   max_size=int(settings.get("mapserver", "max_size") or 16384),
+                   grace_s=2 * float(settings.get("mapserver", "timeout") or 60) + 60)
 
-    # -- files ---------------------------------------------------------------------------------
-    @property
-    def mapfile_path(self) -> Path:
-        return self.workdir / MAPFILE
-
+    # -- the configuration file ----------------------------------------------------------------
     @property
     def config_path(self) -> Path:
         """The MapServer 8 config file to pass as ``MAPSERVER_CONFIG_FILE``."""
         return self.workdir / CONFIG_FILE
 
-    @property
-    def layer_maps_dir(self) -> Path:
-        return self.workdir / LAYER_MAPS_DIR
-
-    def _layer_block(self, name: str) -> Path:
-        return self.layer_maps_dir / f"{name}.layer"
-
-    def layer_mapfile(self, name: str) -> Path | None:
-        """The mapfile of the product published as layer ``name`` alone, None if there is no
-        such layer (any other name: a series, several layers, a typo)."""
-        if not name.startswith(LAYER_PREFIX) \
-                or not PRODUCT_ID.fullmatch(name[len(LAYER_PREFIX):]):
-            return None
-        path = self.layer_maps_dir / f"{name}.map"
-        try:  # either file empty: cut by a crash
-            return path if path.stat().st_size and self._layer_block(name).stat().st_size \
-                else None
-        except FileNotFoundError:
-            return None
-
-    @property
-    def catalogue_path(self) -> Path:
-        return self.workdir / CATALOGUE_FILE
-
     def config_text(self) -> str:
-        mapfile = _safe_path(self.mapfile_path)
-        return (
-            "# Generated by aquamask: the MapServer 8 configuration of the /ows endpoint.\n"
-            "CONFIG\n"
-            "  ENV\n"
-            "    # clients never name a mapfile: only the aliases below, and /ows strips map=;\n"
-            "    # /ows names the mapfile of each request in MS_MAPFILE (not set here: this\n"
-            "    # file's ENV would override it)\n"
-            '    MS_MAP_NO_PATH "1"\n'
-            "    # MapServer's errors go to its stderr, which /ows logs\n"
-            '    MS_ERRORFILE "stderr"\n'
-            "  END\n"
-            "  MAPS\n"
-            f'    {MAP_ALIAS} "{mapfile}"\n'
-            "  END\n"
-            "END\n"
-        )
-
-    def _files_current(self) -> bool:
-        """The config file is this one and the mapfile advertises this ``base_url``."""
-        try:
-            mapfile = self.mapfile_path.read_text(encoding="utf-8")
-            return (self.config_path.read_text(encoding="utf-8") == self.config_text()
-                    and mapfile.startswith(f"# {MAPFILE_FORMAT};")
-                    and f'"ows_onlineresource" "{self.ows_url}?"' in mapfile)
-        except FileNotFoundError:
-            return False
+        gdal = self.results_store.cgi_environment() if self.results_store is not None else {}
+        env = {
+            # clients never name a mapfile: /ows gives each request's in MS_MAPFILE
+            "MS_MAP_NO_PATH": "1",
+            # /ows sends GET requests only: nothing can be fed to mapserv's standard input
+            "MS_NO_POST": "1",
+            # MapServer's errors go to its stderr, which /ows logs
+            "MS_ERRORFILE": "stderr",
+            # defence in depth: no VRT may read raw bytes of a local file
+            "GDAL_VRT_ENABLE_RAWRASTERBAND": "NO",
+            "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+            **gdal,
+        }
+        lines = [f"# {FORMAT}; generated by aquamask: the MapServer 8 configuration of /ows",
+                 "CONFIG", "  ENV"]
+        lines += [f"    {key} {_mapserver_string(value)}" for key, value in env.items()]
+        lines += ["  END", "  MAPS", "  END", "END", END_MARKER.rstrip("\n"), ""]
+        return "\n".join(lines)
 
     def _write_config(self) -> None:
         text = self.config_text()
@@ -355,232 +322,252 @@ class MapServerPublisher(Publisher):
                 return
         except FileNotFoundError:
             pass
-        _atomic_write(self.config_path, text)
+        # 0600: the object store's secrets may be in it
+        atomic_write(self.config_path, text, durable=True, mode=0o600)
 
-    def _read_catalogue(self) -> dict[str, dict[str, Any]]:
-        try:
-            with open(self.catalogue_path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            return {}
-        return {entry["id"]: entry for entry in data.get("products", [])}
+    # -- rendering -----------------------------------------------------------------------------
+    def _block_path(self, row: dict[str, Any]) -> Path:
+        return self.workdir / LAYERS_DIR / f"{row['name']}.layer"
 
-    def _write_catalogue(self, catalogue: dict[str, dict[str, Any]]) -> None:
-        products = sorted(catalogue.values(), key=lambda e: (e.get("published", ""), e["id"]))
-        # one product a line: json's C encoder (indent= would take the pure-Python one, ~10x
-        # slower at every publish of a large catalogue), and still readable
-        lines = ",\n".join(json.dumps(product) for product in products)
-        _atomic_write(self.catalogue_path,
-                      f'{{"version": 1, "products": [\n{lines}\n]}}\n')
+    def _own_path(self, name: str) -> Path:
+        folder = SERIES_DIR if name.startswith(SERIES_PREFIX) else LAYERS_DIR
+        return self.workdir / folder / f"{name}.map"
 
-    @staticmethod
-    def _available(catalogue: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-        """The entries whose COG is there, oldest first: a COG removed without unpublishing
-        would make every request naming it fail."""
-        entries = sorted(catalogue.values(), key=lambda e: (e.get("published", ""), e["id"]))
-        missing = [e["id"] for e in entries if not _present(e["path"])]
-        if missing:
-            LOGGER.warning("left out of the mapfile, their COG is gone: %s", ", ".join(missing))
-            entries = [e for e in entries if e["id"] not in missing]
-        return entries
-
-    def render_mapfile(self, entries: list[dict[str, Any]],
-                       series: Sequence[dict[str, Any]] = ()) -> str:
-        """The mapfile of ``entries`` (available ones, see ``_available``) and of the time
-        ``series`` layers (``_series``)."""
-        epsgs = []
-        for entry in entries:
-            if entry.get("epsg") and f"EPSG:{entry['epsg']}" not in BASE_SRS + tuple(epsgs):
-                epsgs.append(f"EPSG:{entry['epsg']}")
-        # each layer's block is its own file (written when it was published), included
-        layers = [{"include": _safe_path(self._layer_block(e["name"]))} for e in entries]
-        if entries:
-            boxes = [e["bbox_wgs84"] for e in entries]
-            map_extent = [min(b[0] for b in boxes), min(b[1] for b in boxes),
-                          max(b[2] for b in boxes), max(b[3] for b in boxes)]
+    def _mapfile(self, includes: Sequence[Path], extents: Sequence[Sequence[float]],
+                 epsgs: Iterable[int | None], note: str) -> str:
+        srs = list(BASE_SRS) + sorted({f"EPSG:{e}" for e in epsgs if e} - set(BASE_SRS))
+        if extents:
+            box = [min(b[0] for b in extents), min(b[1] for b in extents),
+                   max(b[2] for b in extents), max(b[3] for b in extents)]
         else:
-            map_extent = [-180.0, -90.0, 180.0, 90.0]
+            box = [-180.0, -90.0, 180.0, 90.0]
         return _templates().get_template(TEMPLATE).render(
-            format=MAPFILE_FORMAT,
-            generated=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            format=FORMAT, note=f"{note}; header {self._header_tag}", ows_url=self.ows_url,
             title="aquamask water masks",
             abstract="Water detected in satellite imagery by aquamask: blue is water; dry land "
                      "and no data are transparent. WCS coverages hold the classes "
                      "(0 dry, 1 water, 255 no data).",
-            ows_url=self.ows_url,
-            srs=list(BASE_SRS) + epsgs,
-            map_extent=map_extent,
-            layers=layers,
-            series=series,
-            maxsize=max([WMS_MAX_SIZE]
-                        + [max(int(e["width"]), int(e["height"])) for e in entries]),
-            water_rgb=WATER_RGB,
-        )
+            srs=srs, map_extent=box, maxsize=self.max_size,
+            includes=[safe_path(p) for p in includes], end_marker=END_MARKER)
 
-    @property
-    def series_dir(self) -> Path:
-        return self.workdir / SERIES_DIR
+    def render(self, row: dict[str, Any]) -> None:
+        """A product's block, then its own mapfile, which includes it (before anything that
+        advertises it: the row's commit makes views render again)."""
+        facts = row["facts"]
+        native = [f"EPSG:{facts['epsg']}"] if facts.get("epsg") else []
+        layer = {
+            "name": row["name"],
+            "srs": native + [s for s in BASE_SRS if s not in native],
+            "path": safe_path(facts["path"]),
+            "epsg": facts.get("epsg"),
+            "extent": [float(v) for v in facts["extent"]],
+            "width": int(facts["width"]),
+            "height": int(facts["height"]),
+            "resolution": [float(v) for v in facts["resolution"]],
+            "title": facts.get("title") or row["name"],
+            "abstract": facts.get("abstract") or "",
+            "style": facts.get("style") or "water",
+        }
+        block = _templates().get_template(LAYER_TEMPLATE).render(
+            format=FORMAT, layer=layer, water_rgb=WATER_RGB, change_classes=CHANGE_CLASSES,
+            frequency_classes=FREQUENCY_CLASSES, range_labels=RANGE_LABELS,
+            band_descriptions=BAND_DESCRIPTIONS, end_marker=END_MARKER)
+        atomic_write(self._block_path(row), block)
+        atomic_write(self._own_path(row["name"]), self._mapfile(
+            [self._block_path(row)], [row["facts"]["bbox_wgs84"]], [facts.get("epsg")],
+            f"layer {row['name']}"))
+        self._retired_marker(row["name"]).unlink(missing_ok=True)
 
-    def _series(self, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The time series layers: the dated products of each area (EPSG grids only)."""
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for entry in entries:
-            if entry.get("datetime") and entry.get("epsg") \
-                    and (entry.get("style") or "water") == "water":
-                groups.setdefault(series_key(entry), []).append(entry)
-        series = []
-        for key, members in sorted(groups.items()):
-            members = sorted(members, key=lambda e: _utc_time(e["datetime"]))
-            times = sorted({_utc_time(e["datetime"]) for e in members})
-            extents = [e["extent"] for e in members]
-            series.append({
-                "name": key,
-                "index_name": f"{key}-index",
-                "index_path": _safe_path(self.series_dir / f"{key}.geojson"),
-                "epsg": members[0]["epsg"],
-                "srs": [f"EPSG:{members[0]['epsg']}"]
-                + [s for s in BASE_SRS if s != f"EPSG:{members[0]['epsg']}"],
-                "extent": [min(e[0] for e in extents), min(e[1] for e in extents),
-                           max(e[2] for e in extents), max(e[3] for e in extents)],
-                "times": times,
-                "members": members,
-            })
-        return series
-
-    @staticmethod
-    def _index_geojson(series: dict[str, Any]) -> str:
-        """The tile index of a series: one footprint per date, its COG and its time."""
+    def render_series(self, series: str) -> bool:
+        """A job's series layer from its dated rows: tile index, block and mapfile. False (and
+        the series' files retired) when it has no served member left."""
+        members = [r for r in self.store.layers(series=series)
+                   if r["engine"] == NAME and r.get("datetime") and r["facts"].get("epsg")]
+        if not members:
+            self.retire(series)
+            return False
+        members.sort(key=lambda r: utc_time(r["datetime"]))
+        epsg = members[0]["facts"]["epsg"]
+        members = [r for r in members if r["facts"]["epsg"] == epsg]  # one CRS a mosaic
+        folder = self.workdir / SERIES_DIR
+        index = folder / f"{series}.geojson"
         features = []
-        for entry in series["members"]:
-            left, bottom, right, top = (float(v) for v in entry["extent"])
+        for row in members:
+            left, bottom, right, top = (float(v) for v in row["facts"]["extent"])
             features.append({
                 "type": "Feature",
-                "properties": {"location": entry["path"], "time": _utc_time(entry["datetime"]),
-                               "id": entry["id"]},
+                "properties": {"location": row["facts"]["path"],
+                               "time": utc_time(row["datetime"])},
                 "geometry": {"type": "Polygon", "coordinates": [[
                     [left, bottom], [right, bottom], [right, top], [left, top],
                     [left, bottom]]]}})
-        return json.dumps({"type": "FeatureCollection", "crs": {
-            "type": "name",
-            "properties": {"name": f"urn:ogc:def:crs:EPSG::{series['epsg']}"}},
-            "features": features}) + "\n"  # no indent=: json's C encoder, on every publish
+        atomic_write(index, json.dumps({"type": "FeatureCollection", "crs": {
+            "type": "name", "properties": {"name": f"urn:ogc:def:crs:EPSG::{epsg}"}},
+            "features": features}) + "\n")
+        extents = [r["facts"]["extent"] for r in members]
+        times = [utc_time(r["datetime"]) for r in members]
+        block = _templates().get_template(SERIES_TEMPLATE).render(
+            format=FORMAT, end_marker=END_MARKER, water_rgb=WATER_RGB, series={
+                "name": series, "index_name": f"{series}-index", "index_path": safe_path(index),
+                "epsg": epsg,
+                "srs": [f"EPSG:{epsg}"] + [s for s in BASE_SRS if s != f"EPSG:{epsg}"],
+                "extent": [min(e[0] for e in extents), min(e[1] for e in extents),
+                           max(e[2] for e in extents), max(e[3] for e in extents)],
+                "times": times})
+        block_path = folder / f"{series}.layer"
+        atomic_write(block_path, block)
+        boxes = [r["facts"]["bbox_wgs84"] for r in members]
+        atomic_write(self._own_path(series), self._mapfile([block_path], boxes, [epsg],
+                                                           f"series {series}"))
+        self._retired_marker(series).unlink(missing_ok=True)
+        return True
 
-    def _render_layer(self, entry: dict[str, Any]) -> None:
-        """The layer's block, then its own mapfile, which includes it."""
-        self.layer_maps_dir.mkdir(exist_ok=True)
-        _atomic_write(self._layer_block(entry["name"]), render_layer(entry), durable=False)
-        _atomic_write(self.layer_maps_dir / f"{entry['name']}.map",
-                      self.render_mapfile([entry]),
-                      durable=False)
+    def _block_of(self, name: str) -> Path:
+        folder = SERIES_DIR if name.startswith(SERIES_PREFIX) else LAYERS_DIR
+        return self.workdir / folder / f"{name}.layer"
 
-    def _render_all(self, catalogue: dict[str, dict[str, Any]]) -> None:
-        """Every mapfile (at start, when the config or the server URL changed)."""
-        for entry in catalogue.values():
-            if _present(entry["path"]):
-                self._render_layer(entry)
-        self._render(catalogue)
-        keep = {entry["name"] for entry in catalogue.values()}
-        if self.layer_maps_dir.is_dir():
-            for stale in self.layer_maps_dir.iterdir():
-                if stale.suffix in (".map", ".layer") and stale.stem not in keep:
-                    stale.unlink(missing_ok=True)
+    # -- serving -------------------------------------------------------------------------------
+    def layer_mapfile(self, row: dict[str, Any]) -> Path:
+        """The mapfile of one product's layer, rendered again if missing or cut short."""
+        path = self._own_path(row["name"])
+        if not (_intact(path) and _intact(self._block_path(row))):
+            LOGGER.warning("layer %s: its mapfile was missing or broken; rendered again",
+                           row["name"])
+            self.render(row)
+        return path
 
-    def _render(self, catalogue: dict[str, dict[str, Any]]) -> None:
-        entries = self._available(catalogue)
-        series = self._series(entries)
-        text = self.render_mapfile(entries, series)
-        # the tile indexes before the mapfile that names them; stale ones after it
-        if series:
-            self.series_dir.mkdir(exist_ok=True)
-        for item in series:
-            _atomic_write(Path(item["index_path"]), self._index_geojson(item), durable=False)
-        _atomic_write(self.mapfile_path, text, durable=False)
-        keep = {f"{item['name']}.geojson" for item in series}
-        if self.series_dir.is_dir():
-            for stale in self.series_dir.glob("*.geojson"):
-                if stale.name not in keep:
-                    stale.unlink(missing_ok=True)
+    def series_mapfile(self, series: str) -> Path | None:
+        path = self._own_path(series)
+        if not (_intact(path) and _intact(self._block_of(series))):
+            if not self.render_series(series):
+                return None
+        return path
 
-    def series_of(self, product_id: str) -> str | None:
-        """The time series layer holding ``product_id``, if it has a date and an EPSG grid."""
-        entry = self._read_catalogue().get(validate_product_id(product_id))
-        if not entry or not entry.get("datetime") or not entry.get("epsg"):
-            return None
-        return series_key(entry)
+    def view_mapfile(self, owner: str | None, everyone: bool = False) -> Path:
+        """The mapfile of every layer ``owner`` may see (``everyone``: a manager), rendered
+        again when the catalogue changed since it was written."""
+        key = "all" if everyone else hashlib.sha256(
+            (owner or "\0public").encode()).hexdigest()[:24]
+        path = self.workdir / VIEWS_DIR / f"{key}.map"
+        revision = self.store.revision()
+        stamp = f"revision {revision}"
+        if _intact(path) and self._note_of(path) == f"{stamp}; header {self._header_tag}":
+            return path
+        revision, rows = self.store.visible_layers(owner, everyone=everyone)
+        served = [r for r in rows if r["engine"] == NAME]
+        path = self._render_set(path, served, f"revision {revision}")
+        return path
+
+    def set_mapfile(self, rows: Sequence[dict[str, Any]]) -> Path:
+        """The mapfile of a request naming several layers (products and series)."""
+        names = sorted({r["name"] for r in rows})
+        digest = hashlib.sha256("\n".join(names + [self._header_tag]).encode()).hexdigest()[:24]
+        path = self.workdir / SETS_DIR / f"{digest}.map"
+        if _intact(path) and all(_intact(self._block_of(n)) for n in names):
+            os.utime(path)  # in use: collect() keeps it
+            return path
+        return self._render_set(path, rows, "set")
+
+    def _render_set(self, path: Path, rows: Sequence[dict[str, Any]], note: str) -> Path:
+        includes, extents, epsgs, series = [], [], [], set()
+        for row in rows:
+            if row.get("series"):
+                series.add(row["series"])
+            if row["name"].startswith(SERIES_PREFIX):
+                continue
+            self.layer_mapfile(row)  # its block there and whole
+            includes.append(self._block_path(row))
+            extents.append(row["facts"]["bbox_wgs84"])
+            epsgs.append(row["facts"].get("epsg"))
+        for key in sorted(series | {r["name"] for r in rows
+                                    if r["name"].startswith(SERIES_PREFIX)}):
+            if self.series_mapfile(key) is not None:
+                includes.append(self._block_of(key))
+        atomic_write(path, self._mapfile(includes, extents, epsgs, note))
+        return path
+
+    @staticmethod
+    def _note_of(path: Path) -> str:
+        with open(path, encoding="utf-8") as fh:
+            first = fh.readline()
+        return first.split("; ", 1)[1].strip() if "; " in first else ""
+
+    # -- unpublishing and collection -----------------------------------------------------------
+    def _retired_marker(self, name: str) -> Path:
+        folder = SERIES_DIR if name.startswith(SERIES_PREFIX) else LAYERS_DIR
+        return self.workdir / folder / f"{name}.retired"
+
+    def retire(self, name: str) -> None:
+        """Mark a layer's files for removal once no request can still read them."""
+        if self._own_path(name).exists():
+            atomic_write(self._retired_marker(name), f"{time.time()}\n")
+
+    def collect(self) -> int:
+        """Remove the files of layers retired longer than ``grace_s`` ago, and sets not used
+        for as long; the number of layers removed."""
+        now = time.time()
+        removed = 0
+        for folder in (LAYERS_DIR, SERIES_DIR):
+            for marker in (self.workdir / folder).glob("*.retired"):
+                try:
+                    retired = float(marker.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    retired = 0.0
+                if now - retired < self.grace_s:
+                    continue
+                for suffix in (".map", ".layer", ".geojson", ".retired"):
+                    (marker.parent / f"{marker.stem}{suffix}").unlink(missing_ok=True)
+                removed += 1
+        for folder in (SETS_DIR, VIEWS_DIR):
+            for path in (self.workdir / folder).glob("*.map"):
+                try:
+                    if now - path.stat().st_mtime > max(self.grace_s, 3600):
+                        path.unlink()
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    def rebuild(self) -> int:
+        """Every layer's files from the store (at start, or on demand): the missing and broken
+        ones rendered, those of layers no longer in the store retired; the number rendered."""
+        rows = self.store.layers(engine=NAME)
+        rendered = 0
+        for row in rows:
+            if not (_intact(self._own_path(row["name"])) and _intact(self._block_path(row))
+                    and self._note_of(self._own_path(row["name"])).endswith(self._header_tag)):
+                self.render(row)
+                rendered += 1
+        for key in sorted({r["series"] for r in rows if r.get("series")}):
+            self.render_series(key)
+        known = {r["name"] for r in rows} | {r["series"] for r in rows if r.get("series")}
+        for folder in (LAYERS_DIR, SERIES_DIR):
+            for path in (self.workdir / folder).glob("*.map"):
+                if path.stem not in known and not self._retired_marker(path.stem).exists():
+                    self.retire(path.stem)
+        return rendered
 
     # -- Publisher -----------------------------------------------------------------------------
-    def publish(self, product: Product) -> Layer:
-        name = layer_name(product.id)
-        path = Path(product.mask_cog)
-        path = path if is_vsi(path) else path.expanduser().resolve()
-        _safe_path(path)
-        facts = _raster_facts(path, self.results_store.gdal_env()
-                              if is_vsi(path) and self.results_store is not None else None)
-        bbox = [float(v) for v in product.bbox_wgs84]
-        if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
-            raise ValueError(f"invalid WGS84 bbox {product.bbox_wgs84!r}")
-        stats = product.stats
-        abstract = STYLE_ABSTRACTS.get(facts["style"]) or (
-            f"Water mask {product.id}"
-            + (f", acquired {product.datetime.isoformat()}" if product.datetime else "")
-            + f": {stats.water_area_km2:.3f} km2 of water in {stats.valid_area_km2:.3f} "
-              "km2 observed. Blue is water; dry land and no data are transparent.")
-        entry = {
-            "id": product.id,
-            "name": name,
-            "title": product.title or f"Water mask {product.id}",
-            "abstract": abstract,
-            "path": str(path),
-            "bbox_wgs84": bbox,
-            "crs": product.crs,
-            "datetime": product.datetime.isoformat() if product.datetime else None,
-            **facts,
-        }
-        with self._lock:
-            catalogue = self._read_catalogue()
-            previous = catalogue.get(product.id)
-            entry["published"] = (previous or {}).get("published") or \
-                dt.datetime.now(dt.timezone.utc).isoformat()
-            catalogue[product.id] = entry
-            self._write_config()
-            # the mapfiles first: a failed render leaves the catalogue unchanged; the layer's
-            # own before the catalogue's, which advertises it
-            self._render_layer(entry)
-            self._render(catalogue)
-            self._write_catalogue(catalogue)
-        LOGGER.info("published %s as %s", product.id, name)
-        return self.layer(product.id, bbox)
+    def publish(self, product: Product, row: dict[str, Any]) -> Layer:
+        self.render(row)
+        if row.get("series"):
+            self.render_series(row["series"])
+        return self.layer(row)
 
-    def unpublish(self, product_id: str) -> None:
-        validate_product_id(product_id)
-        with self._lock:
-            catalogue = self._read_catalogue()
-            entry = catalogue.pop(product_id, None)
-            if entry is None:
-                return
-            self._render(catalogue)
-            self._write_catalogue(catalogue)
-            (self.layer_maps_dir / f"{entry['name']}.map").unlink(missing_ok=True)
-            self._layer_block(entry["name"]).unlink(missing_ok=True)
-        LOGGER.info("unpublished %s", product_id)
+    def unpublish(self, row: dict[str, Any]) -> None:
+        self.retire(row["name"])
+        if row.get("series"):
+            self.render_series(row["series"])
+        self.collect()
 
-    # -- reading -------------------------------------------------------------------------------
-    def layers(self) -> list[dict[str, Any]]:
-        """The published products, oldest first, as stored in the catalogue."""
-        return sorted(self._read_catalogue().values(),
-                      key=lambda e: (e.get("published", ""), e["id"]))
-
-    def is_published(self, product_id: str) -> bool:
-        return validate_product_id(product_id) in self._read_catalogue()
-
-    def layer(self, product_id: str, bbox_wgs84: tuple[float, ...] | list[float] | None = None
-              ) -> Layer:
-        """The ``Layer`` (service URLs) of a product; ``bbox_wgs84`` defaults to the catalogue's."""
-        if bbox_wgs84 is None:
-            entry = self._read_catalogue().get(product_id)
-            if entry is None:
-                raise KeyError(product_id)
-            bbox_wgs84 = entry["bbox_wgs84"]
+    def layer(self, row: dict[str, Any]) -> Layer:
+        """The ``Layer`` (service URLs) of a layer row."""
         # MapServer's legend for WMS 1.3.0 needs SLD_VERSION
-        return service_layer(layer_name(product_id), self.name, self.ows_url, self.ows_url,
-                             bbox_wgs84, {"VERSION": "1.3.0", "SLD_VERSION": "1.1.0"})
+        return service_layer(row["name"], self.name, self.ows_url, self.ows_url,
+                             row["facts"]["bbox_wgs84"], {"VERSION": "1.3.0",
+                                                          "SLD_VERSION": "1.1.0"})
+
+    def series_urls(self, series: str, bbox_wgs84: Sequence[float], times: Sequence[str]
+                    ) -> dict[str, str]:
+        """A GetMap of the series at each of ``times``."""
+        return {t: ogc_url(self.ows_url, **getmap_params(series, bbox_wgs84, TIME=t))
+                for t in times}

@@ -8,6 +8,7 @@ A small mask COG with known classes, in a UTM zone or in EPSG:4326, wrapped in a
 """
 from __future__ import annotations
 
+import datetime as dt
 import io
 import re
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from flask import Flask
+from flask import Flask, g
 from PIL import Image
 from rasterio.transform import Affine, from_origin
 from rasterio.warp import transform as warp_transform
@@ -24,8 +25,11 @@ from rasterio.warp import transform_bounds
 from rio_cogeo.cogeo import cog_translate
 from rio_cogeo.profiles import cog_profiles
 
+from aquamask.processes.identity import Identity, current_identity, with_implied_roles
+from aquamask.processes.jobstore import JobStore
 from aquamask.processes.publishers.mapserver import MapServerPublisher
-from aquamask.processes.types import MaskStats, Product
+from aquamask.processes.settings import Settings
+from aquamask.processes.types import Layer, MaskStats, Product
 
 SIZE = 256
 WATER = (slice(64, 128), slice(64, 128))
@@ -92,27 +96,94 @@ def write_mask_cog(path: Path, crs: str = "EPSG:32630") -> MaskFile:
     return MaskFile(path, crs, transform, classes)
 
 
-def make_product(mask: MaskFile, product_id: str, title: str = "") -> Product:
+def make_product(mask: MaskFile, product_id: str, title: str = "",
+                 when: dt.datetime | None = None) -> Product:
     water = int((mask.classes == 1).sum())
     valid = int((mask.classes != 255).sum())
     return Product(id=product_id, directory=mask.path.parent, mask_cog=mask.path,
                    stac_item=mask.path.parent / "item.json",
                    stats=MaskStats(water, valid, mask.classes.size, water * 1e-4, valid * 1e-4),
-                   bbox_wgs84=mask.bbox_wgs84, crs=mask.crs, title=title)
+                   bbox_wgs84=mask.bbox_wgs84, crs=mask.crs, title=title, datetime=when)
 
 
-def mapfile_text(publisher: MapServerPublisher) -> str:
-    """The catalogue's mapfile as MapServer reads it: each INCLUDEd layer block in place."""
-    return re.sub(r'^  INCLUDE "([^"]+)"$', lambda m: Path(m.group(1)).read_text(),
-                  publisher.mapfile_path.read_text(), flags=re.M)
+MANAGER = Identity("boss", with_implied_roles({"manager"}), issuer="https://idp.example.org")
+ALICE = Identity("alice", with_implied_roles({"researcher"}), issuer="https://idp.example.org")
+BOB = Identity("bob", with_implied_roles({"viewer"}), issuer="https://idp.example.org")
+ANONYMOUS = Identity("anonymous", with_implied_roles({"researcher"}), anonymous=True)
 
 
-def ows_app(publisher: MapServerPublisher, **kwargs) -> Flask:
+@dataclass
+class Catalogue:
+    """A server's home for the map engine's tests: its settings, job store and publishing,
+    with jobs added as a finished job of ``owner`` (a real job store, real files)."""
+
+    settings: Settings
+
+    @property
+    def store(self) -> JobStore:
+        return self.settings.job_store
+
+    @property
+    def publisher(self) -> MapServerPublisher:
+        return MapServerPublisher.from_settings(self.settings)
+
+    def add_job(self, job_id: str, owner: Identity = ALICE, public: bool = False) -> None:
+        if self.store.get(job_id) is None:
+            self.store.add({"identifier": job_id, "process_id": "water-detection",
+                            "status": "successful", "owner": owner.owner,
+                            "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+                            "inputs": {"public": public}, "submitted": True})
+
+    def publish(self, mask: MaskFile, product_id: str, *, owner: Identity = ALICE,
+                public: bool = False, title: str = "", when: dt.datetime | None = None,
+                series: str | None = None) -> Layer:
+        from aquamask.processes import publishing
+
+        self.add_job(publishing.job_of(product_id), owner, public)
+        return publishing.publish(make_product(mask, product_id, title, when), self.settings,
+                                  series=series)
+
+    def unpublish(self, job_id: str) -> None:
+        from aquamask.processes import publishing
+
+        publishing.unpublish(job_id, self.settings)
+
+    def names(self) -> list[str]:
+        return [row["name"] for row in self.store.layers()]
+
+
+def catalogue_at(home: Path, base_url: str = BASE_URL, **overrides: str) -> Catalogue:
+    settings = Settings.load(environ={"AQUAMASK__HOME": str(home),
+                                      "AQUAMASK__SERVER__URL": base_url, **overrides})
+    settings.ensure_dirs()
+    JobStore(settings.database_url)  # the server creates the store when it starts
+    return Catalogue(settings)
+
+
+def ows_app(catalogue: Catalogue, identity: Identity | None = MANAGER) -> Flask:
+    """/ows of ``catalogue`` as ``identity`` asks it (the server's auth sets it per request)."""
     from aquamask.server.ows import ows_blueprint
 
     app = Flask("ows-test")
-    app.register_blueprint(ows_blueprint(lambda: publisher, **kwargs))
+    app.register_blueprint(ows_blueprint(catalogue.settings))
+
+    @app.before_request
+    def who() -> None:
+        g.identity_token = current_identity.set(identity)
+
+    @app.teardown_request
+    def forget(_exc) -> None:
+        current_identity.reset(g.pop("identity_token"))
+
     return app
+
+
+def view_text(settings: Settings) -> str:
+    """Every layer's mapfile text as MapServer reads it for a manager's capabilities: the
+    view with each INCLUDEd block in place."""
+    view = MapServerPublisher.from_settings(settings).view_mapfile(None, everyone=True)
+    return re.sub(r'^  INCLUDE "([^"]+)"$', lambda m: Path(m.group(1)).read_text(),
+                  view.read_text(), flags=re.M)
 
 
 def png_rgba(data: bytes) -> np.ndarray:
@@ -131,7 +202,7 @@ def image_pixel(bbox_xy: tuple[float, float, float, float], width: int, height: 
 
 
 def layer_names(capabilities_xml: bytes) -> list[str]:
-    return re.findall(r"<Name>(water-[^<]+)</Name>", capabilities_xml.decode())
+    return re.findall(r"<Name>((?:water|series)-[^<]+)</Name>", capabilities_xml.decode())
 
 
 def coverage_ids(capabilities_xml: bytes) -> list[str]:
@@ -145,10 +216,10 @@ def masks(tmp_path_factory) -> dict[str, MaskFile]:
 
 
 @pytest.fixture
-def publisher(tmp_path) -> MapServerPublisher:
-    return MapServerPublisher(tmp_path / "mapserver", BASE_URL)
+def catalogue(tmp_path) -> Catalogue:
+    return catalogue_at(tmp_path / "home")
 
 
 @pytest.fixture
-def client(publisher):
-    return ows_app(publisher).test_client()
+def client(catalogue):
+    return ows_app(catalogue).test_client()

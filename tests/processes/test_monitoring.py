@@ -14,10 +14,10 @@ from PIL import Image
 
 from aquamask.processes import monitoring, publishing
 from aquamask.processes.errors import Cancelled, InvalidInput, MissingInput, TooLarge
-from aquamask.processes.publishers.mapserver import MapServerPublisher
+from aquamask.processes.jobstore import JobStore
 from aquamask.processes.settings import Settings
 from aquamask.processes import water_change, water_frequency, water_timeseries
-from tests.processes.conftest_mapserver import mapfile_text
+from tests.processes.conftest_mapserver import view_text
 from tests.processes.monitoring_scenes import (DATES, GAIN, USABLE, build_scenes, field_csv)
 
 PIXEL_KM2 = 1e-4  # a 10 m UTM pixel; the ellipsoidal area differs by < 0.05 % here
@@ -40,6 +40,7 @@ def settings_for(home, scenes, **extra) -> Settings:
     environ.update({f"AQUAMASK__{k.upper()}": str(v) for k, v in extra.items()})
     settings = Settings.load(environ=environ)
     settings.ensure_dirs()
+    JobStore(settings.database_url)  # as the server creates it
     return settings
 
 
@@ -157,10 +158,11 @@ def test_dates_are_one_time_enabled_layer(series, scenes):
     assert layer["published"] == "embedded" and layer["dimension"] == "time"
     assert set(layer["getmap_by_time"]) == set(times)
     assert f"TIME={times[0]}" in layer["getmap_by_time"][times[0]]
-    publisher = MapServerPublisher.from_settings(series["settings"])
-    ids = sorted(e["id"] for e in publisher.layers())
+    rows = series["settings"].job_store.layers(job_id=JOB)
+    ids = sorted(r["product_id"] for r in rows)
     assert ids == [f"{JOB}--t{t.replace('-', '').replace(':', '').rstrip('Z')}" for t in times]
-    mapfile = mapfile_text(publisher)
+    assert {r["series"] for r in rows} == {layer["name"]} == {f"series-{JOB}"}
+    mapfile = view_text(series["settings"])
     assert f'"wms_timeextent" "{",".join(times)}"' in mapfile
     rows = {r["date"]: r for r in series["outputs"]["timeseries"]}
     assert rows[scenes.dates["d2"].day]["layer_time"] == times[1]
@@ -189,14 +191,11 @@ def test_unpublish_removes_every_date(scenes, home):
     request = water_timeseries.parse_inputs(
         inputs(scenes, datetime="2023-01-01/2023-02-28"), settings)
     monitoring.run_timeseries(request, settings, "gone", lambda pct, msg: None)
-    publisher = MapServerPublisher.from_settings(settings)
-    ours = [e["id"] for e in publisher.layers() if e["id"].startswith("gone--")]
-    assert len(ours) == 2
-    assert len(list(publishing.state_dir(settings).glob("gone--*.json"))) == 2
+    assert len(settings.job_store.layers(job_id="gone")) == 2
+    assert "water-gone--" in view_text(settings)
     publishing.unpublish("gone", settings)
-    assert not [e for e in publisher.layers() if e["id"].startswith("gone--")]
-    assert not list(publishing.state_dir(settings).glob("gone--*.json"))
-    assert "gone--" not in mapfile_text(publisher)
+    assert not settings.job_store.layers(job_id="gone")
+    assert "gone--" not in view_text(settings) and "series-gone" not in view_text(settings)
 
 
 @pytest.mark.parametrize("scheduler", ["threads", "synchronous"])
@@ -218,7 +217,7 @@ def test_a_dismissed_series_stops_and_leaves_nothing(scenes, tmp_path, scheduler
         monitoring.run_timeseries(request, settings, "stopped", progress)
     assert not (settings.results_dir / "stopped").exists()
     assert not list(settings.results_dir.glob(".*stopped*"))
-    assert not MapServerPublisher.from_settings(settings).layers()
+    assert not settings.job_store.layers()
 
 
 def test_change_between_two_dates(scenes, home):
@@ -249,16 +248,14 @@ def test_change_between_two_dates(scenes, home):
     gain_in_place = classes[rows.start - row0:rows.stop - row0, cols.start - col0:cols.stop - col0]
     assert np.isin(gain_in_place, (1, 3)).all(), "the planted lake is gained (or was water)"
     assert outputs["layer"]["name"] == "water-change-job"
-    entry = next(e for e in MapServerPublisher.from_settings(settings).layers()
-                 if e["id"] == "change-job")
-    assert entry["style"] == "change" and entry["datetime"] is None
-    mapfile = mapfile_text(MapServerPublisher.from_settings(settings))
+    entry = settings.job_store.layer("change-job")
+    assert entry["facts"]["style"] == "change" and entry["datetime"] is None
+    mapfile = view_text(settings)
     assert 'NAME "Water gained"' in mapfile and 'PROCESSING "NODATA=OFF"' in mapfile
     item = json.loads((folder / "item.json").read_text())
     assert item["properties"]["aquamask:change_pixels"] == {k: int(v) for k, v in expected.items()}
     publishing.unpublish("change-job", settings)
-    assert "water-change-job" not in mapfile_text(
-        MapServerPublisher.from_settings(settings))
+    assert "water-change-job" not in view_text(settings)
 
 
 def test_frequency_over_the_interval(scenes, home):
@@ -290,7 +287,7 @@ def test_frequency_over_the_interval(scenes, home):
     assert sum(c["area_km2"] for c in stats["classes"]) == pytest.approx(
         stats["ever_wet_area_km2"], rel=1e-6)
     assert outputs["layer"]["name"] == "water-freq-job"
-    mapfile = mapfile_text(MapServerPublisher.from_settings(settings))
+    mapfile = view_text(settings)
     assert 'EXPRESSION ([pixel] > 75 AND [pixel] <= 100)' in mapfile
     publishing.unpublish("freq-job", settings)
 

@@ -14,7 +14,6 @@ import rasterio
 from aquamask.processes.results import (FsspecResultStore, LocalResultStore, ResultStoreError,
                                         gdal_options_for, results_store)
 from aquamask.processes.settings import Settings
-from tests.processes.conftest_mapserver import mapfile_text
 
 
 def write_result(folder: Path, size: int = 64) -> None:
@@ -220,8 +219,11 @@ def test_a_water_mask_written_to_the_object_store_is_published_from_vsis3(
     from aquamask.processes.pipeline import source_from_settings
     from aquamask.processes.detection import detect
     from aquamask.processes.products import write_product
-    from aquamask.processes.publishers.mapserver import MapServerPublisher
     import datetime as dt
+
+    from aquamask.processes.jobstore import JobStore
+    from aquamask.processes.publishers.mapserver import (MapServerPublisher, layer_name,
+                                                         product_facts)
 
     settings = Settings.load(environ={"AQUAMASK__HOME": str(tmp_path),
                                       "AQUAMASK__PATHS__DATA_ROOT": str(demo_scene.parent)})
@@ -235,11 +237,16 @@ def test_a_water_mask_written_to_the_object_store_is_published_from_vsis3(
     assert s3.keys(bucket_of(store), "results/job-5/") == [
         f"results/job-5/{name}" for name in ("item.json", "mask.tif", "probability.tif")]
     assert store.exists("job-5", "item.json")
-    publisher = MapServerPublisher(tmp_path / "mapserver", "http://127.0.0.1:1", store)
-    layer = publisher.publish(product)
-    mapfile = mapfile_text(publisher)
-    assert f'DATA "/vsis3/{store.root}/job-5/mask.tif"' in mapfile
-    assert "AWS_SECRET_ACCESS_KEY" not in mapfile and "aquamask-test-secret" not in mapfile
+    jobs = JobStore(f"sqlite:///{tmp_path}/jobs.sqlite")
+    publisher = MapServerPublisher(tmp_path / "mapserver", "http://127.0.0.1:1", jobs, store)
+    row = {"product_id": "job-5", "name": layer_name("job-5"),
+           "facts": product_facts(product, store)}
+    layer = publisher.publish(product, row)
+    block = (publisher.workdir / "layers" / "water-job-5.layer").read_text()
+    assert f'DATA "/vsis3/{store.root}/job-5/mask.tif"' in block
+    assert "AWS_SECRET_ACCESS_KEY" not in block and "aquamask-test-secret" not in block
+    # the store's credentials reach MapServer through its config file, readable by us alone
+    assert publisher.config_path.stat().st_mode & 0o077 == 0
     assert layer.name == "water-job-5"
 
 
