@@ -28,7 +28,7 @@ def run_job(job_id: str, processor_path: str, database: str, settings: dict) -> 
 
 
 def _run_job(job_id: str, processor_path: str, database: str) -> int:
-    store = JobStore(database)
+    store = JobStore(database, create=False)
     record = store.get(job_id)
     if record is not None and record["status"] == JobStatus.running.value:
         now = get_current_datetime()

@@ -66,3 +66,7 @@ class UpstreamError(AquamaskError):
 
 class Cancelled(Exception):
     """The job was dismissed while it ran; not a user error, the work just stops."""
+
+
+class Overdue(Exception):
+    """The job ran past its runtime limit (``jobs.max_runtime_s``): stopped and failed."""

@@ -53,6 +53,19 @@ def worker_alive(pid: int | None, started: str | None) -> bool:
     return bool(pid) and started is not None and process_start(pid) == started
 
 
+def kill_worker(record: dict[str, Any]) -> None:
+    """Kill the process group of a job's forked worker on this host, if it still runs (a
+    worker declared failed must not keep its slot)."""
+    pid, started = record.get("pid"), record.get("pid_start")
+    if record.get("runner") not in (None, "fork") or record.get("host") != worker.HOST \
+            or not worker_alive(pid, started):
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class Executor(Protocol):
     def submit(self, job_id: str, processor_path: str, database: str) -> Wait:
         """Start the job; the returned function waits for its end (synchronous execution)."""
@@ -63,11 +76,16 @@ class Executor(Protocol):
     def health(self) -> str:
         """'ok' or what is wrong, for /health."""
 
+    def lost(self, record: dict[str, Any]) -> bool:
+        """Whether a job queued here (not started) is known to have been lost."""
+
 
 class LocalExecutor:
     """Each job in a process forked from the warm fork server, in a session of its own (so
     dismissal stops its whole group and a restarted web worker leaves it running), bounded
     by ``jobs.max_running`` file-lock slots across every gunicorn worker."""
+
+    runner = "fork"
 
     def __init__(self, store) -> None:
         self.store = store
@@ -100,6 +118,9 @@ class LocalExecutor:
     def health(self) -> str:
         return "ok"
 
+    def lost(self, record: dict[str, Any]) -> bool:
+        return False  # a local worker's death shows in its pid
+
 
 class DaskExecutor:
     """Each job as one task on a dask.distributed cluster (``dask_worker.run_job``).
@@ -111,6 +132,8 @@ class DaskExecutor:
     the scheduler (fire and forget), so it runs on when the web worker that submitted it ends.
     """
 
+    runner = "dask"
+
     def __init__(self, address: str, settings: Settings) -> None:
         self.address = address
         self.settings = settings
@@ -121,9 +144,11 @@ class DaskExecutor:
 
     @property
     def client(self):
-        # one client per process: gunicorn forks its workers after the app is loaded
+        # one client per process: gunicorn forks its workers after the app is loaded; a
+        # client closed by a scheduler restart is replaced, not kept failing every submit
         with self._lock:
-            if self._client is None or self._client_pid != os.getpid():
+            if self._client is None or self._client_pid != os.getpid() \
+                    or self._client.status in ("closed", "closing", "failed"):
                 from distributed import Client
                 self._client = Client(self.address, set_as_default=False, timeout=10)
                 self._client_pid = os.getpid()
@@ -169,12 +194,27 @@ class DaskExecutor:
             LOGGER.warning("job %s: cancelling its dask task failed: %s",
                            record["identifier"], err)
 
+    def lost(self, record: dict[str, Any]) -> bool:
+        """The scheduler no longer knows the job's task (it restarted): only when it answers."""
+        key = self.key(record["identifier"])
+        try:
+            known = self.client.run_on_scheduler(_scheduler_knows, key)
+        except Exception as err:  # noqa: BLE001 - unreachable: nothing is known to be lost
+            LOGGER.warning("cannot ask the scheduler about job %s: %s",
+                           record["identifier"], err)
+            return False
+        return not known
+
     def health(self) -> str:
         try:
             workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
         except Exception as err:  # noqa: BLE001 - reported, not raised
             return f"error: {self.address}: {err}"
         return "ok" if workers else f"no workers connected to {self.address}"
+
+
+def _scheduler_knows(key: str, dask_scheduler=None) -> bool:
+    return key in dask_scheduler.tasks
 
 
 def executor_from_settings(settings: Settings, store) -> Executor:

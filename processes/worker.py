@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import signal
 import socket
@@ -24,7 +25,7 @@ from pygeoapi.plugin import load_plugin
 from pygeoapi.process.base import BaseProcessor, ProcessorExecuteError
 from pygeoapi.util import JobStatus, get_current_datetime
 
-from aquamask.processes.errors import Cancelled
+from aquamask.processes.errors import Cancelled, Overdue
 from aquamask.processes.jobstore import JobStore
 from aquamask.processes.results import ResultStoreError
 from aquamask.processes.settings import Settings
@@ -68,14 +69,19 @@ def acquire_slot(directory: Path, slots: int, waiting) -> IO:
 
 class ProgressReporter:
     """Writes progress to the job row, at most every ``interval`` seconds; stops the work
-    (raises Cancelled) once the job is no longer running, i.e. it was dismissed."""
+    once the job is no longer running, i.e. it was dismissed (Cancelled), or once it is past
+    its ``deadline`` (Overdue: ``time.monotonic()``, the job's runtime limit)."""
 
-    def __init__(self, store: JobStore, job_id: str, interval: float = 0.5) -> None:
+    def __init__(self, store: JobStore, job_id: str, interval: float = 0.5,
+                 deadline: float | None = None, overdue: str = "") -> None:
         self.store, self.job_id, self.interval = store, job_id, interval
+        self.deadline, self.overdue = deadline, overdue
         self.last = time.monotonic()  # the claim just wrote "started"
 
     def __call__(self, percent: float, message: str) -> None:
         now = time.monotonic()
+        if self.deadline is not None and now > self.deadline:
+            raise Overdue(self.overdue)
         if now - self.last < self.interval and percent < 100:
             return
         self.last = now
@@ -88,6 +94,30 @@ class ProgressReporter:
 
 def _raise_cancelled(signum, frame):
     raise Cancelled()
+
+
+class Watchdog:
+    """Stops a forked job at its runtime limit even while it sits in one long call (a read,
+    a prediction) that reports no progress: SIGTERM to itself, which the job takes as
+    Overdue rather than a dismissal."""
+
+    def __init__(self, seconds: float) -> None:
+        self.fired = False
+        self.timer = threading.Timer(seconds, self._fire) if seconds > 0 else None
+
+    def _fire(self) -> None:
+        self.fired = True
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def __enter__(self) -> "Watchdog":
+        if self.timer is not None:
+            self.timer.daemon = True
+            self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 class Heartbeat:
@@ -121,7 +151,10 @@ def run(job_id: str, processor_path: str, database: str, *, use_slots: bool = Tr
         runner: str = "fork") -> int:
     """Run an ``accepted`` job to its end; 0 unless it failed. Without ``use_slots`` the
     caller bounds concurrency (a Dask worker's threads)."""
-    return run_job(JobStore(database), Settings.load(), job_id,
+    settings = Settings.load()
+    store = JobStore(database, create=False,
+                     retry_s=float(settings.get("jobs", "store_retry_s") or 120))
+    return run_job(store, settings, job_id,
                    lambda: load_plugin("process", {"name": processor_path}),
                    use_slots=use_slots, runner=runner)
 
@@ -129,12 +162,14 @@ def run(job_id: str, processor_path: str, database: str, *, use_slots: bool = Tr
 def run_job(store: JobStore, settings: Settings, job_id: str,
             make_processor: Callable[[], BaseProcessor], *, use_slots: bool = True,
             runner: str = "fork", inputs: dict | None = None,
-            record: dict | None = None) -> int:
+            record: dict | None = None, deadline: float | None = None,
+            overdue: str = "") -> int:
     """``run`` with the store, settings and processor given: a small synchronous job runs
     so in the web worker's own thread (``runner`` inline, its ``inputs`` given rather than
     stored first, its ``record`` as just added rather than read back: each round trip to the
     store counts at that size). A given ``record`` is updated in place with the outcome when
-    the job succeeds (``status``, ``outputs``)."""
+    the job succeeds (``status``, ``outputs``). ``deadline`` (``time.monotonic()``): when the
+    job must stop, and ``overdue`` why, if before ``jobs.max_runtime_s`` from its start."""
     record = record if record is not None else store.get(job_id)
     if record is None or record["status"] != JobStatus.accepted.value:
         return 0
@@ -142,6 +177,12 @@ def run_job(store: JobStore, settings: Settings, job_id: str,
     if inputs is not None:
         record["inputs"] = extra["inputs"] = inputs
     heartbeat = Heartbeat(store, job_id, float(settings.get("jobs", "heartbeat_s") or 5))
+    limit = float(settings.get("jobs", "max_runtime_s") or 0)
+    # a forked job is stopped at its limit even inside a long call; others at their next
+    # progress report (a thread cannot be interrupted)
+    watchdog = Watchdog(limit + 5 if limit and runner == "fork" else 0)
+    runtime_exceeded = (f"the job ran longer than the limit of {limit:.0f} s "
+                        "(jobs.max_runtime_s) and was stopped")
     try:
         def waiting() -> None:
             if (store.get(job_id) or {}).get("status") != JobStatus.accepted.value:
@@ -152,12 +193,24 @@ def run_job(store: JobStore, settings: Settings, job_id: str,
         with heartbeat:
             slot = acquire_slot(settings.home / "slots", int(settings.get("jobs", "max_running")),
                                 waiting) if use_slots else None
+            if limit and time.monotonic() + limit < (deadline or math.inf):
+                deadline, overdue = time.monotonic() + limit, runtime_exceeded
             try:
-                return _execute(store, settings, job_id, make_processor, record, runner, extra)
+                with watchdog:
+                    return _execute(store, settings, job_id, make_processor, record, runner,
+                                    extra, ProgressReporter(store, job_id, deadline=deadline,
+                                                            overdue=overdue))
             finally:
                 if slot is not None:
                     slot.close()
-    except Cancelled:
+    except (Cancelled, Overdue) as stop:
+        if isinstance(stop, Overdue) or watchdog.fired:
+            message = str(stop) if isinstance(stop, Overdue) else runtime_exceeded
+            _fail(store, job_id, 504 if message != runtime_exceeded else 500,
+                  "NoApplicableCode", message)
+            LOGGER.warning("job %s stopped at its time limit", job_id)
+            remove_job_files(settings, job_id)
+            return 1
         LOGGER.info("job %s dismissed; stopping", job_id)
         remove_job_files(settings, job_id)
         return 0
@@ -175,19 +228,21 @@ def run_job(store: JobStore, settings: Settings, job_id: str,
 
 def _execute(store: JobStore, settings: Settings, job_id: str,
              make_processor: Callable[[], BaseProcessor], record: dict, runner: str,
-             extra: dict) -> int:
+             extra: dict, progress: "ProgressReporter") -> int:
     now = get_current_datetime()
     # this process's identity, so that its death is seen (Dask: the worker's process)
     if not store.update(job_id, {"status": JobStatus.running.value, "started": now,
                                  "updated": now, "progress": 1, "message": "started",
                                  "host": HOST, "pid": os.getpid(),
                                  "pid_start": _own_start_time(), "runner": runner,
+                                 "submitted": True,
                                  "heartbeat": time.time(), **extra},
                         only_if_status=(JobStatus.accepted.value,)):
         return 0
     processor = make_processor()
     processor.set_job_id(job_id)
-    outputs = processor.run(record["inputs"] or {}, job_id, ProgressReporter(store, job_id))
+    progress.last = time.monotonic()
+    outputs = processor.run(record["inputs"] or {}, job_id, progress)
     now = get_current_datetime()
     finished = {"status": JobStatus.successful.value, "outputs": outputs, "progress": 100,
                 "message": "Job complete", "finished": now, "updated": now,
