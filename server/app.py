@@ -181,11 +181,8 @@ def health_blueprint(settings: Settings, manager) -> Blueprint:
     @blueprint.get("/health")
     def health():
         checks = {}
-        try:
-            manager.store.list(limit=1)
-            checks["job_store"] = "ok"
-        except Exception as err:  # noqa: BLE001 - reported, not raised
-            checks["job_store"] = f"error: {err}"
+        problem = manager.store.check()
+        checks["job_store"] = "ok" if problem is None else f"error: {problem}"
         binary = settings.get("mapserver", "binary") or shutil.which("mapserv") \
             or "/usr/lib/cgi-bin/mapserv"
         checks["map_engine"] = "ok" if os.access(binary, os.X_OK) else f"missing: {binary}"
@@ -302,6 +299,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     APP.register_blueprint(results_blueprint(settings, api_.manager))
     APP.register_blueprint(health_blueprint(settings, api_.manager))
     APP.register_blueprint(make_ows_blueprint(settings))
+    # the map engine's files, derived from the job store's layers: missing or broken ones
+    # rendered again, those of layers no longer there retired
+    from aquamask.processes.publishers.mapserver import MapServerPublisher
+    MapServerPublisher.from_settings(settings).rebuild()
     APP.register_blueprint(viewer_blueprint(settings))
 
     @APP.errorhandler(HTTPException)

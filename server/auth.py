@@ -128,15 +128,11 @@ class OIDCValidator:
         return claims
 
 
-def _strip_authority(value: str) -> str:
-    """AARC-G002: 'urn:...:role=member#aai.egi.eu' -> 'urn:...:role=member'."""
-    return value.split("#", 1)[0]
-
-
 def roles_from_claims(claims: dict[str, Any], role_map: dict[str, Iterable[str]],
                       claim_names: Iterable[str]) -> frozenset[str]:
-    """Roles whose configured entitlements or groups appear in the token's claims. A configured
-    value without '#authority' matches an entitlement from any authority."""
+    """Roles whose configured entitlements or groups appear in the token's claims, each
+    matched exactly: an AARC-G002 entitlement's '#authority' is part of it (the same group
+    asserted by another authority is another entitlement), so the configuration names it."""
     values: set[str] = set()
     for name in claim_names:
         claim = claims.get(name)
@@ -144,12 +140,8 @@ def roles_from_claims(claims: dict[str, Any], role_map: dict[str, Iterable[str]]
             claim = claim.split() if name == "scope" else [claim]
         if isinstance(claim, list):
             values.update(v for v in claim if isinstance(v, str))
-    bare = {_strip_authority(v) for v in values}
-    roles = set()
-    for role, wanted in (role_map or {}).items():
-        for value in wanted or []:
-            if value in values or ("#" not in value and value in bare):
-                roles.add(role)
+    roles = {role for role, wanted in (role_map or {}).items()
+             if any(value in values for value in wanted or [])}
     return with_implied_roles(roles)
 
 
@@ -219,8 +211,9 @@ class Auth:
             subject = str(claims.get("sub") or claims.get("username") or "")
             if not subject:
                 raise AuthError(401, "the token names no subject (sub)")
-            return Identity(subject=subject, roles=roles_from_claims(
-                claims, self.role_map, self.claim_names))
+            return Identity(subject=subject, issuer=str(claims.get("iss") or
+                                                        self.validator.issuer),
+                            roles=roles_from_claims(claims, self.role_map, self.claim_names))
         if self.anonymous == "all" or (self.anonymous == "loopback"
                                        and _is_loopback(request.remote_addr)):
             return Identity(subject="anonymous", roles=with_implied_roles({self.anonymous_role}),
