@@ -113,6 +113,27 @@ class CapabilitiesCache:
         return response
 
 
+# answers that depend on one layer's mapfile and the query alone: a viewer's tiles, legends
+CACHEABLE = ("GetMap", "GetLegendGraphic")
+TILE_MAX_AGE_S = 60
+
+
+def revalidated(mapfile: Path, query: str, run: Callable[[], Response]) -> Response:
+    """A map tile or legend with an ETag naming the layer's mapfile state and the query: a
+    browser reuses it for a minute, then revalidates it (304) instead of drawing it again.
+    A layer published again gets a new mapfile, hence new ETags."""
+    etag = CapabilitiesCache.etag(mapfile, query)
+    if request.if_none_match.contains(etag):
+        response = Response(status=304)
+    else:
+        response = run()
+        if response.status_code != 200:
+            return response
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = f"private, max-age={TILE_MAX_AGE_S}"
+    return response
+
+
 def _parse_headers(raw: bytes) -> tuple[int | None, list[tuple[str, str]]]:
     status, headers = None, []
     for line in raw.decode("latin-1").splitlines():
@@ -382,6 +403,8 @@ def ows_blueprint(settings, name: str = "aquamask_ows") -> Blueprint:
         if ogc.operation == "GetCapabilities":
             response = capabilities.answer(mapfile, query,
                                            lambda: engine.run(query, mapfile, ogc))
+        elif ogc.operation in CACHEABLE and len(set(ogc.layers)) == 1:
+            response = revalidated(mapfile, query, lambda: engine.run(query, mapfile, ogc))
         else:
             response = engine.run(query, mapfile, ogc)
         response.vary.add("Authorization")  # what a caller sees depends on who asks

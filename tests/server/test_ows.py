@@ -368,3 +368,23 @@ def test_capabilities_revalidate_with_an_etag_that_a_publish_changes(tmp_path, m
     after = client.get(caps, headers={"If-None-Match": etag})
     assert after.status_code == 200 and after.headers["ETag"] != etag
     assert layer_names(after.data) == ["water-first", "water-second"]
+
+
+def test_map_tiles_revalidate_with_etags_until_the_layer_is_published_again(tmp_path, masks):
+    catalogue = catalogue_at(tmp_path)
+    catalogue.publish(masks["EPSG:4326"], "tiles")
+    client = ows_app(catalogue).test_client()
+    tile = ("/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS=water-tiles&STYLES="
+            "&CRS=EPSG:3857&BBOX=-340000,5300000,-320000,5320000&WIDTH=256&HEIGHT=256"
+            "&FORMAT=image/png&TRANSPARENT=TRUE")
+    first = client.get(tile)
+    etag = first.headers["ETag"]
+    assert first.status_code == 200 and etag and "max-age" in first.headers["Cache-Control"]
+    assert "private" in first.headers["Cache-Control"]
+    again = client.get(tile, headers={"If-None-Match": etag})
+    assert again.status_code == 304 and not again.data
+    other = client.get(tile.replace("WIDTH=256&HEIGHT=256", "WIDTH=128&HEIGHT=128"),
+                       headers={"If-None-Match": etag})
+    assert other.status_code == 200 and other.headers["ETag"] != etag
+    catalogue.publish(masks["EPSG:4326"], "tiles", title="published again")
+    assert client.get(tile, headers={"If-None-Match": etag}).status_code == 200
