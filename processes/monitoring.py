@@ -47,6 +47,7 @@ import numpy as np
 from aquamask import __version__
 from aquamask.processes.areas import pixel_areas_km2
 from aquamask.processes.detection import METHODS, detect
+from aquamask.processes.publishing import PUBLIC_INPUT, parse_public
 from aquamask.processes.errors import (AquamaskError, Cancelled, InvalidInput, MissingInput,
                                        TooLarge)
 from aquamask.processes.results import write_atomic
@@ -181,6 +182,7 @@ PLACE_INPUTS: dict[str, dict[str, Any]] = {
         "schema": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
         "minOccurs": 0, "maxOccurs": 1,
     },
+    "public": PUBLIC_INPUT,
 }
 MIN_VALID_INPUT = {
     "title": "Minimum valid fraction",
@@ -322,6 +324,7 @@ def parse_request(data: dict[str, Any], settings: Settings, known: Sequence[str]
     if unknown:
         raise InvalidInput(f"unknown input(s): {', '.join(sorted(unknown))}; expected some of "
                            + ", ".join(known))
+    parse_public(data)
     geometry, is_bbox = parse_place_inputs(data, settings)
     sources = settings.raw.get("sources") or {}
     cloud = parse_cloud_cover(data.get("max_cloud_cover", sources.get("max_cloud_cover", 100)))

@@ -45,6 +45,24 @@ from aquamask.processes.types import Layer, MaskStats, Product
 LOGGER = logging.getLogger(__name__)
 
 GEOSERVER, EMBEDDED, PENDING, NONE = "geoserver", "embedded", "pending", "none"
+# the input every process takes to show its layers to everyone
+PUBLIC_INPUT = {
+    "title": "Public layers",
+    "description": "Show the result's map layers to every user of the server (default false: "
+                   "only to you and to managers). Results and jobs stay yours either way.",
+    "schema": {"type": "boolean", "default": False},
+    "minOccurs": 0, "maxOccurs": 1,
+}
+
+
+def parse_public(data: dict[str, Any]) -> bool:
+    """The ``public`` input: true or false (absent: false)."""
+    from aquamask.processes.errors import InvalidInput
+
+    value = data.get("public", False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"public must be true or false (got {value!r})")
+    return value
 PUBLISHED, UNPUBLISH_PENDING = "published", "unpublish-pending"
 DEFAULT_RETRY_DELAYS_S = (10, 30, 90, 270, 810)
 RETRY_MODULE = "aquamask.processes.publishing"

@@ -10,6 +10,7 @@ from aquamask.processes.detection import METHODS
 from aquamask.processes.errors import InvalidInput, MissingInput, TooLarge
 from aquamask.processes.pipeline import (DetectionRequest, outputs_document, run_detection,
                                          source_from_settings)
+from aquamask.processes.publishing import PUBLIC_INPUT, parse_public
 from aquamask.processes.settings import Settings
 from aquamask.processes.sources import place_source, source_names
 from aquamask.processes.sources.grid import grid_for
@@ -132,6 +133,7 @@ PROCESS_METADATA = {
             "schema": {"type": "boolean", "default": True},
             "minOccurs": 0, "maxOccurs": 1,
         },
+        "public": PUBLIC_INPUT,
     },
     "outputs": {
         "mask": {"title": "Water mask", "description": "uint8 COG: 1 water, 0 dry, 255 no data",
@@ -224,6 +226,7 @@ def parse_inputs(data: dict[str, Any], settings: Settings) -> DetectionRequest:
     probability = data.get("probability", True)
     if not isinstance(probability, bool):
         raise InvalidInput(f"probability must be true or false (got {probability!r})")
+    parse_public(data)
     if image is None:
         query, source = parse_place(data, settings)
         return DetectionRequest(href=None, method=method, threshold=float(threshold),

@@ -206,7 +206,7 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
         click.echo(f"server up at {base} (log: {log_path}); "
                    f"executing water-detection on {href}")
         response = requests.post(f"{base}/processes/water-detection/execution",
-                                 json={"inputs": {"image": {"href": href}}},
+                                 json={"inputs": {"image": {"href": href}, "public": True}},
                                  headers={"Prefer": "respond-async"}, timeout=30)
         if response.status_code != 201:
             fail(f"execution refused ({response.status_code}): {response.text}")

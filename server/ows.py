@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from html import unescape
@@ -267,11 +268,33 @@ class MapServerEngine:
 
 
 class LayerAccess:
-    """Which mapfile answers a request, from the layers its caller may see."""
+    """Which mapfile answers a request, from the layers its caller may see.
 
-    def __init__(self, publisher) -> None:
+    Layer rows are kept per process for ``row_ttl_s`` (a tile request would otherwise spend
+    a third of its time reading the same row): a new layer is seen at once (misses are not
+    kept), an unpublished one for at most that long, while its files are still there."""
+
+    def __init__(self, publisher, row_ttl_s: float = 2.0) -> None:
         self.publisher = publisher
         self.store = publisher.store
+        self.row_ttl_s = row_ttl_s
+        self._rows: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._rows_lock = threading.Lock()
+
+    def _row(self, name: str) -> dict[str, Any] | None:
+        now = time.monotonic()
+        with self._rows_lock:
+            kept = self._rows.get(name)
+            if kept is not None and kept[0] > now:
+                return kept[1]
+        row = self.store.layer_named(name)
+        if row is not None and self.row_ttl_s > 0:
+            with self._rows_lock:
+                self._rows[name] = (now + self.row_ttl_s, row)
+                self._rows.move_to_end(name)
+                while len(self._rows) > 1024:
+                    self._rows.popitem(last=False)
+        return row
 
     @staticmethod
     def _caller() -> tuple[str | None, bool]:
@@ -298,7 +321,7 @@ class LayerAccess:
                 ok = ogc.service == "WMS" and self._visible(members, owner, everyone)
                 rows = members
             else:
-                row = self.store.layer_named(name)
+                row = self._row(name)
                 rows = [row] if row else []
                 ok = self._visible(rows, owner, everyone)
             if not ok:
