@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from typing import Any, Callable, Iterable, TypeVar
 from urllib.parse import quote
 
@@ -133,6 +134,22 @@ def _transient(err: exc.DBAPIError) -> bool:
     return bool(err.connection_invalidated) or isinstance(err, exc.OperationalError)
 
 
+_STORES: "weakref.WeakSet[JobStore]" = weakref.WeakSet()
+
+
+def _close_before_fork() -> None:
+    """Close every idle pooled connection before this process forks (gunicorn's master
+    forking web workers, a test forking writers): a child must not inherit an open SQLite
+    connection, whose close at the child's exit can checkpoint or remove the WAL under the
+    parent and corrupt the database. The parent reconnects on its next call."""
+    for store in list(_STORES):
+        if store._engine is not None and store._pid == os.getpid():
+            store._engine.dispose()
+
+
+os.register_at_fork(before=_close_before_fork)
+
+
 class JobStore:
     """Jobs, owners' quotas and layers on one database.
 
@@ -148,6 +165,7 @@ class JobStore:
         self._engine: Engine | None = None
         self._pid = 0
         self.path = sqlite_path(url)
+        _STORES.add(self)
         if create and self.path:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         self._uri = quote(self.path) if self.path else None
