@@ -48,6 +48,9 @@ CHUNK = 64 * 1024  # bytes per cached piece and per request for small reads
 CACHE_BYTES = 16 * 2**20  # per open image
 DIRECT = 4 * CHUNK  # reads at least this long bypass the cache
 PARALLEL = 4  # range requests in flight for one multi-range read
+# longest wait a Retry-After may impose (urllib3 honours up to 6 h): a user's server is not
+# trusted to hold a web request for long
+RETRY_AFTER_MAX = 10.0
 # longest range fetched at once: a TIFF can claim any tile size, and GDAL asks for what it claims
 MAX_RANGE = 256 * 2**20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
@@ -101,7 +104,8 @@ def checked_session(policy: HrefPolicy, http: HttpPolicy) -> requests.Session:
     session = requests.Session()
     # no proxy or netrc from the environment: a proxy would be the peer the check sees
     session.trust_env = False
-    adapter = _CheckedAdapter(policy, max_retries=http.retry(), pool_maxsize=PARALLEL)
+    retry = http.retry().new(retry_after_max=int(min(http.timeout, RETRY_AFTER_MAX)))
+    adapter = _CheckedAdapter(policy, max_retries=retry, pool_maxsize=PARALLEL)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

@@ -70,6 +70,13 @@ class Seen:
     sent: int = 0  # body bytes
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """Clients hang up mid-answer on purpose here (a refused redirect, an ignored range)."""
+
+
 @dataclass
 class Attacker:
     """HTTP/1.1 on 127.0.0.2: ``routes`` path -> handler(handler, head) -> Response."""
@@ -92,8 +99,7 @@ class Attacker:
             def do_GET(self) -> None:
                 attacker._answer(self, head=False)
 
-        self.httpd = ThreadingHTTPServer((ATTACKER, 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _QuietServer((ATTACKER, 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
 
     def url(self, path: str) -> str:
@@ -391,9 +397,10 @@ def test_unreadable_local_files_name_no_server_path(source, root):
 
 
 @pytest.mark.parametrize("host", ["localhost", "2130706435", "[::ffff:127.0.0.3]", "127.3"])
-def test_names_resolving_to_internal_addresses_are_refused(source, internal, host):
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_names_resolving_to_internal_addresses_are_refused(source, internal, host, scheme):
     with pytest.raises(Forbidden, match="loopback, link-local or private"):
-        source.check({"href": internal.url(host=host)})
+        source.check({"href": internal.url(host=host).replace("http:", f"{scheme}:")})
     assert internal.connections == []
 
 
@@ -408,6 +415,14 @@ def test_a_host_that_never_answers_times_out(source, attacker):
     with pytest.raises(InvalidInput, match="stopped answering"):
         source.check({"href": attacker.url("/silent.tif")})
     assert time.monotonic() - started < 6  # 2 s read timeout, one retry
+
+
+def test_a_retry_after_of_an_hour_is_not_waited_for(source, attacker):
+    attacker.routes["/busy.tif"] = lambda handler, head: (503, {"Retry-After": "3600"}, b"")
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match="answered HTTP 503"):
+        source.check({"href": attacker.url("/busy.tif")})
+    assert len(attacker.gets()) == 2 and time.monotonic() - started < 6  # one retry, 2 s
 
 
 def test_a_host_ignoring_ranges_is_refused_not_downloaded(source, attacker, root):
