@@ -211,7 +211,9 @@ class RasterSource(Source):
     def _open(self, request: dict[str, Any]) -> tuple[Scene, Path | None]:
         href = request["href"]
         target = resolve_href(href, self.data_root, self.policy)
-        image = None if isinstance(target, Path) else RemoteImage(target, self.policy, self.http)
+        # a compressed block may be a little larger than its pixels (incompressible data)
+        image = None if isinstance(target, Path) else RemoteImage(
+            target, self.policy, self.http, max_range=2 * self.max_block_bytes)
         # rasterio keeps the opener's registration in a context variable that GDAL's callbacks
         # read (a first read probes for a .msk file; closing unregisters): they must run in
         # the context the image was opened in, whichever thread reads (detection has its own)

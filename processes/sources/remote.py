@@ -51,8 +51,6 @@ PARALLEL = 4  # range requests in flight for one multi-range read
 # longest wait a Retry-After may impose (urllib3 honours up to 6 h): a user's server is not
 # trusted to hold a web request for long
 RETRY_AFTER_MAX = 10.0
-# longest range fetched at once: a TIFF can claim any tile size, and GDAL asks for what it claims
-MAX_RANGE = 256 * 2**20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
@@ -129,11 +127,13 @@ class _Span:
     end: int  # exclusive
 
 
-def _merged(offsets: Sequence[int], sizes: Sequence[int], gap: int) -> list[_Span]:
-    """The spans to request for these ranges: neighbours closer than ``gap`` are merged."""
+def _merged(offsets: Sequence[int], sizes: Sequence[int], gap: int,
+            longest: int) -> list[_Span]:
+    """The spans to request for these ranges: neighbours closer than ``gap`` are merged into
+    spans of at most ``longest`` bytes."""
     spans: list[_Span] = []
     for start, size in sorted(zip(offsets, sizes)):
-        if spans and start <= spans[-1].end + gap and start + size - spans[-1].start <= MAX_RANGE:
+        if spans and start <= spans[-1].end + gap and start + size - spans[-1].start <= longest:
             spans[-1].end = max(spans[-1].end, start + size)
         else:
             spans.append(_Span(start, start + size))
@@ -143,10 +143,15 @@ def _merged(offsets: Sequence[int], sizes: Sequence[int], gap: int) -> list[_Spa
 class RemoteImage:
     """One remote file, read by HTTP range requests through a checked session. Raises the
     first refusal (Forbidden, InvalidInput) itself; ``failure`` keeps it for the caller when
-    GDAL, reading through :class:`_RangeFile`, turns it into a generic read error."""
+    GDAL, reading through :class:`_RangeFile`, turns it into a generic read error.
 
-    def __init__(self, href: str, policy: HrefPolicy, http: HttpPolicy) -> None:
+    ``max_range`` bounds one read: a TIFF can claim any size for a tile, and GDAL asks for
+    what it claims."""
+
+    def __init__(self, href: str, policy: HrefPolicy, http: HttpPolicy,
+                 max_range: int = 128 * 2**20) -> None:
         self.href = href
+        self.max_range = max_range
         # the name GDAL opens, mapped to this image by the opener: unique, so that images
         # open at once never share rasterio's opener registration (keyed by host and folder)
         self.path = f"aquamask://{uuid4().hex}/image.tif"
@@ -192,7 +197,7 @@ class RemoteImage:
     def read_ranges(self, offsets: Sequence[int], sizes: Sequence[int]) -> list[bytes]:
         """GDAL's multi-range read (the tiles of a window): merged spans, fetched in
         parallel, not cached (each tile is read once)."""
-        spans = _merged(offsets, sizes, CHUNK)
+        spans = _merged(offsets, sizes, CHUNK, self.max_range)
         with ThreadPoolExecutor(min(PARALLEL, len(spans))) as pool:
             data = list(pool.map(lambda s: self._get(s.start, s.end - s.start), spans))
         starts = [span.start for span in spans]
@@ -216,10 +221,10 @@ class RemoteImage:
         self._store(0, data)
 
     def _get(self, start: int, length: int) -> bytes:
-        if length > MAX_RANGE:
+        if length > self.max_range:
             raise TooLarge(f"{self.policy.field}: '{self.href}' would need a read of "
                            f"{length / 2**20:,.0f} MiB at once; at most "
-                           f"{MAX_RANGE / 2**20:,.0f} MiB are read (write it tiled)")
+                           f"{self.max_range / 2**20:,.0f} MiB are read (write it tiled)")
         data, _ = self._request(start, length)
         if len(data) != min(length, self.size - start):
             raise InvalidInput(f"{self.policy.field}: '{self.href}' sent {len(data)} bytes "
@@ -295,8 +300,9 @@ class RemoteImage:
 
 class _RangeFile(io.RawIOBase):
     """The file object GDAL reads through (rasterio's opener protocol): a position over the
-    shared :class:`RemoteImage`. Errors are kept on the image: GDAL only sees a failed read
-    (and Python reports the exception as unraisable, since it crosses GDAL's C code)."""
+    shared :class:`RemoteImage`. A refusal is kept on the image for the caller to raise; GDAL
+    sees a short read (an exception raised into its C code would be left pending), or, from a
+    multi-range read, which has no other way to fail, the exception."""
 
     def __init__(self, image: RemoteImage) -> None:
         super().__init__()
@@ -318,17 +324,18 @@ class _RangeFile(io.RawIOBase):
         return self.position
 
     def readinto(self, buffer) -> int:
-        data = self._kept(self.image.read, self.position, len(buffer))
+        try:
+            data = self.image.read(self.position, len(buffer))
+        except AquamaskError as err:
+            self.image.failure = self.image.failure or err
+            return 0
         buffer[:len(data)] = data
         self.position += len(data)
         return len(data)
 
     def get_byte_ranges(self, offsets: Sequence[int], sizes: Sequence[int]) -> list[bytes]:
-        return self._kept(self.image.read_ranges, offsets, sizes)
-
-    def _kept(self, read, *args):
         try:
-            return read(*args)
+            return self.image.read_ranges(offsets, sizes)
         except AquamaskError as err:
             self.image.failure = self.image.failure or err
             raise

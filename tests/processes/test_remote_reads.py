@@ -257,6 +257,17 @@ def test_redirect_chains_to_internal_addresses_are_refused_hop_by_hop(
     assert internal.connections == []
 
 
+@pytest.mark.parametrize("target,match", [
+    ("file:///etc/passwd", "scheme 'file' is not allowed"),
+    (f"http://admin:admin@{ATTACKER}/scene.tif", "credentials"),
+])
+def test_redirects_to_other_schemes_or_with_credentials_are_refused(source, attacker, target,
+                                                                    match):
+    with pytest.raises((Forbidden, InvalidInput), match=match):
+        source.check({"href": attacker.redirect("/r.tif", target)})
+    assert len(attacker.gets()) == 1
+
+
 def test_redirect_loops_stop_after_five_hops(source, attacker):
     attacker.redirect("/loop.tif", "/loop.tif")
     with pytest.raises(InvalidInput, match="redirects more than 5 times"):
@@ -264,7 +275,8 @@ def test_redirect_loops_stop_after_five_hops(source, attacker):
     assert len(attacker.gets()) == 6
 
 
-# the refusal crosses GDAL's C code, which reports it as unraisable before failing the read
+# GDAL reads these tiles with a multi-range read, which can only fail by raising into GDAL's C
+# code: Python reports that exception as unraisable, then GDAL fails the read
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_tile_read_redirected_inside_mid_job_is_refused(source, attacker, internal, root):
     """The header is served honestly (the request is accepted); the tiles redirect inside."""
