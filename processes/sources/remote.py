@@ -282,16 +282,17 @@ class RemoteImage:
         """At most ``limit`` bytes of the body within ``http.timeout`` in all, so that a
         server dripping bytes cannot hold the read for long."""
         deadline = time.monotonic() + self.http.timeout
-        out = bytearray()
-        while len(out) < limit:
+        pieces, got = [], 0
+        while got < limit:
             if time.monotonic() > deadline:
                 raise InvalidInput(f"{self.policy.field}: '{self.href}' is too slow (no "
                                    f"{limit:,} bytes in {self.http.timeout:g} s)")
-            piece = response.raw.read1(min(limit - len(out), 1 << 20))
+            piece = response.raw.read1(min(limit - got, 1 << 20))
             if not piece:
                 break
-            out += piece
-        return bytes(out)
+            pieces.append(piece)
+            got += len(piece)
+        return b"".join(pieces)
 
     def opener(self) -> "_Opener":
         """The ``opener=`` to give ``rasterio.open(self.path, ...)``."""
@@ -323,15 +324,15 @@ class _RangeFile(io.RawIOBase):
     def tell(self) -> int:
         return self.position
 
-    def readinto(self, buffer) -> int:
+    def read(self, size: int = -1) -> bytes:
+        """What rasterio calls (RawIOBase's read would copy the data twice more)."""
         try:
-            data = self.image.read(self.position, len(buffer))
+            data = self.image.read(self.position, self.image.size if size < 0 else size)
         except AquamaskError as err:
             self.image.failure = self.image.failure or err
-            return 0
-        buffer[:len(data)] = data
+            return b""
         self.position += len(data)
-        return len(data)
+        return data
 
     def get_byte_ranges(self, offsets: Sequence[int], sizes: Sequence[int]) -> list[bytes]:
         try:
