@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from aquamask.processes.errors import Forbidden, InvalidInput, TooLarge
+from aquamask.processes.errors import InvalidInput, TooLarge
+from aquamask.processes.urls import check_href_text, file_under
 
 REQUIRED_COLUMNS = ("date", "value", "unit")
 MIN_PAIRS = 3  # fewer matched pairs: no correlation is reported
@@ -139,18 +140,11 @@ def read_field_input(value: Any, data_root: Path, max_bytes: int) -> FieldSeries
     """The ``field_data`` input: CSV text, ``{"value": text}``, or ``{"href": path}`` of a file
     under the data root."""
     if isinstance(value, dict) and "href" in value:
-        href = value["href"]
-        if not isinstance(href, str) or not href.strip():
-            raise InvalidInput("field_data.href must be a path under the server's data root")
+        href = check_href_text(value["href"], "field_data.href")
         if "://" in href:
             raise InvalidInput("field_data.href must be a file under the server's data root; "
                                "send remote CSVs inline ({\"value\": \"date,value,unit\\n...\"})")
-        root = data_root.resolve()
-        path = (root / href.strip().lstrip("/")).resolve()
-        if not path.is_relative_to(root):
-            raise Forbidden(f"field_data.href {href!r} is outside the data root")
-        if not path.is_file():
-            raise InvalidInput(f"field_data.href {href!r}: no such file under the data root")
+        path = file_under(data_root, href.lstrip("/"), href, "field_data.href")
         if path.stat().st_size > max_bytes:
             raise TooLarge(f"field_data is {path.stat().st_size:,} bytes; at most "
                            f"{max_bytes:,} (monitoring.max_field_bytes)")

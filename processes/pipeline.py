@@ -78,10 +78,7 @@ def block_fan_out(settings: Settings, pixels: int, method: str) -> Iterator[Bloc
 
 
 def source_from_settings(settings: Settings) -> RasterSource:
-    return RasterSource(settings.data_root, int(settings.get("limits", "max_pixels")),
-                        list(settings.get("limits", "href_schemes") or []),
-                        list(settings.get("limits", "href_hosts") or []),
-                        list(settings.get("limits", "href_private_hosts") or []))
+    return RasterSource.from_settings(settings)
 
 
 def publisher_from_settings(settings: Settings) -> Publisher:

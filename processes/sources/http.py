@@ -1,6 +1,7 @@
 """One retry policy for every remote call a source makes: STAC API searches and item fetches
-(requests + urllib3), DHuS queries and downloads (sentinelsat's requests session) and the COG
-range reads GDAL does through /vsicurl.
+(requests + urllib3), DHuS queries and downloads (sentinelsat's requests session), the COG
+range reads GDAL does through /vsicurl for configured catalogues, and those of images users
+point at (:mod:`.remote`, a requests session).
 
 Retried: HTTP 429, 500, 502, 503, 504 and connection/read timeouts, with exponential backoff
 (``backoff * 2**(n-1)`` seconds, honouring Retry-After); POST searches too, since a STAC search

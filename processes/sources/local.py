@@ -30,12 +30,14 @@ from aquamask.processes.errors import InvalidInput, UpstreamError
 from aquamask.processes.sources import PlaceSource
 from aquamask.processes.sources.bands import SCL, S2_NODATA, BandAsset, SourceItem
 from aquamask.processes.sources.query import PlaceQuery
-from aquamask.processes.sources.raster import band_indexes
+from aquamask.processes.sources.raster import (DEFAULT_MAX_BLOCK_BYTES, DRIVER, band_indexes,
+                                               check_geotiff)
 from aquamask.processes.sources.stac import parse_time, source_item
 from aquamask.processes.types import DETECTION_BANDS
 
 LOGGER = logging.getLogger(__name__)
 CATALOG_FILES = ("catalog.json", "collection.json")
+REMOTE_PATHS = ("/vsicurl/http://", "/vsicurl/https://", "/vsis3/")  # bands.gdal_path of URLs
 _NAME_TIME = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?:[T_](\d{2})(\d{2})(\d{2}))?(?!\d)")
 
 
@@ -72,7 +74,7 @@ def _float_tag(tags: dict[str, str], *keys: str) -> float | None:
 
 def geotiff_item(path: Path, source: str) -> SourceItem | None:
     try:
-        dataset = rasterio.open(path)
+        dataset = rasterio.open(path, driver=DRIVER)
     except RasterioIOError as err:
         LOGGER.warning("skipping %s: %s", path, err)
         return None
@@ -159,6 +161,21 @@ class LocalSource(PlaceSource):
                 if item is not None:
                     found.append(item)
         return found
+
+    def materialize(self, item: SourceItem) -> SourceItem:
+        """A catalog on disk may name any file: each local one is read only as a GeoTIFF of
+        bounded blocks, as a user's image is; GDAL virtual paths only for URLs."""
+        max_block = int(self.settings.get("limits", "max_block_bytes")
+                        or DEFAULT_MAX_BLOCK_BYTES)
+        for band, asset in item.assets.items():
+            label = f"the scene '{item.id}' ({band}) of the source '{self.name}'"
+            if asset.path.startswith("/vsi"):
+                if not asset.path.startswith(REMOTE_PATHS):
+                    raise InvalidInput(f"{label} names a GDAL virtual file; a local catalog "
+                                       "may name files and http(s) or s3 URLs only")
+                continue
+            check_geotiff(asset.path, label, max_block)
+        return super().materialize(item)
 
     def search(self, query: PlaceQuery, limit: int | None = None) -> list[SourceItem]:
         matches = []
