@@ -77,9 +77,9 @@ def start_server(home: Path, env_overrides: dict[str, str] | None = None,
         if process.poll() is not None:
             raise RuntimeError(f"server exited: {(home / 'server.log').read_text()[-3000:]}")
         try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
+            if requests.get(f"{url}/health", timeout=5).status_code == 200:
                 break
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy starting
             time.sleep(0.2)
     else:
         process.kill()
