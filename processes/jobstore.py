@@ -153,9 +153,9 @@ os.register_at_fork(before=_close_before_fork)
 class JobStore:
     """Jobs, owners' quotas and layers on one database.
 
-    ``create``: make the database and its tables when missing (the server at start); a job
-    worker passes False, so a SQLite file deleted under a running server is an error it reports
-    rather than an empty database it silently starts. ``retry_s``: how long a call keeps
+    ``create``: make the database and its tables when missing (the server at start; only
+    then); a job worker passes False. A SQLite file deleted under a running server is then an
+    error every process reports, rather than an empty database one of them silently starts. ``retry_s``: how long a call keeps
     retrying a database that is away."""
 
     def __init__(self, url: str, *, create: bool = True, retry_s: float = 120.0) -> None:
@@ -170,6 +170,11 @@ class JobStore:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         self._uri = quote(self.path) if self.path else None
         self._retrying(self._create_schema)
+        if self.create and self.path:
+            # made: from now on a missing file is an error to report, never made again
+            self.create = False
+            self._engine.dispose()
+            self._engine, self._pid = None, 0
 
     # -- connections ---------------------------------------------------------------------------
     @property

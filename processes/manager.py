@@ -17,6 +17,7 @@ with it, so no layer outlives its job's files.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -35,13 +36,14 @@ from aquamask.processes.errors import TooManyJobs
 from aquamask.processes.executors import (LocalExecutor, executor_from_settings, kill_worker,
                                           process_start, worker_alive)
 from aquamask.processes.identity import current_identity
-from aquamask.processes.jobstore import JobStore
+from aquamask.processes.jobstore import JobStore, StoreUnavailable
 from aquamask.processes.settings import Settings
 from aquamask.processes.worker import ACTIVE, HOST, remove_job_files
 
 LOGGER = logging.getLogger(__name__)
 # how long a record may wait for its web worker to hand it to an executor
 SUBMIT_GRACE_S = 30.0
+REQUEST_STORE_RETRY_S = 5.0
 
 
 class JobFailed(ProcessorExecuteError):
@@ -76,8 +78,9 @@ class AquamaskManager(BaseManager):
         self.settings = Settings.load()
         self.settings.ensure_dirs()
         self.database = manager_def.get("connection") or self.settings.database_url
-        self.store = JobStore(self.database, retry_s=float(
-            self.settings.get("jobs", "store_retry_s") or 120))
+        # a request waits a few seconds for a store that is away, then answers 503; the
+        # workers wait jobs.store_retry_s (their jobs carry on once it is back)
+        self.store = JobStore(self.database, retry_s=REQUEST_STORE_RETRY_S)
         self.executor = executor_from_settings(self.settings, self.store)
         self.inline_max_pixels = int(self.settings.get("jobs", "inline_max_pixels") or 0)
         self._validated = threading.local()  # what validate() found, for the same request
@@ -87,6 +90,7 @@ class AquamaskManager(BaseManager):
         self.sync_timeout_s = float(self.settings.get("server", "timeout") or 600)
         self._sweeper_pid = 0
         self._sweeper_lock = threading.Lock()
+        self._store_back = 0.0  # when the store last came back after an outage
         self.sweep()
 
     # -- liveness ---------------------------------------------------------------------------
@@ -94,7 +98,16 @@ class AquamaskManager(BaseManager):
         """Settle every active job whose process is gone (see the module docstring); the
         number settled."""
         settled = 0
-        for record in self.store.active():
+        try:
+            active = self.store.active()
+        except StoreUnavailable:
+            # while the store is away no heartbeat can be written: once it is back, workers
+            # get a full stale_after_s to be heard from before any is judged silent
+            self._store_back = math.inf
+            raise
+        if self._store_back == math.inf:
+            self._store_back = time.time()
+        for record in active:
             settled += self._checked(record) is not record
         if settled:
             LOGGER.warning("%d job(s) without a live worker were settled", settled)
@@ -144,7 +157,7 @@ class AquamaskManager(BaseManager):
                 return "requeue", "the cluster lost the queued job (its scheduler restarted)"
             return None
         beat = record.get("heartbeat")
-        if beat is not None and now - beat > self.stale_after_s:
+        if beat is not None and now - max(beat, self._store_back) > self.stale_after_s:
             return "fail", (f"the worker on {record.get('host')} sent no heartbeat for "
                             f"{now - beat:.0f} s (limit {self.stale_after_s:.0f} s); it was "
                             "killed, crashed or lost its connection")

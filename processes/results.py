@@ -108,6 +108,10 @@ class ResultStore:
         """One more file of a committed result (written whole, never half)."""
         raise NotImplementedError
 
+    def job_ids(self) -> list[str]:
+        """The jobs with a complete result here (their STAC item is written last)."""
+        raise NotImplementedError
+
     # -- reading (the server) ------------------------------------------------------------------
     def gdal_path(self, job_id: str, name: str | None = None) -> str:
         """Where GDAL (MapServer, rasterio) reads ``name`` of ``job_id`` (or its folder)."""
@@ -197,6 +201,10 @@ class LocalResultStore(ResultStore):
 
     def directory(self, job_id: str) -> Path:
         return self.root / job_id
+
+    def job_ids(self) -> list[str]:
+        return sorted(p.parent.name for p in self.root.glob("*/item.json")
+                      if not p.parent.name.startswith("."))
 
     def gdal_path(self, job_id: str, name: str | None = None) -> str:
         folder = self.root / job_id
@@ -403,6 +411,13 @@ class FsspecResultStore(ResultStore):
                               data.encode("utf-8") if isinstance(data, str) else data)
         except Exception as err:  # noqa: BLE001
             raise ResultStoreError(self._describe(err, "storing a result file in")) from None
+
+    def job_ids(self) -> list[str]:
+        try:
+            found = self.fs.glob(f"{self.root}/*/item.json")
+        except Exception as err:  # noqa: BLE001
+            raise ResultStoreError(self._describe(err, "listing")) from None
+        return sorted(path.rstrip("/").split("/")[-2] for path in found)
 
     def _remove_keys(self, keys: list[str]) -> None:
         if not keys:

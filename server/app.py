@@ -18,6 +18,7 @@ from jinja2 import Template
 from pygeoapi.process.base import JobNotFoundError
 from werkzeug.exceptions import HTTPException
 
+from aquamask.processes.jobstore import StoreUnavailable
 from aquamask.processes.products import ITEM_FILE, MASK_FILE, PROBABILITY_FILE
 from aquamask.processes.monitoring import MEDIA_TYPES as MONITORING_FILES
 from aquamask.processes.results import write_atomic
@@ -301,13 +302,23 @@ def create_app(settings: Settings | None = None) -> Flask:
     APP.register_blueprint(make_ows_blueprint(settings))
     # the map engine's files, derived from the job store's layers: missing or broken ones
     # rendered again, those of layers no longer there retired
+    from aquamask.processes import reconcile
     from aquamask.processes.publishers.mapserver import MapServerPublisher
     MapServerPublisher.from_settings(settings).rebuild()
+    reconcile.report(settings)  # results without a job record: logged, never silently kept
     APP.register_blueprint(viewer_blueprint(settings))
 
     @APP.errorhandler(HTTPException)
     def http_error(err: HTTPException):
         return ogc_exception(err.code or 500, err.name.replace(" ", ""), err.description or "")
+
+    @APP.errorhandler(StoreUnavailable)
+    def store_away(err: StoreUnavailable):
+        # the database is restarting or failing over: jobs wait, requests are told to retry
+        response = ogc_exception(503, "ServiceUnavailable", "the job store is not available "
+                                 "right now; try again in a minute")
+        response.headers["Retry-After"] = "30"
+        return response
 
     APP.config["AQUAMASK_SETTINGS"] = settings
     return APP

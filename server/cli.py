@@ -17,7 +17,7 @@ from tqdm import tqdm
 from aquamask import __version__
 from aquamask.processes.errors import AquamaskError
 from aquamask.processes.settings import Settings
-from aquamask.server.cli_publish import publish_command, unpublish_command
+from aquamask.server.cli_publish import publish_command, reconcile_command, unpublish_command
 from aquamask.server.cli_search import search
 
 
@@ -243,7 +243,7 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
         server.wait(timeout=30)
 
 
-for command in (search, publish_command, unpublish_command):
+for command in (search, publish_command, unpublish_command, reconcile_command):
     main.add_command(command)
 
 if __name__ == "__main__":

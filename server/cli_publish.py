@@ -1,4 +1,5 @@
-"""Operators' commands: ``aquamask publish JOB_ID`` and ``aquamask unpublish JOB_ID``.
+"""Operators' commands: ``aquamask publish JOB_ID``, ``aquamask unpublish JOB_ID`` and
+``aquamask reconcile [--import]``.
 
 ``publish`` (re)publishes a finished job's mask now: on GeoServer when it is configured (the
 embedded engine keeps serving it when GeoServer fails), and writes the layer into the job's
@@ -70,3 +71,30 @@ def unpublish_command(job_id: str) -> None:
     if result != publishing.NONE:
         _fail("GeoServer could not be reached; its layer is still there: run this again "
               "when it is back", 1)
+
+
+@click.command("reconcile")
+@click.option("--import", "do_import", is_flag=True,
+              help="make each result without a job record a job again (owned by no user: "
+                   "managers see it), its mask published privately")
+def reconcile_command(do_import: bool) -> None:
+    """List the results that have no job record (never served); with --import, import them."""
+    from aquamask.processes import reconcile
+
+    settings = Settings.load()
+    found = reconcile.orphans(settings)
+    if not found:
+        click.echo("every result has its job record")
+        return
+    for job_id in found:
+        if not do_import:
+            click.echo(f"{job_id}: a result without a job record")
+            continue
+        try:
+            reconcile.import_result(job_id, settings)
+            click.echo(f"{job_id}: imported")
+        except (ValueError, FileNotFoundError) as err:
+            click.echo(f"{job_id}: not imported: {err}", err=True)
+    if not do_import:
+        click.echo(f"{len(found)} result(s) without a record; `aquamask reconcile --import` "
+                   "makes them jobs again")

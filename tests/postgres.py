@@ -80,14 +80,10 @@ class PostgresCluster:
             os.chown(self.dir, self._uid, self._gid)
         self._run(self.bindir / "initdb", "-D", self.data, "-U", SUPERUSER, "--auth=trust",
                   "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
-        # durability off: the cluster is thrown away, and fsync would slow every commit
-        options = (f"-c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
         for attempt in range(5):  # another process may take the free port before we bind it
             self.port = _free_port()
             try:
-                self._run(self.bindir / "pg_ctl", "-D", self.data, "-l", self.log, "-w",
-                          "-t", "60", "-o", f"-p {self.port} {options}", "start")
+                self._start_server()
                 break
             except RuntimeError:
                 if attempt == 4:
@@ -95,6 +91,21 @@ class PostgresCluster:
                 time.sleep(0.2)
         self.running = True
         atexit.register(self.stop)
+
+    def _start_server(self) -> None:
+        # durability off: the cluster is thrown away, and fsync would slow every commit
+        options = (f"-c listen_addresses=127.0.0.1 -k {self.dir} -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        self._run(self.bindir / "pg_ctl", "-D", self.data, "-l", self.log, "-w",
+                  "-t", "60", "-o", f"-p {self.port} {options}", "start")
+
+    def pause(self) -> None:
+        """Stop the server as a restart or a fail-over does (every session cut), keeping its
+        data and port for ``resume``."""
+        self._run(self.bindir / "pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        self._start_server()
 
     def url(self, database: str) -> str:
         return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
