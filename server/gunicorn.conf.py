@@ -39,3 +39,7 @@ def post_fork(server, worker):
 
 def child_exit(server, worker):
     metrics.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    metrics.remove_multiprocess_dir(settings)  # off the tmpfs (memory) when the server stops

@@ -1,7 +1,8 @@
 """Slow, oversized and many clients against the real server (gunicorn with aquamask's web
 worker, server/http_worker.py; real sockets on loopback): slowloris heads and slow bodies hold
 no thread and end in 408, chunked bodies over the limit end in 413 before the app sees them,
-and /health answers while every request thread is busy. Every loop here ends by itself."""
+/health answers while every request thread is busy, and a full home disk leaves the web
+workers alive (the metrics files are elsewhere). Every loop here ends by itself."""
 from __future__ import annotations
 
 import json
@@ -15,11 +16,13 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
 from aquamask.processes.settings import Settings
 from aquamask.server.cli import gunicorn_command
+from aquamask.server.metrics import default_multiprocess_dir
 from tests.conftest import REPO, Server, free_port, start_server
 
 MAX_BODY = 1048576  # limits.max_request_bytes, the default
@@ -265,3 +268,53 @@ def test_readiness_names_no_sql_when_the_job_store_breaks(short):
     assert (live.status_code, live.json()) == (200, {"status": "ok"})
     # the details are in the server's log, for its operator
     assert "no such table: jobs" in (short.home / "server.log").read_text()
+
+
+# -- a full home disk (needs root, to mount a small tmpfs as home) ------------------------------
+@pytest.fixture
+def small_home(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    home = tmp_path / "home"
+    home.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(home)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    yield home
+    subprocess.run(["umount", "-l", str(home)], check=False)
+
+
+def fill(folder: Path) -> None:
+    with open(folder / "filler", "wb") as filler:
+        try:
+            while True:
+                filler.write(b"\0" * (1 << 20))
+                filler.flush()
+        except OSError:  # No space left on device
+            pass
+
+
+def test_a_full_home_disk_leaves_the_web_workers_alive(small_home):
+    srv = start_server(small_home)
+    try:
+        metrics_dir = default_multiprocess_dir(
+            Settings.load(environ={"AQUAMASK__HOME": str(small_home)}))
+        assert any(metrics_dir.glob("*.db"))
+        assert os.stat(metrics_dir).st_dev != os.stat(small_home).st_dev
+        workers = sorted(p.pid for p in psutil.Process(srv.process.pid).children())
+        fill(small_home)
+        # requests of new routes and statuses: each adds values to the metrics files
+        paths = ["/conformance", "/processes", "/processes/water-detection", "/jobs?f=json",
+                 "/collections", "/openapi?f=json", "/health/ready", "/viewer",
+                 "/processes/nope", "/jobs/nope", "/nope"] * 4
+        codes = [requests.get(f"{srv.url}{path}", timeout=10).status_code for path in paths]
+        for path in paths[:11]:
+            requests.head(f"{srv.url}{path}", timeout=10)
+            requests.options(f"{srv.url}{path}", timeout=10)
+        assert 200 in codes and all(code < 500 for code in codes), codes
+        assert sorted(p.pid for p in psutil.Process(srv.process.pid).children()) == workers
+        assert requests.get(f"{srv.url}/metrics", timeout=10).status_code == 200
+    finally:
+        stop(srv)
+    assert not metrics_dir.exists()  # off the memory filesystem once the server stopped
