@@ -137,6 +137,12 @@ def test_slowloris_holds_no_thread_and_is_answered_408_at_the_header_deadline(fr
 
 def test_health_answers_while_every_request_thread_is_busy(front):
     sleep_s = 2.0
+
+    def probe(path: str) -> tuple[int, float, str]:
+        began = time.monotonic()
+        response = requests.get(front.url + path, timeout=5)
+        return response.status_code, time.monotonic() - began, response.headers["X-Worker-Pid"]
+
     with ThreadPoolExecutor(16) as pool:
         began = time.monotonic()
         sleepers = [pool.submit(requests.get, f"{front.url}/test/sleep?s={sleep_s}", timeout=30)
@@ -145,13 +151,16 @@ def test_health_answers_while_every_request_thread_is_busy(front):
         probes = []
         while time.monotonic() - began < sleep_s - 0.5:
             for path in ("/health/live", "/health/ready", "/health"):
-                probes.append(timed_get(front.url + path, timeout=5))
-        pids = Counter(s.result().text for s in sleepers)
-    # each of the 2 workers got at least its 4 threads' worth: all 8 slept at once
-    assert len(pids) == 2 and min(pids.values()) >= 4, pids
-    assert len(probes) >= 6 and {code for code, _ in probes} == {200}
-    assert max(took for _, took in probes) < 1.0, probes
-    # the second half of the sleepers waited for a thread: every thread was busy
+                probes.append(probe(path))
+        sleeping = Counter(s.result().headers["X-Worker-Pid"] for s in sleepers)
+    # the kernel spreads connections over the 2 workers unevenly: the probes that count are
+    # those answered by a worker that had a sleeper for each of its 4 threads
+    saturated = {pid for pid, count in sleeping.items() if count >= 4}
+    counted = [(code, took) for code, took, pid in probes if pid in saturated]
+    assert len(counted) >= 3, (sleeping, probes)
+    assert {code for code, _ in counted} == {200}
+    assert max(took for _, took in counted) < 1.0, counted
+    # the sleepers beyond the threads waited for one: every thread was busy
     assert time.monotonic() - began > 2 * sleep_s - 0.5
 
 
