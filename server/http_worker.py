@@ -367,8 +367,9 @@ class BufferingWorker(ThreadWorker):
         sock.close()
 
     def murder_pending(self) -> None:
-        """gthread's loop calls this after each wait for events: the requests and closes
-        overdue, looked for every SWEEP_S (deadlines are whole seconds)."""
+        """gthread's loop calls this after each wait for events (1 s at most): the requests
+        and closes overdue, looked for at most every SWEEP_S (the deadlines are seconds long,
+        the connections up to worker_connections)."""
         super().murder_pending()
         now = time.monotonic()
         if now < self.next_sweep:
