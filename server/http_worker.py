@@ -57,9 +57,10 @@ from aquamask.server import health
 
 RECV_BYTES = 64 * 1024
 # after an error answer, how long and how much the loop reads and discards before it closes:
-# closing with unread bytes would reset the connection and lose the answer (RFC 9112 9.6)
+# closing with unread bytes resets the connection, and the answer may be lost (RFC 9112 9.6);
+# a client commonly sends a whole body (a few times the limit) before it reads the answer
 LINGER_S = 2.0
-LINGER_BYTES = 64 * 1024
+LINGER_BYTES = 8 * 1024 * 1024
 SWEEP_S = 0.25
 
 
@@ -99,6 +100,12 @@ def error_response(error: HTTPException) -> bytes:
             f"Content-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n")
     return head.encode("latin-1") + body
+
+
+@dataclass
+class Linger:
+    deadline: float
+    drained: int = 0
 
 
 class Refused(Exception):
@@ -257,7 +264,7 @@ class BufferingWorker(ThreadWorker):
         super().__init__(*args, **kwargs)
         self.limits = FrontLimits.from_settings(Settings.load())
         self.buffers: dict[TConn, RequestBuffer] = {}
-        self.lingering: dict[socket.socket, float] = {}  # error answered: closes by then
+        self.lingering: dict[socket.socket, Linger] = {}  # error answered, closing
         self.health_pools: dict[str, ThreadPoolExecutor] = {}
         self.next_sweep = 0.0
 
@@ -344,17 +351,19 @@ class BufferingWorker(ThreadWorker):
         except OSError:
             self.close(conn.sock)
             return
-        self.lingering[conn.sock] = time.monotonic() + LINGER_S
+        self.lingering[conn.sock] = Linger(time.monotonic() + LINGER_S)
         self.poller.register(conn.sock, selectors.EVENT_READ, self.on_lingering_data)
 
     def on_lingering_data(self, sock: socket.socket) -> None:
         try:
-            data = sock.recv(LINGER_BYTES)
+            data = sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
-        if not data or len(data) >= LINGER_BYTES:  # closed by the client, or still sending
+        linger = self.lingering[sock]
+        linger.drained += len(data)
+        if not data or linger.drained > LINGER_BYTES:  # closed by the client, or too much
             self.unlinger(sock)
 
     def unlinger(self, sock: socket.socket) -> None:
@@ -383,7 +392,7 @@ class BufferingWorker(ThreadWorker):
             else:  # a connection that never sent a byte: nothing to answer
                 self.forget(conn)
                 self.close(conn.sock)
-        for sock in [s for s, deadline in self.lingering.items() if deadline <= now]:
+        for sock in [s for s, linger in self.lingering.items() if linger.deadline <= now]:
             self.unlinger(sock)
 
 
