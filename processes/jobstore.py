@@ -279,6 +279,7 @@ class JobStore:
         try:
             with self.engine.connect() as conn:
                 conn.execute(select(catalogue.c.revision)).first()
+                conn.execute(select(jobs.c.identifier).limit(1)).first()
         except exc.DisconnectionError:
             return "the job store's database file was replaced"
         except exc.DBAPIError as err:

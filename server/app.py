@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from http import HTTPStatus
 from importlib.resources import files
 from pathlib import Path
@@ -25,6 +24,7 @@ from aquamask.processes.results import write_atomic
 from aquamask.processes.settings import Settings
 from aquamask.server import metrics
 from aquamask.server.auth import Auth
+from aquamask.server.health import health_blueprint
 
 LOGGER = logging.getLogger(__name__)
 JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -148,60 +148,6 @@ def stored_file(store, job_id: str, name: str, missing):
                                           mimetype=mimetype, direct_passthrough=True)
     response.content_length = size
     return finish(response)
-
-
-def geoserver_check(settings: Settings) -> str:
-    """'ok' when GeoServer answers an authenticated GET of its REST about/version within
-    ``geoserver.connect_timeout_s`` (to connect, and again to answer), else what went wrong
-    (never the password; no URL either: /health is open)."""
-    import requests
-
-    from aquamask.processes.publishers.geoserver import read_password
-
-    timeout = float(settings.get("geoserver", "connect_timeout_s") or 5)
-    try:
-        auth = (str(settings.get("geoserver", "user") or "admin"), read_password(settings) or "")
-        response = requests.get(
-            str(settings.get("geoserver", "url")).rstrip("/") + "/rest/about/version.json",
-            auth=auth, headers={"Accept": "application/json"}, timeout=(timeout, timeout),
-            allow_redirects=False)  # a redirect could carry the credentials elsewhere
-    except ValueError as err:  # the password file cannot be read
-        return f"error: {err}"
-    except requests.Timeout:
-        return f"error: no answer within {timeout:g} s"
-    except requests.RequestException as err:
-        return f"error: unreachable ({type(err).__name__})"
-    if response.status_code in (401, 403):
-        return f"error: HTTP {response.status_code} (check geoserver.user and the password)"
-    return "ok" if response.status_code == 200 else f"error: HTTP {response.status_code}"
-
-
-def health_blueprint(settings: Settings, manager) -> Blueprint:
-    blueprint = Blueprint("aquamask_health", __name__)
-
-    @blueprint.get("/health")
-    def health():
-        checks = {}
-        problem = manager.store.check()
-        checks["job_store"] = "ok" if problem is None else f"error: {problem}"
-        binary = settings.get("mapserver", "binary") or shutil.which("mapserv") \
-            or "/usr/lib/cgi-bin/mapserv"
-        checks["map_engine"] = "ok" if os.access(binary, os.X_OK) else f"missing: {binary}"
-        if settings.get("geoserver", "url"):
-            checks["geoserver"] = geoserver_check(settings)
-        if settings.get("jobs", "scheduler"):
-            checks["dask"] = manager.executor.health()
-        if settings.results_url:  # an object store: a listing of its prefix, bounded in time
-            try:
-                checks["results_store"] = settings.results_store.check()
-            except Exception as err:  # noqa: BLE001 - misconfigured: reported, not raised
-                checks["results_store"] = f"error: {type(err).__name__}"
-        healthy = all(v == "ok" for v in checks.values())
-        response = jsonify({"status": "ok" if healthy else "degraded", "checks": checks})
-        response.status_code = 200 if healthy else 503
-        return response
-
-    return blueprint
 
 
 SECURITY_HEADERS = {

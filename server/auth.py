@@ -21,6 +21,7 @@ from flask import Flask, Response, g, jsonify, request
 
 from aquamask.processes.identity import Identity, current_identity, with_implied_roles
 from aquamask.processes.settings import Settings
+from aquamask.server.health import PATHS as HEALTH_PATHS
 
 LOGGER = logging.getLogger(__name__)
 ALLOWED_ALGORITHMS = ("RS256", "ES256")  # never "none", never HS* (a public key is no secret)
@@ -151,9 +152,9 @@ OPEN_PATHS = frozenset({"/viewer", "/viewer/", "/viewer/api/config"})
 
 
 def required_role(method: str, path: str) -> str | None:
-    """The role a request needs; None for the open health check, and for /metrics, which
+    """The role a request needs; None for the open health checks, and for /metrics, which
     checks its own access (``metrics.access``: a scraper may bring a static token instead)."""
-    if path in ("/health", "/metrics") or path in OPEN_PATHS \
+    if path in HEALTH_PATHS or path == "/metrics" or path in OPEN_PATHS \
             or path.startswith("/viewer/static/"):
         return None
     if path.startswith(("/jobs", "/results/")):

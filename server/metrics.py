@@ -6,11 +6,12 @@ write its values into memory-mapped files in one folder (``PROMETHEUS_MULTIPROC_
 ``GET /metrics`` (any web worker) sums the files of all of them at scrape time:
 
 * ``prepare_multiprocess`` (gunicorn.conf.py, in the master, before the app is preloaded) points
-  ``PROMETHEUS_MULTIPROC_DIR`` at ``metrics.dir`` under ``home``; every process started from the
-  master inherits it: web workers by fork, the fork server and its job workers by environment.
-  ``empty_multiprocess_dir`` (gunicorn's ``on_starting``, before the first worker forks) removes
-  the files of an earlier run, ``mark_process_dead`` (``child_exit``) the live gauges of a web
-  worker that ended.
+  ``PROMETHEUS_MULTIPROC_DIR`` at a folder on a memory filesystem (``default_multiprocess_dir``),
+  or at ``metrics.dir``; every process started from the master inherits it: web workers by
+  fork, the fork server and its job workers by environment. ``empty_multiprocess_dir``
+  (gunicorn's ``on_starting``, before the first worker forks) removes the files of an earlier
+  run, ``mark_process_dead`` (``child_exit``) the live gauges of a web worker that ended,
+  ``remove_multiprocess_dir`` (``on_exit``) the default folder.
 * Web workers write under their pid. A job worker is a short-lived process: under its pid every
   job would leave files of its own behind and each scrape would read more of them. Instead, at
   its first observation it takes the first free ``job-N`` identity (an exclusive ``flock`` on
@@ -27,9 +28,11 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import hashlib
 import hmac
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
@@ -50,6 +53,7 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 JOB_STATES = ("accepted", "running", "successful", "failed", "dismissed")
 ACCESS = ("open", "token", "viewer", "researcher", "manager")
 MAX_JOB_IDENTITIES = 1024
+SHARED_MEMORY = Path("/dev/shm")
 
 # a synchronous execution may take up to server.timeout (600 s)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -140,14 +144,45 @@ def enabled(settings) -> bool:
     return settings_of(settings).get("enabled", True) is not False
 
 
+def default_multiprocess_dir(settings) -> Path:
+    """A folder on a memory filesystem, one per user and ``home``. The values are files mapped
+    into every process's memory, and a process that writes a mapped page which a full disk
+    cannot hold is killed by SIGBUS: with the folder under ``home``, a full data disk killed
+    every web worker at once (issue #20.5). ``$XDG_RUNTIME_DIR`` (the user's own tmpfs) where
+    set, else ``/dev/shm``; ``metrics`` under ``home`` on a system with neither."""
+    tag = hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:16]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / f"aquamask-metrics-{tag}"
+    if SHARED_MEMORY.is_dir():
+        return SHARED_MEMORY / f"aquamask-metrics-{os.getuid()}-{tag}"
+    return settings.path("metrics")
+
+
+def _make_private_dir(directory: Path) -> None:
+    """Create ``directory`` for this user alone, and refuse one that another user made (or
+    linked) first: /dev/shm is writable by everyone and the name can be guessed."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() \
+            or info.st_mode & 0o077:
+        raise RuntimeError(f"the metrics folder {directory} is not a private folder of this "
+                           f"user: remove it, or set metrics.dir")
+
+
 def prepare_multiprocess(settings) -> Path | None:
-    """Point ``PROMETHEUS_MULTIPROC_DIR`` at ``metrics.dir`` (one the environment already
-    names is kept) and create it; in gunicorn's master, before the app is loaded."""
+    """Point ``PROMETHEUS_MULTIPROC_DIR`` at ``metrics.dir``, else at the default folder (one
+    the environment already names is kept), and create it; in gunicorn's master, before the
+    app is loaded."""
     if not enabled(settings):
         return None
-    directory = Path(os.environ.get(ENV)
-                     or settings.path(settings_of(settings).get("dir") or "metrics"))
-    directory.mkdir(parents=True, exist_ok=True)
+    configured = os.environ.get(ENV) or settings_of(settings).get("dir")
+    if configured:
+        directory = settings.path(configured)
+        directory.mkdir(parents=True, exist_ok=True)
+    else:
+        directory = default_multiprocess_dir(settings)
+        _make_private_dir(directory)
     os.environ[ENV] = str(directory)
     _install_value_class()
     return directory
@@ -161,6 +196,19 @@ def empty_multiprocess_dir() -> None:
     for path in Path(directory).iterdir():
         if path.suffix in (".db", ".lock") and path.is_file():
             path.unlink(missing_ok=True)
+
+
+def remove_multiprocess_dir(settings) -> None:
+    """At the server's end (gunicorn's on_exit): the default folder and its files, which a
+    memory filesystem would keep until the machine restarts. A configured folder stays."""
+    directory = os.environ.get(ENV)
+    if not directory or Path(directory) != default_multiprocess_dir(settings):
+        return
+    empty_multiprocess_dir()
+    try:
+        Path(directory).rmdir()
+    except OSError:  # something else in it: kept
+        pass
 
 
 def mark_process_dead(pid: int) -> None:

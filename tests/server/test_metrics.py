@@ -14,6 +14,8 @@ import requests
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
+from aquamask.processes.settings import Settings
+from aquamask.server.metrics import default_multiprocess_dir
 from tests.conftest import start_server
 from tests.processes.geoserver_standin import GeoServerStandIn
 
@@ -70,7 +72,8 @@ def ndwi_detections_in_job_files(metrics_dir: Path) -> float:
 
 
 def test_metrics_sum_every_web_worker_and_job_worker(server):
-    metrics_dir = server.home / "metrics"
+    metrics_dir = default_multiprocess_dir(Settings.load(environ={
+        "AQUAMASK__HOME": str(server.home)}))
     before = scrape(server.url)
     in_job_files = ndwi_detections_in_job_files(metrics_dir)
     assert before.value("aquamask_job_store_up") == 1
