@@ -210,10 +210,33 @@ def reject_non_object_execute_bodies(app: Flask) -> None:
             body = json.loads(text)
         except ValueError:
             return None  # pygeoapi answers malformed JSON with its own 400
+        except RecursionError:
+            body = None
+        if body is None or json_depth(body) > MAX_JSON_DEPTH:
+            return ogc_exception(400, "InvalidParameterValue",
+                                 f"the request is nested too deeply (at most {MAX_JSON_DEPTH} "
+                                 "levels of arrays and objects)")
         if not isinstance(body, dict):
             return ogc_exception(400, "InvalidParameterValue",
                                  "the execute request must be a JSON object with 'inputs'")
         return None
+
+
+# no input needs more (a MultiPolygon's coordinates are 4 deep); every parser after this one
+# (pygeoapi, shapely, ours) then stays far from Python's recursion limit
+MAX_JSON_DEPTH = 32
+
+
+def json_depth(value) -> int:
+    """How deep arrays and objects nest in ``value``, without recursing."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in
+                         (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _not_a_missing_offset(record: logging.LogRecord) -> bool:
