@@ -104,7 +104,9 @@ class _Reader:
             try:
                 dataset = rasterio.open(asset.path)
             except RasterioIOError as err:
-                raise UpstreamError(f"cannot read the scene file {asset.path} ({err})") from err
+                LOGGER.error("cannot read the scene file %s: %s", asset.path, err)
+                raise UpstreamError(f"cannot read the scene file {_shown(asset.path)}") \
+                    from err
             nodata = asset.nodata if asset.nodata is not None else dataset.nodata
             vrt = WarpedVRT(dataset, crs=self.grid.crs, transform=self.grid.transform,
                             width=self.grid.width, height=self.grid.height,
@@ -118,7 +120,8 @@ class _Reader:
             try:
                 return vrt.read(asset.band, window=window, out_dtype=np.float32)
             except RasterioIOError as err:
-                raise UpstreamError(f"reading {asset.path} failed ({err})") from err
+                LOGGER.error("reading %s failed: %s", asset.path, err)
+                raise UpstreamError(f"reading {_shown(asset.path)} failed") from err
 
     def close(self) -> None:
         for dataset, vrt in self.open.values():
@@ -234,3 +237,9 @@ def no_scene(source: str, query: PlaceQuery, found: int = 0) -> NoScene:
     return NoScene(f"no Sentinel-2 scene from the source '{source}'{collection} matches "
                    f"{query.describe()}{detail}. Widen the dates, raise max_cloud_cover or "
                    "check the place.")
+
+
+def _shown(path: str) -> str:
+    """A scene's path as a user may see it: a URL as it is, a file by its name alone (no
+    server paths in messages)."""
+    return path if "://" in path else path.rsplit("/", 1)[-1]

@@ -124,7 +124,9 @@ def catalog_items(root: Path, source: str) -> list[SourceItem]:
     try:
         catalog = pystac.read_file(str(catalog_file))
     except Exception as err:  # noqa: BLE001 - pystac raises many types for a broken catalog
-        raise UpstreamError(f"the local catalog {catalog_file} cannot be read ({err})") from err
+        LOGGER.error("the local catalog %s cannot be read: %s", catalog_file, err)
+        raise UpstreamError(f"the local catalog {catalog_file.name} cannot be read; see the "
+                            "server log") from err
     items = []
     for item in catalog.get_items(recursive=True):
         raw = item.to_dict(include_self_link=False, transform_hrefs=False)
@@ -146,9 +148,10 @@ class LocalSource(PlaceSource):
 
     def check(self) -> None:
         if not self.root.is_dir():
-            raise UpstreamError(f"the local source '{self.name}' has no folder {self.root} "
-                                f"(sources.{self.name}.path); put scenes or a STAC catalog "
-                                "there")
+            LOGGER.error("the local source '%s' has no folder %s", self.name, self.root)
+            raise UpstreamError(f"the local source '{self.name}' has no scene folder yet "
+                                f"(sources.{self.name}.path): the server's operator puts "
+                                "dated scenes or a STAC catalog there")
 
     def items(self) -> list[SourceItem]:
         self.check()
