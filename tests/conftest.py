@@ -107,6 +107,16 @@ def server(tmp_path_factory) -> Server:
 
 
 @pytest.fixture
+def data_files(server):
+    """Files a test puts in the session server's data root, removed after it: the viewer's
+    tests read that folder's scene list."""
+    added: list[Path] = []
+    yield added
+    for path in added:
+        path.unlink(missing_ok=True)
+
+
+@pytest.fixture
 def demo_scene(tmp_path) -> Path:
     from aquamask.processes.demo import make_demo_scene
     return make_demo_scene(tmp_path / "demo-scene.tif")

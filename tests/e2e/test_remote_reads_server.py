@@ -44,7 +44,8 @@ def job_count(server) -> int:
     ("file://server/etc/passwd", 400, "names no host"),
 ])
 def test_attacks_are_4xx_ogc_exceptions_before_a_job_exists(server, attacker, internal, href,
-                                                            status, text):
+                                                            status, text, data_files):
+    data_files += [server.data_root / "passwd.vrt", server.data_root / "huge.tif"]
     (server.data_root / "passwd.vrt").write_bytes(RAW_PASSWD)
     # under this server's 5 Mpx limit: 2048 x 2048 x 6 float64, 192 MiB a block
     huge_block(server.data_root / "huge.tif", tiled=True, size=2048, dtype="float64")

@@ -183,8 +183,9 @@ def test_images_are_checked_before_a_job_exists(server):
     assert job_count(server) == jobs_before
 
 
-def test_images_over_the_pixel_limit_are_413(server):
+def test_images_over_the_pixel_limit_are_413(server, data_files):
     from aquamask.processes.demo import make_demo_scene
+    data_files.append(server.data_root / "huge.tif")
     make_demo_scene(server.data_root / "huge.tif", size=2400)  # 5.76 Mpx > the 5 Mpx limit
     response = server.execute({"image": {"href": "huge.tif"}})
     assert response.status_code == 413, response.text
