@@ -208,11 +208,12 @@ def reject_non_object_execute_bodies(app: Flask) -> None:
                                  "the request body must be JSON in UTF-8")
         try:
             body = json.loads(text)
+            deep = json_depth(body) > MAX_JSON_DEPTH
         except ValueError:
             return None  # pygeoapi answers malformed JSON with its own 400
         except RecursionError:
-            body = None
-        if body is None or json_depth(body) > MAX_JSON_DEPTH:
+            deep = True
+        if deep:
             return ogc_exception(400, "InvalidParameterValue",
                                  f"the request is nested too deeply (at most {MAX_JSON_DEPTH} "
                                  "levels of arrays and objects)")
