@@ -48,14 +48,14 @@ def make_tile(path: Path, size: int) -> Path:
 
 def run_one(image: str, method: str, out: str, probability: bool) -> dict:
     """Runs in a child process so that peak RSS is this method's alone."""
-    from aquamask.processes.detection import detect
-    from aquamask.processes.pipeline import load_model
-    from aquamask.processes.products import write_cogs
-    from aquamask.processes.sources.raster import RasterSource
+    from aquamask.processes.pipeline.detection import detect
+    from aquamask.processes.pipeline.methods import load_model
+    from aquamask.processes.pipeline.products import write_cogs
+    from aquamask.processes.pipeline.sources.raster import RasterSource
 
     model = load_model(None, None) if method == "unet" else None
     start = time.perf_counter()
-    scene = RasterSource(Path("/"), 10**9, []).read({"href": image})
+    scene = RasterSource(Path("/"), 10**9, []).read(image)
     hashed = time.perf_counter()
     timings: dict[str, float] = {}
     work = Path(out)

@@ -13,7 +13,7 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-from aquamask.processes.types import DETECTION_BANDS
+from aquamask.processes.constants import DETECTION_BANDS
 
 # Typical surface reflectance x 10000 for B02, B03, B04, B08, B11, B12
 SIGNATURES = {

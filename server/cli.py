@@ -15,7 +15,8 @@ import requests
 from tqdm import tqdm
 
 from aquamask import __version__
-from aquamask.processes.errors import AquamaskError
+from aquamask.processes.errors import AquamaskError, ConfigError
+from aquamask.processes.pipeline import methods
 from aquamask.processes.settings import Settings
 from aquamask.server.cli_publish import publish_command, reconcile_command, unpublish_command
 from aquamask.server.cli_search import search
@@ -48,19 +49,19 @@ def main() -> None:
 
 def gunicorn_command(settings: Settings, host: str | None, port: int | None,
                      workers: int | None) -> list[str]:
-    bind_host, _, bind_port = str(settings.get("server", "bind")).rpartition(":")
+    bind_host, _, bind_port = settings.server.bind.rpartition(":")
     bind = f"{host or bind_host}:{port or bind_port}"
     config = files("aquamask.server") / "gunicorn.conf.py"
     return [sys.executable, "-m", "gunicorn", "--config", str(config), "--bind", bind,
-            "--workers", str(workers or settings.get("server", "workers")),
-            "--timeout", str(settings.get("server", "timeout"))]
+            "--workers", str(workers or settings.server.workers),
+            "--timeout", str(settings.server.timeout)]
 
 
 def _serve_environment(host: str | None, port: int | None) -> dict[str, str]:
     env = dict(os.environ)
     settings = Settings.load()
     if (host or port) and "AQUAMASK__SERVER__URL" not in env:
-        bind_host, _, bind_port = str(settings.get("server", "bind")).rpartition(":")
+        bind_host, _, bind_port = settings.server.bind.rpartition(":")
         env["AQUAMASK__SERVER__URL"] = f"http://{host or bind_host}:{port or bind_port}"
     return env
 
@@ -71,8 +72,12 @@ def _serve_environment(host: str | None, port: int | None) -> dict[str, str]:
 @click.option("--workers", type=int, help="gunicorn worker processes")
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Start the server (gunicorn serving pygeoapi, /ows, results)."""
-    env = _serve_environment(host, port)
-    command = gunicorn_command(Settings.load(environ=env), host, port, workers)
+    try:
+        env = _serve_environment(host, port)
+        settings = Settings.load(environ=env)
+    except ConfigError as err:  # refused before anything starts, naming the key
+        fail(f"bad configuration: {err}")
+    command = gunicorn_command(settings, host, port, workers)
     os.execve(sys.executable, command, env)
 
 
@@ -80,8 +85,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 @click.argument("image")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="the mask COG to write (the probability goes beside it)")
-@click.option("--method", type=click.Choice(["unet", "ndwi", "mndwi"]), default="unet",
-              show_default=True)
+@click.option("--method", type=click.Choice(methods.names()), default="unet",
+              show_default=True, help=methods.described())
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--bands", help='band indexes as JSON, e.g. \'{"B02": 1, ...}\'')
 @click.option("--probability/--no-probability", default=True, show_default=True,
@@ -89,7 +94,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 def detect(image: str, out: Path, method: str, threshold: float, bands: str | None,
            probability: bool) -> None:
     """Detect water in IMAGE without a server and write the mask COG."""
-    from aquamask.processes.pipeline import detect_to_file
+    from aquamask.processes.pipeline.flow import detect_to_file
 
     try:
         mapping = json.loads(bands) if bands else None

@@ -72,9 +72,9 @@ class FrontLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FrontLimits":
-        return cls(header_timeout_s=float(settings.get("server", "header_timeout_s")),
-                   body_timeout_s=float(settings.get("server", "body_timeout_s")),
-                   max_body_bytes=int(settings.get("limits", "max_request_bytes")))
+        return cls(header_timeout_s=settings.server.header_timeout_s,
+                   body_timeout_s=settings.server.body_timeout_s,
+                   max_body_bytes=settings.limits.max_request_bytes)
 
 
 def max_head_bytes(cfg) -> int:

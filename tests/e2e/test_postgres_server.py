@@ -9,14 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from aquamask.processes.jobstore import JobStore
-from tests.conftest import Server, start_server
+from aquamask.processes.storage.jobstore import JobStore
+from tests.support.server import Server, job_id_of, start_server
 
 NDWI = {"image": {"href": "demo/demo-scene.tif"}, "method": "ndwi", "probability": False}
 
 
-def job_id_of(outputs: dict) -> str:
-    return outputs["mask"]["href"].split("/")[-2]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import requests
 from aquamask.processes.settings import Settings
 from aquamask.server.cli import gunicorn_command
 from aquamask.server.metrics import default_multiprocess_dir
-from tests.conftest import REPO, Server, free_port, start_server
+from tests.support.server import REPO, Server, free_port, start_server
 
 MAX_BODY = 1048576  # limits.max_request_bytes, the default
 HEADER_TIMEOUT_S = 10  # server.header_timeout_s, the default
