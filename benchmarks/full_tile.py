@@ -65,7 +65,8 @@ def run_one(image: str, method: str, out: str, probability: bool) -> dict:
     write_cogs(mask, work)
     done = time.perf_counter()
     slowest = max(timings.values())
-    return {"method": method + ("" if probability else " (mask only)"), "wall_s": round(done - start, 2),
+    return {"method": method + ("" if probability else " (mask only)"),
+            "wall_s": round(done - start, 2),
             "input_sha256_s": round(hashed - start, 2),
             "detect_s": round(detected - hashed, 2), "cog_s": round(done - detected, 2),
             "stages_s": {k: round(v, 2) for k, v in timings.items()},

@@ -32,16 +32,15 @@ from urllib.parse import urlencode
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import settle  # noqa: E402
-from tests.conftest import start_server  # noqa: E402
-
 from aquamask.processes.demo import make_demo_scene  # noqa: E402
 from aquamask.processes.publishing.mapserver import MapServerPublisher  # noqa: E402
 from aquamask.processes.settings import Settings  # noqa: E402
+from aquamask.processes.storage.jobstore import job_store
 from aquamask.server.fastcgi import MapServerPool  # noqa: E402
 from aquamask.server.ows import find_mapserv  # noqa: E402
 from aquamask.server.ows_gateway import parse  # noqa: E402
-from aquamask.processes.storage.jobstore import job_store
+from benchmarks import settle  # noqa: E402
+from tests.conftest import start_server  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

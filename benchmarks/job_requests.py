@@ -17,10 +17,9 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from aquamask.processes.storage.jobstore import JobStore  # noqa: E402
 from benchmarks import settle  # noqa: E402
 from tests.conftest import start_server  # noqa: E402  (the tests' real-server launcher)
-
-from aquamask.processes.storage.jobstore import JobStore  # noqa: E402
 
 
 def timed(url: str, n: int) -> dict[str, float]:

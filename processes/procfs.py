@@ -24,7 +24,8 @@ def process_start(pid: int | str) -> str | None:
 
 def is_alive(pid: int | None, started: str | None) -> bool:
     """Whether the process recorded as (``pid``, ``started``) still runs."""
-    return bool(pid) and started is not None and process_start(pid) == started
+    return pid is not None and pid > 0 and started is not None \
+        and process_start(pid) == started
 
 
 def command_line(pid: int) -> bytes | None:

@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import jwt
 import requests
@@ -129,7 +129,7 @@ class OIDCValidator:
         return claims
 
 
-def roles_from_claims(claims: dict[str, Any], role_map: dict[str, Iterable[str]],
+def roles_from_claims(claims: dict[str, Any], role_map: Mapping[str, Iterable[str]],
                       claim_names: Iterable[str]) -> frozenset[str]:
     """Roles whose configured entitlements or groups appear in the token's claims, each
     matched exactly: an AARC-G002 entitlement's '#authority' is part of it (the same group

@@ -9,6 +9,7 @@ import time
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 import requests
@@ -36,7 +37,7 @@ def progress_bar(description: str):
         bar.refresh()
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
 
@@ -126,7 +127,7 @@ def train(data_dir: Path, layout: str, out_dir: Path | None, seed: int,
     """Train the water U-Net on DATA_DIR (seeded, reproducible)."""
     from aquamask.model.train import train as train_model
 
-    kwargs = {"seed": seed}
+    kwargs: dict[str, Any] = {"seed": seed}
     if out_dir:
         kwargs["out_dir"] = out_dir
     if epochs:
@@ -159,7 +160,8 @@ def evaluate(data_dir: Path, layout: str, methods: tuple[str, ...], split: str,
     """Water IoU, precision, recall and F1 of the model and the index baselines."""
     from aquamask.model import evaluate as ev
 
-    kwargs = {"split": split, "weights": weights, "scale": scale, "precision": precision}
+    kwargs: dict[str, Any] = {"split": split, "weights": weights, "scale": scale,
+                              "precision": precision}
     if methods:
         kwargs["methods"] = methods
     with progress_bar("evaluating") as update:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import NoReturn
 
 import click
 
@@ -17,7 +18,7 @@ from aquamask.processes.settings import Settings
 from aquamask.processes.storage.jobstore import job_store
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 

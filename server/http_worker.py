@@ -43,14 +43,23 @@ from functools import partial
 from http import HTTPStatus
 
 from gunicorn.errors import ConfigError
-from gunicorn.http.body import ChunkedReader, DEFAULT_MAX_CHUNK_SIZE_LINE
+from gunicorn.http.body import DEFAULT_MAX_CHUNK_SIZE_LINE, ChunkedReader
 from gunicorn.http.errors import NoMoreData
-from gunicorn.http.message import (DEFAULT_MAX_HEADERFIELD_SIZE, MAX_HEADERS, MAX_REQUEST_LINE,
-                                   Request)
+from gunicorn.http.message import (
+    DEFAULT_MAX_HEADERFIELD_SIZE,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
+    Request,
+)
 from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
-from werkzeug.exceptions import (BadRequest, HTTPException, RequestEntityTooLarge,
-                                 RequestHeaderFieldsTooLarge, RequestTimeout)
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    RequestEntityTooLarge,
+    RequestHeaderFieldsTooLarge,
+    RequestTimeout,
+)
 
 from aquamask.processes.settings import Settings
 from aquamask.server import health
@@ -220,7 +229,7 @@ class RequestBuffer:
             return False
         if self.chunked is not None:
             return self.chunked.advance(self.data)
-        return len(self.data) >= self.body_end
+        return len(self.data) >= (self.body_end or 0)
 
     def _read_head(self, now: float) -> None:
         end = self.data.find(b"\r\n\r\n", max(0, self._scanned - 3))
@@ -250,7 +259,7 @@ class RequestBuffer:
                 raise Refused(RequestEntityTooLarge(
                     f"the request body is larger than {self.limits.max_body_bytes} bytes"))
             self.body_end = body_start + length
-        has_body = self.chunked is not None or self.body_end > body_start
+        has_body = self.chunked is not None or (self.body_end or 0) > body_start
         self.wants_continue = has_body and len(self.data) == body_start \
             and request.version >= (1, 1) and any(
                 name == "EXPECT" and value.lower() == "100-continue"
@@ -330,7 +339,8 @@ class BufferingWorker(ThreadWorker):
         conn.init()  # gunicorn's parser for a new connection; the socket blocking again
         conn.parser.unreader.unread(bytes(buffer.data))
         conn.data_ready = True  # handle() then reads only what is buffered
-        pool = self.health_pools.get(buffer.path, self.tpool)
+        pool = self.health_pools.get(buffer.path) or self.tpool
+        assert pool is not None  # gunicorn made tpool when the worker started
         future = pool.submit(self.handle, conn)
         future.add_done_callback(
             lambda done: self.method_queue.defer(self.finish_request, conn, done))

@@ -98,7 +98,7 @@ class CapabilitiesCache:
                 if fresh.status_code != 200:
                     return fresh
                 try:
-                    body = b"".join(fresh.response)
+                    body = b"".join(fresh.response)  # type: ignore[arg-type]  # bytes here
                 finally:
                     fresh.close()
                 headers = [(k, v) for k, v in fresh.headers.items()

@@ -29,8 +29,8 @@ from flask import Blueprint, Response, jsonify, redirect, request, send_from_dir
 from markupsafe import escape
 
 from aquamask.processes.settings import Settings
-from aquamask.server.errors import ogc_exception
 from aquamask.processes.storage.results import results_store
+from aquamask.server.errors import ogc_exception
 
 LOGGER = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class SceneIndex:
                     yield Path(directory) / name
 
     def scenes(self) -> tuple[list[dict[str, Any]], bool]:
-        found, truncated, seen = [], False, set()
+        found: list[dict[str, Any]] = []
+        truncated, seen = False, set()
         with self._lock:
             for path in self._files():
                 if len(found) >= MAX_SCENES:
@@ -118,7 +119,8 @@ def _acquired(results, job_id: str) -> str | None:
     from aquamask.processes.pipeline.products import ITEM_FILE
     from aquamask.processes.storage.results import LocalResultStore
 
-    store = LocalResultStore(results) if isinstance(results, (str, os.PathLike)) else results
+    store = LocalResultStore(Path(results)) if isinstance(results, (str, os.PathLike)) \
+        else results
     if store.remote and job_id in _ACQUIRED:
         return _ACQUIRED[job_id]
     try:
@@ -166,7 +168,7 @@ def _link_landing_page(response: Response, viewer_href: str) -> Response:
         except ValueError:
             return response
         links = document.get("links") if isinstance(document, dict) else None
-        if isinstance(links, list) and not any(l.get("href") == viewer_href for l in links):
+        if isinstance(links, list) and not any(link.get("href") == viewer_href for link in links):
             links.append({"rel": "related", "type": "text/html", "title": "aquamask viewer",
                           "href": viewer_href})
             response.set_data(json.dumps(document, indent=4))

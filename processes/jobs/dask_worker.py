@@ -9,18 +9,19 @@ from pygeoapi.util import JobStatus, get_current_datetime
 
 from aquamask.processes.jobs import worker
 from aquamask.processes.pipeline import methods
-from aquamask.processes.storage.jobstore import JobStore
 from aquamask.processes.settings import PINNED, Settings
+from aquamask.processes.storage.jobstore import JobStore
 
 LOGGER = logging.getLogger("aquamask.worker")
 
 
 def run_job(job_id: str, processor_path: str, database: str, settings: dict) -> int:
     """The task of one job, run with the server's ``settings`` (``Settings.portable``), so
-    that a worker needs no configuration of its own. Dask runs a task again only when the worker running it died, and
-    a job is not worth a second run on a machine that was killed under it (a scene that
-    exhausts memory would kill every worker in turn): a job found ``running`` here is failed
-    with that reason, at once, on any host. Concurrency is bounded by the workers' threads."""
+    that a worker needs no configuration of its own. Dask runs a task again only when the
+    worker running it died, and a job is not worth a second run on a machine that was killed
+    under it (a scene that exhausts memory would kill every worker in turn): a job found
+    ``running`` here is failed with that reason, at once, on any host. Concurrency is bounded
+    by the workers' threads."""
     token = PINNED.set(Settings(settings))
     try:
         return _run_job(job_id, processor_path, database)

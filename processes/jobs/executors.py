@@ -47,12 +47,21 @@ def worker_alive(pid: int | None, started: str | None) -> bool:
     return is_alive(pid, started)
 
 
-def kill_worker(record: dict[str, Any]) -> None:
-    """Kill the process group of a job's forked worker on this host, if it still runs (a
-    worker declared failed must not keep its slot)."""
+def forked_worker(record: dict[str, Any]) -> int | None:
+    """The pid of a job's forked worker on this host while it runs, else None (an inline
+    job's pid is a web worker's, a Dask job's another host's)."""
     pid, started = record.get("pid"), record.get("pid_start")
     if record.get("runner") not in (None, "fork") or record.get("host") != worker.HOST \
             or not worker_alive(pid, started):
+        return None
+    return pid
+
+
+def kill_worker(record: dict[str, Any]) -> None:
+    """Kill the process group of a job's forked worker on this host, if it still runs (a
+    worker declared failed must not keep its slot)."""
+    pid = forked_worker(record)
+    if pid is None:
         return
     try:
         os.killpg(pid, signal.SIGKILL)
@@ -61,6 +70,8 @@ def kill_worker(record: dict[str, Any]) -> None:
 
 
 class Executor(Protocol):
+    runner: str  # how the job store records who runs the job: fork or dask
+
     def submit(self, job_id: str, processor_path: str, database: str) -> Wait:
         """Start the job; the returned function waits for its end (synchronous execution)."""
 
@@ -88,14 +99,14 @@ class LocalExecutor:
         process = FORKSERVER.Process(target=worker.run_forked, name=f"aquamask-job-{job_id}",
                                      args=(job_id, processor_path, database), daemon=False)
         process.start()  # the fork server reaps it when it ends
-        self.store.update(job_id, {"pid": process.pid, "pid_start": process_start(process.pid)})
+        pid = process.pid or 0  # started: it has one
+        self.store.update(job_id, {"pid": pid, "pid_start": process_start(pid)})
         return process.join
 
     def stop(self, record: dict[str, Any], grace: float = 10.0) -> None:
-        pid, started = record.get("pid"), record.get("pid_start")
-        if record.get("runner") not in (None, "fork") or record.get("host") != worker.HOST \
-                or not worker_alive(pid, started):
-            return  # an inline job's pid is a web worker's: it stops at its next progress
+        pid, started = forked_worker(record), record.get("pid_start")
+        if pid is None:
+            return  # an inline job stops at its next progress
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -122,8 +133,9 @@ class DaskExecutor:
     The cluster's workers need the aquamask package, the job store's network reach and the
     results folder at the same path as the server; each task carries the server's settings
     (secrets from its environment included: keep the cluster's network private or use TLS).
-    ``dask_worker.ModelPlugin`` loads the water model once per worker. A task's key is the job id, so a job is never queued twice; it is released to
-    the scheduler (fire and forget), so it runs on when the web worker that submitted it ends.
+    ``dask_worker.ModelPlugin`` loads the water model once per worker. A task's key is the
+    job id, so a job is never queued twice; it is released to the scheduler (fire and
+    forget), so it runs on when the web worker that submitted it ends.
     """
 
     runner = "dask"

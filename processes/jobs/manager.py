@@ -25,23 +25,32 @@ import uuid
 from http import HTTPStatus
 from typing import Any, Optional, Tuple
 
-from pygeoapi.process.base import (JobNotFoundError, JobResultNotFoundError,
-                                   ProcessorExecuteError)
+from pygeoapi.process.base import JobNotFoundError, JobResultNotFoundError, ProcessorExecuteError
 from pygeoapi.process.manager.base import BaseManager
-from pygeoapi.util import (JobStatus, ProcessExecutionMode, RequestedProcessExecutionMode,
-                           RequestedResponse, get_current_datetime)
+from pygeoapi.util import (
+    JobStatus,
+    ProcessExecutionMode,
+    RequestedProcessExecutionMode,
+    RequestedResponse,
+    get_current_datetime,
+)
 
 from aquamask.processes.errors import AquamaskError, TooManyJobs
+from aquamask.processes.identity import current_identity
 from aquamask.processes.jobs import worker
-from aquamask.processes.jobs.executors import (LocalExecutor, executor_from_settings,
-                                               kill_worker, preload, worker_alive)
+from aquamask.processes.jobs.executors import (
+    LocalExecutor,
+    executor_from_settings,
+    kill_worker,
+    preload,
+    worker_alive,
+)
+from aquamask.processes.jobs.worker import ACTIVE, HOST, remove_job_files
 from aquamask.processes.ogc.base import AquamaskProcessor, as_ogc_error
 from aquamask.processes.procfs import process_start
 from aquamask.processes.publishing import service as publishing
-from aquamask.processes.identity import current_identity
-from aquamask.processes.storage.jobstore import JobStore, StoreUnavailable
 from aquamask.processes.settings import Settings
-from aquamask.processes.jobs.worker import ACTIVE, HOST, remove_job_files
+from aquamask.processes.storage.jobstore import JobStore, StoreUnavailable
 
 LOGGER = logging.getLogger(__name__)
 # how long a record may wait for its web worker to hand it to an executor
@@ -381,7 +390,7 @@ class AquamaskManager(BaseManager):
             raise JobNotFoundError()
         return record
 
-    def get_job_result(self, job_id: str) -> Tuple[str, Any]:
+    def get_job_result(self, job_id: str) -> Tuple[Any, ...]:
         record = self.get_job(job_id)
         if record["status"] != JobStatus.successful.value:
             return (None,)

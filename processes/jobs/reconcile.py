@@ -18,8 +18,8 @@ from aquamask.processes.ogc.outputs import MASK_RESULT_FILES, result_link
 from aquamask.processes.pipeline.products import ITEM_FILE, MASK_FILE, PROBABILITY_FILE
 from aquamask.processes.publishing import service as publishing
 from aquamask.processes.settings import Settings
-from aquamask.processes.storage.results import results_store
 from aquamask.processes.storage.jobstore import job_store
+from aquamask.processes.storage.results import results_store
 
 LOGGER = logging.getLogger(__name__)
 

@@ -27,11 +27,10 @@ from pygeoapi.util import JobStatus, get_current_datetime
 
 from aquamask.processes.errors import AquamaskError, Cancelled, Overdue
 from aquamask.processes.procfs import process_start
-from aquamask.processes.storage.jobstore import JobStore
-from aquamask.processes.storage.results import ResultStoreError
 from aquamask.processes.settings import Settings
 from aquamask.processes.storage.disk import explain
-from aquamask.processes.storage.results import results_store
+from aquamask.processes.storage.jobstore import JobStore
+from aquamask.processes.storage.results import ResultStoreError, results_store
 
 if TYPE_CHECKING:
     from aquamask.processes.ogc.base import AquamaskProcessor

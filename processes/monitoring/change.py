@@ -4,15 +4,28 @@ permanent, no data) with the area of each, as a COG published in its style."""
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from typing import Any
 
 from aquamask.processes.constants import INVALID
 from aquamask.processes.errors import InvalidInput
-from aquamask.processes.monitoring.dates import (FAILED, best_date, date_context, detect_date,
-                                                 public_record)
-from aquamask.processes.monitoring.files import (AFTER_TIF, BEFORE_TIF, CHANGE_TIF,
-                                                 ITEM_JSON, Links, Staging, publish_styled,
-                                                 write_raster_item)
+from aquamask.processes.monitoring.dates import (
+    FAILED,
+    best_date,
+    date_context,
+    detect_date,
+    public_record,
+)
+from aquamask.processes.monitoring.files import (
+    AFTER_TIF,
+    BEFORE_TIF,
+    CHANGE_TIF,
+    ITEM_JSON,
+    Links,
+    Staging,
+    publish_styled,
+    write_raster_item,
+)
 from aquamask.processes.monitoring.parallel import run_parallel
 from aquamask.processes.monitoring.rasters import change_raster
 from aquamask.processes.monitoring.request import MonitoringRequest
@@ -48,7 +61,7 @@ def run_change(request: MonitoringRequest, settings: Settings, job_id: str,
                                                f"({SIDES[i]}: {record['status']})")
 
         progress(8, f"detecting water on {plans[0].day} and {plans[1].day}")
-        records = run_parallel([lambda p=p: detect_date(p, ctx) for p in plans], on_done,
+        records = run_parallel([partial(detect_date, p, ctx) for p in plans], on_done,
                                scheduler=settings.monitoring.scheduler,
                                workers=settings.monitoring.max_parallel_dates)
         for side, record in zip(SIDES, records):

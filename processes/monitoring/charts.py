@@ -77,8 +77,8 @@ def validation_chart(result: dict[str, Any], rows: list[dict[str, Any]], field: 
     figure = _figure()
     axes = figure.add_subplot(1, 1, 1)
     ok = [r for r in rows if r["status"] == OK]
-    axes.plot([record_time(r) for r in ok], [r["water_area_km2"] for r in ok], "-o", color="#0070ff",
-              label="water area (km²)")
+    axes.plot([record_time(r) for r in ok], [r["water_area_km2"] for r in ok], "-o",
+              color="#0070ff", label="water area (km²)")
     axes.set_ylabel("water area (km²)", color="#0070ff")
     other = axes.twinx()
     other.plot([m.when for m in field.measurements], [m.value for m in field.measurements],

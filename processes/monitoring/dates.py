@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +195,7 @@ def detect_dates(plans: list[DatePlan], ctx: DateContext, settings: Settings,
     progress(start, f"detecting water on {total} date(s)"
                     + (f", {len(plans) - total} skipped for clouds" if len(plans) > total
                        else ""))
-    results = run_parallel([lambda p=p: detect_date(p, ctx) for p in todo], on_done,
+    results = run_parallel([partial(detect_date, p, ctx) for p in todo], on_done,
                            scheduler=settings.monitoring.scheduler,
                            workers=settings.monitoring.max_parallel_dates)
     records = []

@@ -6,11 +6,24 @@ import shutil
 from typing import Any
 
 from aquamask.processes.errors import NoScene
-from aquamask.processes.monitoring.dates import (OK, date_context, detect_dates,
-                                                 fail_if_nothing, find_dates, public_record)
-from aquamask.processes.monitoring.files import (FREQUENCY_TIF, ITEM_JSON, OBSERVATIONS_TIF,
-                                                 Links, Staging, publish_styled, rounded,
-                                                 write_raster_item)
+from aquamask.processes.monitoring.dates import (
+    OK,
+    date_context,
+    detect_dates,
+    fail_if_nothing,
+    find_dates,
+    public_record,
+)
+from aquamask.processes.monitoring.files import (
+    FREQUENCY_TIF,
+    ITEM_JSON,
+    OBSERVATIONS_TIF,
+    Links,
+    Staging,
+    publish_styled,
+    rounded,
+    write_raster_item,
+)
 from aquamask.processes.monitoring.rasters import FREQUENCY_NODATA, frequency_rasters
 from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.pipeline.products import to_cog

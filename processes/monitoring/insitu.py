@@ -89,7 +89,8 @@ def parse_field_csv(text: str, name: str = "field") -> FieldSeries:
     if missing:
         raise InvalidInput(f"field_data line 1 (header): missing column(s) "
                            f"{', '.join(repr(c) for c in missing)}; the header must name date, "
-                           f"value and unit (got {', '.join(repr(h) for h in header) or 'nothing'})")
+                           "value and unit (got "
+                           f"{', '.join(repr(h) for h in header) or 'nothing'})")
     index = {c: columns.index(c) for c in REQUIRED_COLUMNS}
     measurements: list[FieldMeasurement] = []
     unit: str | None = None

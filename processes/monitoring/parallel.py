@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from aquamask.processes.errors import Cancelled
 
+
 def _cluster_client(scheduler: str):
     """A context giving a dask.distributed client when the dates go to a cluster: the one
     ``scheduler`` names, or (``auto``) the one this job runs on, whose worker thread is

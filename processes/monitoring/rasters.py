@@ -69,12 +69,13 @@ def frequency_rasters(masks: list[Path], profile: dict[str, Any], frequency: Pat
     import rasterio
 
     crs_wkt = profile["crs"].to_wkt()
-    stats = {"valid_area_km2": 0.0, "ever_wet_area_km2": 0.0, "never_wet_area_km2": 0.0,
-             "no_observation_area_km2": 0.0, "wet_weighted": 0.0, "max_observations": 0,
-             "min_observations": None,
-             "classes": [{"label": label, "above_percent": low, "up_to_percent": high,
-                          "area_km2": 0.0}
-                         for label, low, high, _ in FREQUENCY_CLASSES]}
+    area = {"valid_area_km2": 0.0, "ever_wet_area_km2": 0.0, "never_wet_area_km2": 0.0,
+            "no_observation_area_km2": 0.0}
+    wet_weighted = 0.0
+    seen_counts: list[int] = []  # the fewest and the most valid observations of a pixel
+    by_class: list[dict[str, Any]] = [
+        {"label": label, "above_percent": low, "up_to_percent": high, "area_km2": 0.0}
+        for label, low, high, _ in FREQUENCY_CLASSES]
     with ExitStack() as stack:
         freq_out = stack.enter_context(rasterio.open(
             frequency, "w", **gtiff_profile(profile, "uint8", FREQUENCY_NODATA)))
@@ -101,22 +102,18 @@ def frequency_rasters(masks: list[Path], profile: dict[str, Any], frequency: Pat
             freq_out.write(percent, 1, window=window)
             obs_out.write(np.stack([valid, wet]), window=window)
             areas = pixel_areas_km2(profile["transform"], crs_wkt, window)
-            stats["valid_area_km2"] += float(np.sum(areas, where=seen))
-            stats["ever_wet_area_km2"] += float(np.sum(areas, where=wet > 0))
-            stats["never_wet_area_km2"] += float(np.sum(areas, where=seen & (wet == 0)))
-            stats["no_observation_area_km2"] += float(np.sum(areas, where=~seen))
-            stats["wet_weighted"] += float(np.sum(areas * fraction, where=seen))
+            area["valid_area_km2"] += float(np.sum(areas, where=seen))
+            area["ever_wet_area_km2"] += float(np.sum(areas, where=wet > 0))
+            area["never_wet_area_km2"] += float(np.sum(areas, where=seen & (wet == 0)))
+            area["no_observation_area_km2"] += float(np.sum(areas, where=~seen))
+            wet_weighted += float(np.sum(areas * fraction, where=seen))
             if seen.any():
-                stats["max_observations"] = max(stats["max_observations"],
-                                                int(valid[seen].max()))
-                low = int(valid[seen].min())
-                stats["min_observations"] = low if stats["min_observations"] is None \
-                    else min(stats["min_observations"], low)
-            for entry in stats["classes"]:
+                seen_counts += [int(valid[seen].min()), int(valid[seen].max())]
+            for entry in by_class:
                 hit = seen & (percent > entry["above_percent"]) & \
                     (percent <= entry["up_to_percent"])
                 entry["area_km2"] += float(np.sum(areas, where=hit))
-    weighted = stats.pop("wet_weighted")
-    stats["mean_frequency"] = weighted / stats["valid_area_km2"] if stats["valid_area_km2"] \
-        else None
-    return stats
+    return {**area, "max_observations": max(seen_counts, default=0),
+            "min_observations": min(seen_counts, default=None), "classes": by_class,
+            "mean_frequency": wet_weighted / area["valid_area_km2"]
+            if area["valid_area_km2"] else None}

@@ -12,16 +12,31 @@ from typing import Any
 
 import numpy as np
 
+from aquamask.processes.files import write_atomic
 from aquamask.processes.monitoring import insitu
 from aquamask.processes.monitoring.charts import timeseries_chart, validation_chart
-from aquamask.processes.monitoring.dates import (FAILED, OK, SKIPPED, date_context,
-                                                 detect_dates, fail_if_nothing, find_dates,
-                                                 public_record)
-from aquamask.processes.monitoring.files import (DATES_DIR, TIMESERIES_CSV, TIMESERIES_JSON,
-                                                 TIMESERIES_PNG, VALIDATION_CSV,
-                                                 VALIDATION_PNG, Links, Staging, series_csv)
+from aquamask.processes.monitoring.dates import (
+    FAILED,
+    OK,
+    SKIPPED,
+    date_context,
+    detect_dates,
+    fail_if_nothing,
+    find_dates,
+    public_record,
+)
+from aquamask.processes.monitoring.files import (
+    DATES_DIR,
+    TIMESERIES_CSV,
+    TIMESERIES_JSON,
+    TIMESERIES_PNG,
+    VALIDATION_CSV,
+    VALIDATION_PNG,
+    Links,
+    Staging,
+    series_csv,
+)
 from aquamask.processes.monitoring.request import MonitoringRequest
-from aquamask.processes.files import write_atomic
 from aquamask.processes.publishing import service as publishing
 from aquamask.processes.publishing.names import series_name
 from aquamask.processes.settings import Settings

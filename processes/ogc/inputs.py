@@ -15,10 +15,17 @@ from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.pipeline import methods
 from aquamask.processes.pipeline.sources import place_source, source_names
 from aquamask.processes.pipeline.sources.grid import check_place_pixels
-from aquamask.processes.pipeline.sources.query import (CRS84, PlaceQuery, check_area,
-                                                       check_date_span, parse_bbox,
-                                                       parse_cloud_cover, parse_collection,
-                                                       parse_datetime, parse_geometry)
+from aquamask.processes.pipeline.sources.query import (
+    CRS84,
+    PlaceQuery,
+    check_area,
+    check_date_span,
+    parse_bbox,
+    parse_cloud_cover,
+    parse_collection,
+    parse_datetime,
+    parse_geometry,
+)
 from aquamask.processes.settings import Settings
 
 MAX_RADIUS_M = 50_000.0
@@ -91,7 +98,7 @@ def parse_method(data: dict[str, Any], settings: Settings) -> tuple[str, float]:
     """The ``method`` (default ``detection.method``) and the ``threshold`` (default
     ``detection.threshold``, else the method's own)."""
     method = data.get("method", settings.detection.method)
-    if method not in methods.METHODS:
+    if not isinstance(method, str) or method not in methods.METHODS:
         raise InvalidInput(f"method must be one of {', '.join(methods.names())} "
                            f"(got {method!r})")
     return method, number(data, "threshold", methods.threshold_for(method, settings), 0, 1)

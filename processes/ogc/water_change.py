@@ -17,7 +17,7 @@ from aquamask.processes.types import ProgressCallback
 SIDE = {
     "schema": {"type": "string"}, "minOccurs": 1, "maxOccurs": 1,
 }
-PROCESS_METADATA = {
+PROCESS_METADATA: dict[str, Any] = {
     "version": "0.1.0",
     "id": "water-change",
     "title": {"en": "Water change between two dates"},
@@ -40,7 +40,8 @@ PROCESS_METADATA = {
     },
     "outputs": {
         "change": {"title": "Change classes: 0 dry, 1 gained, 2 lost, 3 permanent, 255 no "
-                            "data", "schema": {"type": "string", "contentMediaType": COG_MEDIA_TYPE}},
+                            "data",
+                   "schema": {"type": "string", "contentMediaType": COG_MEDIA_TYPE}},
         "before_mask": {"title": "Water mask of the before date",
                         "schema": {"type": "string", "contentMediaType": COG_MEDIA_TYPE}},
         "after_mask": {"title": "Water mask of the after date",

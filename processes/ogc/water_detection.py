@@ -6,9 +6,18 @@ from typing import Any
 from aquamask.processes.constants import COG_MEDIA_TYPE, DETECTION_BANDS, GEOJSON_MEDIA_TYPE
 from aquamask.processes.errors import InvalidInput, MissingInput
 from aquamask.processes.ogc.base import AquamaskProcessor
-from aquamask.processes.ogc.inputs import (BBOX_SCHEMA, CRS84, GEOMETRY_SCHEMA, PUBLIC_INPUT,
-                                           check_known, method_input, parse_method,
-                                           parse_public, place_query, threshold_input)
+from aquamask.processes.ogc.inputs import (
+    BBOX_SCHEMA,
+    CRS84,
+    GEOMETRY_SCHEMA,
+    PUBLIC_INPUT,
+    check_known,
+    method_input,
+    parse_method,
+    parse_public,
+    place_query,
+    threshold_input,
+)
 from aquamask.processes.ogc.outputs import MASK_RESULT_FILES, result_link
 from aquamask.processes.pipeline.flow import DetectionRequest, run_detection
 from aquamask.processes.pipeline.sources import place_source
@@ -17,7 +26,7 @@ from aquamask.processes.publishing import service as publishing
 from aquamask.processes.settings import Settings
 from aquamask.processes.types import Layer, Product, ProgressCallback
 
-PROCESS_METADATA = {
+PROCESS_METADATA: dict[str, Any] = {
     "version": "0.1.0",
     "id": "water-detection",
     "title": {"en": "Water detection"},

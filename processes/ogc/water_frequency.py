@@ -9,12 +9,17 @@ from aquamask.processes.monitoring.files import FREQUENCY_TIF, ITEM_JSON, OBSERV
 from aquamask.processes.monitoring.frequency import run_frequency
 from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.ogc.base import AquamaskProcessor
-from aquamask.processes.ogc.inputs import (INTERVAL_INPUT, MIN_VALID_INPUT, MONITORING_INPUTS,
-                                           check_source, parse_monitoring)
+from aquamask.processes.ogc.inputs import (
+    INTERVAL_INPUT,
+    MIN_VALID_INPUT,
+    MONITORING_INPUTS,
+    check_source,
+    parse_monitoring,
+)
 from aquamask.processes.settings import Settings
 from aquamask.processes.types import ProgressCallback
 
-PROCESS_METADATA = {
+PROCESS_METADATA: dict[str, Any] = {
     "version": "0.1.0",
     "id": "water-frequency",
     "title": {"en": "Water frequency"},

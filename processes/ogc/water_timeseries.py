@@ -6,22 +6,32 @@ from typing import Any
 
 from aquamask.processes.constants import CSV_MEDIA_TYPE, JSON_MEDIA_TYPE, PNG_MEDIA_TYPE
 from aquamask.processes.errors import InvalidInput
-from aquamask.processes.monitoring.files import (TIMESERIES_CSV, TIMESERIES_JSON,
-                                                 TIMESERIES_PNG, VALIDATION_CSV,
-                                                 VALIDATION_PNG)
+from aquamask.processes.monitoring.files import (
+    TIMESERIES_CSV,
+    TIMESERIES_JSON,
+    TIMESERIES_PNG,
+    VALIDATION_CSV,
+    VALIDATION_PNG,
+)
 from aquamask.processes.monitoring.insitu import read_field_input
 from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.monitoring.timeseries import run_timeseries
 from aquamask.processes.ogc.base import AquamaskProcessor
-from aquamask.processes.ogc.inputs import (INTERVAL_INPUT, MIN_VALID_INPUT, MONITORING_INPUTS,
-                                           check_source, number, parse_monitoring)
+from aquamask.processes.ogc.inputs import (
+    INTERVAL_INPUT,
+    MIN_VALID_INPUT,
+    MONITORING_INPUTS,
+    check_source,
+    number,
+    parse_monitoring,
+)
 from aquamask.processes.settings import Settings
 from aquamask.processes.types import ProgressCallback
 
 LINK = {"type": "object", "required": ["href"],
         "properties": {"href": {"type": "string"}, "type": {"type": "string"}}}
 
-PROCESS_METADATA = {
+PROCESS_METADATA: dict[str, Any] = {
     "version": "0.1.0",
     "id": "water-timeseries",
     "title": {"en": "Water extent over time"},

@@ -19,11 +19,11 @@ import rasterio
 from rasterio.windows import Window
 
 from aquamask.processes import telemetry
+from aquamask.processes.constants import DRY, INVALID, WATER
 from aquamask.processes.pipeline import methods
 from aquamask.processes.pipeline.areas import pixel_areas_km2
 from aquamask.processes.pipeline.blocks import BLOCK, gtiff_profile, windows
 from aquamask.processes.types import Mask, MaskStats, ProgressCallback, Scene
-from aquamask.processes.constants import DRY, INVALID, WATER
 
 PREFETCH = 2  # blocks read ahead of the one being predicted
 
@@ -88,7 +88,8 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
     blocks = list(windows(scene.width, scene.height, block))
     timings = stage_seconds if stage_seconds is not None else {}
     timings.update(read=0.0, predict=0.0, write=0.0)
-    totals = {"water_px": 0, "valid_px": 0, "water_km2": 0.0, "valid_km2": 0.0}
+    counts = {"water_px": 0, "valid_px": 0}
+    areas_km2 = {"water": 0.0, "valid": 0.0}
 
     def read(window: Window) -> np.ndarray:
         start = time.perf_counter()
@@ -117,10 +118,10 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
             if prob_ds is not None:
                 prob_ds.write(probability.astype(np.float32, copy=False), 1, window=window)
             areas = pixel_areas_km2(transform, crs_wkt, window)
-            totals["water_px"] += int(np.count_nonzero(water))
-            totals["valid_px"] += int(np.count_nonzero(valid))
-            totals["water_km2"] += float(np.sum(areas, where=water))
-            totals["valid_km2"] += float(np.sum(areas, where=valid))
+            counts["water_px"] += int(np.count_nonzero(water))
+            counts["valid_px"] += int(np.count_nonzero(valid))
+            areas_km2["water"] += float(np.sum(areas, where=water))
+            areas_km2["valid"] += float(np.sum(areas, where=valid))
             timings["write"] += time.perf_counter() - start
 
         with ThreadPoolExecutor(1, thread_name_prefix="aquamask-read") as reader, \
@@ -153,9 +154,9 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
                 written.result()
     telemetry.detection(method, time.perf_counter() - started, timings,
                         scene.width * scene.height)
-    stats = MaskStats(water_pixels=totals["water_px"], valid_pixels=totals["valid_px"],
+    stats = MaskStats(water_pixels=counts["water_px"], valid_pixels=counts["valid_px"],
                       total_pixels=scene.width * scene.height,
-                      water_area_km2=totals["water_km2"], valid_area_km2=totals["valid_km2"])
+                      water_area_km2=areas_km2["water"], valid_area_km2=areas_km2["valid"])
     model_info = None
     if model is not None:
         model_info = {"name": model.name, "version": model.version,

@@ -19,10 +19,9 @@ from rio_cogeo.profiles import cog_profiles
 from shapely.geometry import box, mapping
 
 from aquamask import __version__
-from aquamask.processes.constants import COG_MEDIA_TYPE
+from aquamask.processes.constants import COG_MEDIA_TYPE, INVALID
 from aquamask.processes.files import write_atomic
 from aquamask.processes.types import Mask, Product, Scene
-from aquamask.processes.constants import INVALID
 
 if TYPE_CHECKING:
     from aquamask.processes.storage.results import ResultStore
@@ -40,7 +39,7 @@ COG_PROFILE = dict(cog_profiles.get("deflate"), blockxsize=256, blockysize=256)
 COG_CONFIG = {"GDAL_NUM_THREADS": "ALL_CPUS"}
 
 
-def to_cog(source: Path, target: Path, *, resampling: str, nodata: Any = None,
+def to_cog(source: Path, target: Path, *, resampling: Any, nodata: Any = None,
            **profile: Any) -> Path:
     """The tiled GeoTIFF ``source`` as a COG at ``target``: DEFLATE (``profile`` overrides),
     overviews by ``resampling``."""

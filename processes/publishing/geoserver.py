@@ -10,9 +10,10 @@ Built on the ``geoserver-rest`` package (``geo.Geoserver``). For one result it
 4. sets the coverage's title, abstract, keywords, native and declared CRS and both bounding boxes
    (``PUT .../coverages/{name}``) and the layer's default style (``PUT /layers/{ws}:{name}``),
 5. when the result is one date of a job's time series, adds it to that series' ImageMosaic so
-   WMS clients step through the dates with ``TIME=``: the first product creates the mosaic (``PUT .../file.imagemosaic`` with a zip of
-   ``indexer.properties``, ``timeregex.properties`` and the granule), the next ones are harvested
-   into it (``POST .../file.imagemosaic?filename=...``); the coverage gets a TIME dimension.
+   WMS clients step through the dates with ``TIME=``: the first product creates the mosaic
+   (``PUT .../file.imagemosaic`` with a zip of ``indexer.properties``, ``timeregex.properties``
+   and the granule), the next ones are harvested into it (``POST
+   .../file.imagemosaic?filename=...``); the coverage gets a TIME dimension.
 
 Every step checks before it creates, so publishing a product again changes nothing and creates
 nothing twice. ``unpublish`` deletes the store with its coverage and layer (``recurse=true``) and
@@ -366,7 +367,7 @@ class GeoServerPublisher(Publisher):
                        content_type="image/tiff", method="file")
         else:
             try:
-                relative = path.resolve().relative_to(self.results_dir)
+                relative = path.resolve().relative_to(self.results_dir or "")
             except ValueError:
                 raise ValueError(f"{path} is not under the results folder {self.results_dir}")\
                     from None
@@ -454,7 +455,7 @@ class GeoServerPublisher(Publisher):
             self._call("coverage metadata", self.client.update_coverage, ws, name, name,
                        self._coverage_body(name, title, abstract, facts, bbox))
             self._call("layer style", self.client.publish_style, name, f"{ws}:{self.style}", ws)
-            if series:
+            if series and granule:
                 self._publish_series(product, series, granule, path, facts, bbox)
             self._record(row, dict(entry, complete=True))
         LOGGER.info("published %s to GeoServer as %s:%s%s", product.id, ws, name,

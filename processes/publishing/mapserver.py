@@ -44,10 +44,16 @@ import jinja2
 from aquamask.processes.files import write_atomic
 from aquamask.processes.publishing.base import Publisher, getmap_params, ogc_url, service_layer
 from aquamask.processes.publishing.names import SERIES_PREFIX, utc_time
-from aquamask.processes.publishing.styles import (BAND_DESCRIPTIONS, CHANGE_CLASSES,
-                                                  FREQUENCY_CLASSES, RANGE_LABELS,
-                                                  STYLE_ABSTRACTS, STYLE_DTYPES, WATER_RGB,
-                                                  raster_style)
+from aquamask.processes.publishing.styles import (
+    BAND_DESCRIPTIONS,
+    CHANGE_CLASSES,
+    FREQUENCY_CLASSES,
+    RANGE_LABELS,
+    STYLE_ABSTRACTS,
+    STYLE_DTYPES,
+    WATER_RGB,
+    raster_style,
+)
 from aquamask.processes.storage.jobstore import job_store
 from aquamask.processes.storage.results import results_store
 from aquamask.processes.types import Layer, Product

@@ -39,8 +39,13 @@ from aquamask.processes.procfs import command_line
 from aquamask.processes.publishing.base import Publisher, load_publisher
 from aquamask.processes.publishing.geoserver import GeoServerError, GeoServerPublisher
 from aquamask.processes.publishing.mapserver import product_facts
-from aquamask.processes.publishing.names import (job_of, layer_name, series_name, utc_time,
-                                                 validate_product_id)
+from aquamask.processes.publishing.names import (
+    job_of,
+    layer_name,
+    series_name,
+    utc_time,
+    validate_product_id,
+)
 from aquamask.processes.settings import Settings
 from aquamask.processes.storage.jobstore import job_store
 from aquamask.processes.storage.results import results_store
@@ -159,7 +164,7 @@ def _layer_row(product: Product, settings: Settings, *, series: str | None,
     """The row of ``product``'s layer: its job's owner and ``public`` input."""
     job_id = job_of(product.id)
     record = job_store(settings).get(job_id) or {}
-    inputs = record.get("inputs") if isinstance(record.get("inputs"), dict) else {}
+    inputs = record["inputs"] if isinstance(record.get("inputs"), dict) else {}
     now = _now()
     previous = job_store(settings).layer(product.id) or {}
     return {
@@ -184,7 +189,9 @@ def retrier_alive(pid: int | None, product_id: str) -> bool:
 
 
 def _stop_retrier(row: dict[str, Any] | None) -> None:
-    pid = (row or {}).get("retrier_pid")
+    if row is None:
+        return
+    pid = row.get("retrier_pid")
     if pid and pid != os.getpid() and retrier_alive(pid, row["product_id"]):
         try:
             os.kill(pid, signal.SIGTERM)

@@ -11,6 +11,7 @@ database (PostgreSQL restarting or failing over, SQLite locked) with backoff for
 """
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -19,8 +20,25 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 from urllib.parse import quote
 
-from sqlalchemy import (Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text,
-                        create_engine, event, exc, func, inspect, select, text, update)
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    exc,
+    func,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
@@ -158,8 +176,8 @@ class JobStore:
 
     ``create``: make the database and its tables when missing (the server at start; only
     then); a job worker passes False. A SQLite file deleted under a running server is then an
-    error every process reports, rather than an empty database one of them silently starts. ``retry_s``: how long a call keeps
-    retrying a database that is away."""
+    error every process reports, rather than an empty database one of them silently starts.
+    ``retry_s``: how long a call keeps retrying a database that is away."""
 
     def __init__(self, url: str, *, create: bool = True, retry_s: float = 120.0) -> None:
         self.url = url
@@ -176,7 +194,7 @@ class JobStore:
         if self.create and self.path:
             # made: from now on a missing file is an error to report, never made again
             self.create = False
-            self._engine.dispose()
+            self.engine.dispose()
             self._engine, self._pid = None, 0
 
     # -- connections ---------------------------------------------------------------------------
@@ -199,13 +217,13 @@ class JobStore:
             else:
                 self._engine = create_engine(self.url, pool_pre_ping=True)
             self._pid = os.getpid()
-        return self._engine
+        return self._engine  # type: ignore[return-value]  # made above for this process
 
     def _same_file(self, dbapi_connection, record, _proxy) -> None:
         """A pooled SQLite connection still on the file the URL names: one kept open across
         the file's deletion or replacement would write to a file nobody else reads."""
         try:
-            now = os.stat(self.path).st_ino
+            now = os.stat(str(self.path)).st_ino
         except FileNotFoundError:
             now = None
         if "inode" not in record.info:
@@ -331,8 +349,8 @@ class JobStore:
         insert = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}.get(
             self.engine.dialect.name)
         if insert is not None:
-            conn.execute(insert(owners).values(owner=owner, submissions=0)
-                         .on_conflict_do_nothing(index_elements=["owner"]))
+            conn.execute(insert(owners).values(owner=owner, submissions=0)  # both dialects'
+                         .on_conflict_do_nothing(index_elements=["owner"]))  # type: ignore
         elif conn.execute(select(owners.c.owner).where(owners.c.owner == owner)).first() \
                 is None:
             conn.execute(owners.insert().values(owner=owner, submissions=0))
@@ -357,10 +375,10 @@ class JobStore:
     def list(self, limit: int | None = None, offset: int | None = None,
              status: str | Iterable[str] | None = None, owner: str | None = None,
              process_id: str | Iterable[str] | None = None
-             ) -> tuple[list[dict[str, Any]], int]:
+             ) -> tuple[builtins.list[dict[str, Any]], int]:
         query = select(jobs).order_by(jobs.c.created.desc(), jobs.c.identifier)
         count = select(func.count()).select_from(jobs)
-        conditions = []
+        conditions: builtins.list[Any] = []
         if status:
             conditions.append(jobs.c.status.in_([status] if isinstance(status, str)
                                                 else list(status)))
@@ -378,7 +396,7 @@ class JobStore:
         rows, total = self._read(work)
         return [self._decode(r) for r in rows], total
 
-    def active(self, owner: str | None = None) -> list[dict[str, Any]]:
+    def active(self, owner: str | None = None) -> builtins.list[dict[str, Any]]:
         query = select(jobs).where(jobs.c.status.in_(ACTIVE))
         if owner is not None:
             query = query.where(jobs.c.owner == owner)
@@ -450,7 +468,7 @@ class JobStore:
 
     def layers(self, *, job_id: str | None = None, series: str | None = None,
                names: Iterable[str] | None = None, engine: str | None = None
-               ) -> list[dict[str, Any]]:
+               ) -> builtins.list[dict[str, Any]]:
         """Layers, oldest first, optionally of one job, one series or with these names."""
         query = select(layers).order_by(layers.c.published, layers.c.product_id)
         if job_id is not None:
@@ -465,7 +483,7 @@ class JobStore:
         return [self._decode(r, "layers") for r in rows]
 
     def visible_layers(self, owner: str | None, *, everyone: bool = False
-                       ) -> tuple[int, list[dict[str, Any]]]:
+                       ) -> tuple[int, builtins.list[dict[str, Any]]]:
         """The catalogue's revision and the layers ``owner`` may see (its own and the public
         ones; all with ``everyone``), read in one transaction."""
         query = select(layers).order_by(layers.c.published, layers.c.product_id)

@@ -18,9 +18,8 @@ import psutil
 import requests
 
 from aquamask.processes.storage.jobstore import JobStore
-from tests.support.server import Server, start_server
 from tests.support.faults import NO_LIMIT, fork_servers_by_web_worker, kill_server, new_home
-from tests.support.server import job_id_of, wait_running
+from tests.support.server import Server, job_id_of, start_server, wait_running
 
 FAST_LIVENESS = {"AQUAMASK__JOBS__SWEEP_S": "1", "AQUAMASK__JOBS__HEARTBEAT_S": "1",
                  "AQUAMASK__JOBS__STALE_AFTER_S": "6", **NO_LIMIT}

@@ -15,10 +15,8 @@ import pytest
 import requests
 
 from aquamask.processes.storage.jobstore import JobStore
-from tests.support.faults import (NO_LIMIT, fork_servers_by_web_worker, kill_server,
-                                  new_home)
+from tests.support.faults import NO_LIMIT, fork_servers_by_web_worker, kill_server, new_home
 from tests.support.server import job_id_of, start_server, wait_running
-
 
 
 def test_fifty_concurrent_async_executions_on_four_workers(tmp_path, scenes):

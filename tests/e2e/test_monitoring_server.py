@@ -17,8 +17,8 @@ import rasterio
 import requests
 from PIL import Image
 
-from tests.support.server import start_server
 from tests.support.monitoring_scenes import USABLE, build_scenes, field_csv
+from tests.support.server import start_server
 
 PIXEL_KM2 = 1e-4
 

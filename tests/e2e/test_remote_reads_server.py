@@ -6,8 +6,15 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.processes.test_remote_reads import (INTERNAL, RAW_PASSWD, Attacker, Internal,
-                                               huge_block, simple_source, vrt)
+from tests.processes.test_remote_reads import (
+    INTERNAL,
+    RAW_PASSWD,
+    Attacker,
+    Internal,
+    huge_block,
+    simple_source,
+    vrt,
+)
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,14 @@ import requests
 from click.testing import CliRunner
 
 from aquamask.processes.publishing import service as publishing
-from aquamask.processes.storage.jobstore import JobStore
 from aquamask.processes.publishing.geoserver import GeoServerError, GeoServerPublisher
 from aquamask.processes.publishing.mapserver import raster_facts
 from aquamask.processes.publishing.names import derived_id, job_of, series_name
 from aquamask.processes.settings import Settings
-from tests.support.mapserver import GRIDS, make_product, write_mask_cog
-from tests.support.geoserver_standin import SCHEMAS, GeoServerStandIn, SchemaError, check
+from aquamask.processes.storage.jobstore import JobStore, job_store
 from aquamask.processes.storage.results import results_store
-from aquamask.processes.storage.jobstore import job_store
+from tests.support.geoserver_standin import SCHEMAS, GeoServerStandIn, SchemaError, check
+from tests.support.mapserver import GRIDS, make_product, write_mask_cog
 
 PASSWORD = "s3cret-Pa55"
 ID1 = "3f2b8c1e-9a47-4d2e-8b1f-0c9d7e6a5b43"
@@ -216,7 +215,8 @@ def test_a_time_series_is_one_jobs_dates(settings, standin):
     assert [r.status for r in standin.calls("POST", rf"{series}/file\.imagemosaic$")] == [202]
     assert len(standin.stores[("aquamask", other)].granules) == 1
     publisher = GeoServerPublisher.from_settings(settings)
-    url = publisher.series_urls(series, list(first.bbox_wgs84), ["2024-06-03T10:40:00Z"])["2024-06-03T10:40:00Z"]
+    when = "2024-06-03T10:40:00Z"
+    url = publisher.series_urls(series, list(first.bbox_wgs84), [when])[when]
     assert parse_qs(urlsplit(url).query)["TIME"] == ["2024-06-03T10:40:00Z"]
     # removing one date keeps the mosaic; removing the last removes it, files and all
     geoserver_unpublish(settings, first.id)
@@ -598,8 +598,15 @@ def test_embedded_time_series_steps_through_dates(tmp_path):
     TIME that is not one of its dates is an InvalidDimensionValue (never the default map)."""
     import numpy as np
 
-    from tests.support.mapserver import (BLUE, SIZE, MaskFile, catalogue_at,
-                                                    image_pixel, ows_app, png_rgba)
+    from tests.support.mapserver import (
+        BLUE,
+        SIZE,
+        MaskFile,
+        catalogue_at,
+        image_pixel,
+        ows_app,
+        png_rgba,
+    )
 
     catalogue = catalogue_at(tmp_path)
     client = ows_app(catalogue).test_client()

@@ -17,7 +17,15 @@ from aquamask.processes.publishing import service as publishing
 from aquamask.processes.publishing.base import Publisher
 from aquamask.processes.publishing.mapserver import MapServerPublisher
 from aquamask.processes.publishing.names import layer_name, validate_product_id
-from tests.support.mapserver import (ALICE, BASE_URL, catalogue_at, coverage_ids, layer_names, make_product, ows_app)
+from tests.support.mapserver import (
+    ALICE,
+    BASE_URL,
+    catalogue_at,
+    coverage_ids,
+    layer_names,
+    make_product,
+    ows_app,
+)
 
 WMS_CAPS = "/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities"
 WCS_CAPS = "/ows?SERVICE=WCS&VERSION=2.0.1&REQUEST=GetCapabilities"

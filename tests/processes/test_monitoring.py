@@ -23,10 +23,9 @@ from aquamask.processes.ogc.outputs import result_links
 from aquamask.processes.pipeline import flow
 from aquamask.processes.publishing import service as publishing
 from aquamask.processes.settings import Settings
-from aquamask.processes.storage.jobstore import JobStore
+from aquamask.processes.storage.jobstore import JobStore, job_store
 from tests.support.mapserver import view_text
-from tests.support.monitoring_scenes import (DATES, GAIN, USABLE, build_scenes, field_csv)
-from aquamask.processes.storage.jobstore import job_store
+from tests.support.monitoring_scenes import DATES, GAIN, USABLE, build_scenes, field_csv
 
 PIXEL_KM2 = 1e-4  # a 10 m UTM pixel; the ellipsoidal area differs by < 0.05 % here
 JOB = "0f6c1c1e-5b7a-11ef-9d3a-0242ac120002"

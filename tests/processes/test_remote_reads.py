@@ -26,14 +26,14 @@ import rasterio.shutil
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.demo import make_demo_scene
 from aquamask.processes.errors import Forbidden, InvalidInput, TooLarge
-from aquamask.processes.settings import Settings
 from aquamask.processes.pipeline.sources.bands import BandAsset, SourceItem
 from aquamask.processes.pipeline.sources.http import HttpPolicy
 from aquamask.processes.pipeline.sources.local import LocalSource
 from aquamask.processes.pipeline.sources.raster import RasterSource
-from aquamask.processes.constants import DETECTION_BANDS
+from aquamask.processes.settings import Settings
 from tests.support.standins import Response, serve_bytes
 
 ATTACKER, INTERNAL = "127.0.0.2", "127.0.0.3"

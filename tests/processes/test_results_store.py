@@ -11,9 +11,14 @@ import numpy as np
 import pytest
 import rasterio
 
-from aquamask.processes.storage.results import (FsspecResultStore, LocalResultStore, ResultStoreError,
-                                        gdal_options_for, results_store)
 from aquamask.processes.settings import Settings
+from aquamask.processes.storage.results import (
+    FsspecResultStore,
+    LocalResultStore,
+    ResultStoreError,
+    gdal_options_for,
+    results_store,
+)
 
 
 def write_result(folder: Path, size: int = 64) -> None:
@@ -216,14 +221,14 @@ def test_the_folder_store_is_todays_behaviour(tmp_path):
 def test_a_water_mask_written_to_the_object_store_is_published_from_vsis3(
         s3, store, tmp_path, demo_scene):
     """The pipeline's product: the COGs committed, their /vsis3/ paths in the mapfile."""
-    from aquamask.processes.pipeline.sources.raster import RasterSource
-    from aquamask.processes.pipeline.detection import detect
-    from aquamask.processes.pipeline.products import write_product
     import datetime as dt
 
-    from aquamask.processes.storage.jobstore import JobStore
+    from aquamask.processes.pipeline.detection import detect
+    from aquamask.processes.pipeline.products import write_product
+    from aquamask.processes.pipeline.sources.raster import RasterSource
     from aquamask.processes.publishing.mapserver import MapServerPublisher, product_facts
     from aquamask.processes.publishing.names import layer_name
+    from aquamask.processes.storage.jobstore import JobStore
 
     settings = Settings.load(environ={"AQUAMASK__HOME": str(tmp_path),
                                       "AQUAMASK__PATHS__DATA_ROOT": str(demo_scene.parent)})

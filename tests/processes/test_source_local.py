@@ -18,11 +18,11 @@ import rasterio
 import requests
 from rasterio.windows import Window
 
+from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import NoScene
-from aquamask.processes.settings import Settings
 from aquamask.processes.pipeline.sources import place_source
 from aquamask.processes.pipeline.sources.query import PlaceQuery, parse_bbox, parse_datetime
-from aquamask.processes.constants import DETECTION_BANDS
+from aquamask.processes.settings import Settings
 from tests.support.server import start_server
 from tests.support.standins import BANDS, build_tile, stac_item
 

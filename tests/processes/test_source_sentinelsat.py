@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from rasterio.windows import Window
 
+from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import UpstreamError
-from aquamask.processes.settings import Settings
 from aquamask.processes.pipeline.sources import place_source
 from aquamask.processes.pipeline.sources.grid import grid_for
 from aquamask.processes.pipeline.sources.query import PlaceQuery, parse_bbox, parse_datetime
 from aquamask.processes.pipeline.sources.sentinelsat_ import safe_assets
-from aquamask.processes.constants import DETECTION_BANDS
+from aquamask.processes.settings import Settings
 from tests.support.standins import Dhus, DhusProduct, Loopback, build_tile, safe_zip
 
 TITLE = "S2B_MSIL2A_20230801T105619_N0509_R094_T30SYJ_20230801T134512"

@@ -21,18 +21,17 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from aquamask.processes.pipeline.detection import detect
+from aquamask.processes.constants import DETECTION_BANDS, INVALID
 from aquamask.processes.errors import NoScene, UpstreamError
+from aquamask.processes.pipeline.detection import detect
 from aquamask.processes.pipeline.products import write_product
-from aquamask.processes.settings import Settings
 from aquamask.processes.pipeline.sources import place_source
 from aquamask.processes.pipeline.sources import scl as scl_classes
 from aquamask.processes.pipeline.sources.bands import radiometry
 from aquamask.processes.pipeline.sources.grid import grid_for
 from aquamask.processes.pipeline.sources.query import PlaceQuery, parse_bbox, parse_datetime
-from aquamask.processes.constants import DETECTION_BANDS, INVALID
-from tests.support.standins import (CONFORMANCE, PLACE, Loopback, StacApi, build_tile,
-                                      stac_item)
+from aquamask.processes.settings import Settings
+from tests.support.standins import CONFORMANCE, PLACE, Loopback, StacApi, build_tile, stac_item
 
 WHEN = "2023-08-01T10:56:19.024000+00:00"
 B03 = DETECTION_BANDS.index("B03")
@@ -365,7 +364,8 @@ def test_an_api_that_keeps_failing_is_a_502_with_the_reason(stac):
 def test_no_scene_is_a_clear_4xx_naming_place_dates_and_cloud_limit(stac):
     stac["api"].items = [stac["item"]("west", when="2023-06-01T10:56:19+00:00")]
     with pytest.raises(NoScene) as info:
-        place_source(stac["settings"](), "standin").read(query(when="2023-08-01/2023-08-03", cloud=20))
+        place_source(stac["settings"](), "standin").read(
+            query(when="2023-08-01/2023-08-03", cloud=20))
     message = str(info.value.message)
     assert int(info.value.http_status_code) == 422
     assert "-0.02000, 38.09000, 0.02000, 38.11000" in message
@@ -375,7 +375,9 @@ def test_no_scene_is_a_clear_4xx_naming_place_dates_and_cloud_limit(stac):
 
 def test_planetary_computer_assets_are_signed_before_reading(stac, monkeypatch):
     import planetary_computer
-    from planetary_computer import sas, settings as pc_settings
+    from planetary_computer import sas
+    from planetary_computer import settings as pc_settings
+
     from tests.support.standins import json_response
 
     tokens = []

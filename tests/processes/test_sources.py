@@ -9,10 +9,15 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
-from aquamask.processes.errors import Forbidden, InvalidInput, TooLarge
-from aquamask.processes.pipeline.sources.raster import (SENTINEL2_13, RasterSource, band_indexes,
-                                               canonical_band, read_window)
 from aquamask.processes.constants import DETECTION_BANDS
+from aquamask.processes.errors import Forbidden, InvalidInput, TooLarge
+from aquamask.processes.pipeline.sources.raster import (
+    SENTINEL2_13,
+    RasterSource,
+    band_indexes,
+    canonical_band,
+    read_window,
+)
 
 
 def write_raster(path, count, descriptions=None, crs="EPSG:32630", size=16, nodata=0):

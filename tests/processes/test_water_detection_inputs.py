@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from aquamask.processes.errors import InvalidInput, MissingInput, TooLarge
-from aquamask.processes.settings import Settings
 from aquamask.processes.ogc.water_detection import parse_inputs
+from aquamask.processes.settings import Settings
 
 
 @pytest.fixture

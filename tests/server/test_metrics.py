@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aquamask.processes.settings import Settings
 from aquamask.server.metrics import default_multiprocess_dir
-from tests.support.server import start_server
 from tests.support.geoserver_standin import GeoServerStandIn
+from tests.support.server import start_server
 
 LATENCY = "aquamask_http_request_duration_seconds"
 PROCESS_ROUTE = "/processes/<process_id>"

@@ -13,7 +13,18 @@ from rasterio.io import MemoryFile
 from rasterio.warp import transform_bounds
 from werkzeug.serving import make_server
 
-from tests.support.mapserver import (BLUE, DRY_PIXEL, NODATA_PIXEL, WATER_PIXEL, catalogue_at, coverage_ids, image_pixel, layer_names, ows_app, png_rgba)
+from tests.support.mapserver import (
+    BLUE,
+    DRY_PIXEL,
+    NODATA_PIXEL,
+    WATER_PIXEL,
+    catalogue_at,
+    coverage_ids,
+    image_pixel,
+    layer_names,
+    ows_app,
+    png_rgba,
+)
 
 CRSS = ["EPSG:32630", "EPSG:4326"]
 

@@ -16,7 +16,16 @@ import requests
 from werkzeug.serving import make_server
 
 from aquamask.processes.publishing.names import series_name
-from tests.support.mapserver import (ALICE, ANONYMOUS, BOB, MANAGER, catalogue_at, coverage_ids, layer_names, ows_app)
+from tests.support.mapserver import (
+    ALICE,
+    ANONYMOUS,
+    BOB,
+    MANAGER,
+    catalogue_at,
+    coverage_ids,
+    layer_names,
+    ows_app,
+)
 
 SECRET = "root:x:0:0:the-secret-line"
 

@@ -26,12 +26,11 @@ from rio_cogeo.cogeo import cog_translate
 from rio_cogeo.profiles import cog_profiles
 
 from aquamask.processes.identity import Identity, current_identity, with_implied_roles
-from aquamask.processes.storage.jobstore import JobStore
 from aquamask.processes.publishing.mapserver import MapServerPublisher
 from aquamask.processes.publishing.names import job_of
 from aquamask.processes.settings import Settings
+from aquamask.processes.storage.jobstore import JobStore, job_store
 from aquamask.processes.types import Layer, MaskStats, Product
-from aquamask.processes.storage.jobstore import job_store
 
 SIZE = 256
 WATER = (slice(64, 128), slice(64, 128))

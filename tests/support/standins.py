@@ -423,6 +423,11 @@ class StacApi:
 
 
 # --------------------------------------------------------------------------- DHuS + SAFE
+def _hub_time(when: dt.datetime) -> str:
+    """A DHuS OpenSearch date: milliseconds and Z."""
+    return f"{when:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z"
+
+
 def _odata_date(when: dt.datetime) -> str:
     return f"/Date({int(when.timestamp() * 1000)})/"
 
@@ -493,8 +498,8 @@ class Dhus:
                 "summary": f"Date: {p.when:%Y-%m-%dT%H:%M:%S.%f}Z, Instrument: MSI, "
                            "Mode: , Satellite: Sentinel-2, Size: 1.08 GB",
                 "ondemand": "false",
-                "date": [{"name": "beginposition", "content": f"{p.when:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z"},
-                         {"name": "endposition", "content": f"{p.when:%Y-%m-%dT%H:%M:%S.%f}"[:-3] + "Z"},
+                "date": [{"name": "beginposition", "content": _hub_time(p.when)},
+                         {"name": "endposition", "content": _hub_time(p.when)},
                          {"name": "ingestiondate", "content": "2023-08-01T15:02:11.114Z"}],
                 "int": [{"name": "orbitnumber", "content": "33418"},
                         {"name": "relativeorbitnumber", "content": "94"}],

@@ -111,7 +111,7 @@ class WindowCache:
 
     def put(self, key: str, **arrays: np.ndarray) -> None:
         buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub: allow_pickle
         data = buffer.getvalue()
         if len(data) > self.max_bytes:
             return

@@ -32,6 +32,7 @@ from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
+from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import InvalidInput, NoScene, UpstreamError
 from aquamask.processes.pipeline.sources import scl as scl_classes
 from aquamask.processes.pipeline.sources.bands import SCL, BandAsset, SourceItem
@@ -39,7 +40,6 @@ from aquamask.processes.pipeline.sources.cache import WindowCache
 from aquamask.processes.pipeline.sources.grid import Grid
 from aquamask.processes.pipeline.sources.query import PlaceQuery
 from aquamask.processes.types import Scene
-from aquamask.processes.constants import DETECTION_BANDS
 
 LOGGER = logging.getLogger(__name__)
 FULL_COVERAGE = 0.995

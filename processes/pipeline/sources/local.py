@@ -26,14 +26,13 @@ from rasterio.errors import RasterioIOError
 from rasterio.warp import transform_geom
 from shapely.geometry import box, mapping, shape
 
+from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import InvalidInput, UpstreamError
 from aquamask.processes.pipeline.sources import PlaceSource
-from aquamask.processes.pipeline.sources.bands import SCL, S2_NODATA, BandAsset, SourceItem
+from aquamask.processes.pipeline.sources.bands import S2_NODATA, SCL, BandAsset, SourceItem
 from aquamask.processes.pipeline.sources.query import PlaceQuery
-from aquamask.processes.pipeline.sources.raster import (DRIVER, band_indexes,
-                                               check_geotiff)
+from aquamask.processes.pipeline.sources.raster import DRIVER, band_indexes, check_geotiff
 from aquamask.processes.pipeline.sources.stac import parse_time, source_item
-from aquamask.processes.constants import DETECTION_BANDS
 
 LOGGER = logging.getLogger(__name__)
 CATALOG_FILES = ("catalog.json", "collection.json")
@@ -128,7 +127,7 @@ def catalog_items(root: Path, source: str) -> list[SourceItem]:
         raise UpstreamError(f"the local catalog {catalog_file.name} cannot be read; see the "
                             "server log") from err
     items = []
-    for item in catalog.get_items(recursive=True):
+    for item in catalog.get_items(recursive=True):  # type: ignore[attr-defined]
         raw = item.to_dict(include_self_link=False, transform_hrefs=False)
         for key, asset in item.assets.items():
             raw["assets"][key]["href"] = asset.get_absolute_href()

@@ -115,10 +115,9 @@ def parse_datetime(value: Any) -> tuple[dt.datetime | None, dt.datetime | None]:
                            "interval 'start/end' ('..' for an open end)")
     text = value.strip()
     if "/" not in text:
-        start = _parse_instant(text, "the instant", end_of_day=False)
-        end = _parse_instant(text, "the instant", end_of_day=True) \
-            if _FULL_DATE.match(text) else start
-        return start, end
+        instant = _parse_instant(text, "the instant", end_of_day=False)
+        return instant, _parse_instant(text, "the instant", end_of_day=True) \
+            if _FULL_DATE.match(text) else instant
     parts = text.split("/")
     if len(parts) != 2:
         raise InvalidInput(f"datetime: '{text}' has more than one '/'; an interval is start/end")

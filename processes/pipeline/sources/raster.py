@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
@@ -27,12 +27,12 @@ from rasterio.enums import Interleaving
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
+from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import InvalidInput, TooLarge
 from aquamask.processes.pipeline.sources.http import HttpPolicy
 from aquamask.processes.pipeline.sources.remote import RemoteImage
-from aquamask.processes.types import Scene
-from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.pipeline.sources.urls import HrefPolicy, check_href_text, file_under
+from aquamask.processes.types import Scene
 
 if TYPE_CHECKING:
     from aquamask.processes.settings import Settings
@@ -177,8 +177,8 @@ class RasterSource:
 
     name = "raster"
 
-    def __init__(self, data_root: Path, max_pixels: int, schemes: list[str],
-                 hosts: list[str] = (), private_hosts: list[str] = (),
+    def __init__(self, data_root: Path, max_pixels: int, schemes: Iterable[str],
+                 hosts: Iterable[str] = (), private_hosts: Iterable[str] = (),
                  max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
                  http: HttpPolicy = HttpPolicy()) -> None:
         self.data_root = data_root
@@ -223,7 +223,7 @@ class RasterSource:
         except Exception:
             opened.close()
             raise
-        return scene, target if image is None else None
+        return scene, target if isinstance(target, Path) else None
 
     def _dataset(self, href: str, target: str | Path,
                  image: RemoteImage | None) -> rasterio.DatasetReader:

@@ -54,7 +54,7 @@ RETRY_AFTER_MAX = 10.0
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 
 
-class _CheckedConnection:
+class _CheckedConnection(HTTPConnection):
     """Mixed into urllib3's connections: the socket goes only to addresses the policy allows."""
 
     policy: HrefPolicy  # set on the classes made for each policy

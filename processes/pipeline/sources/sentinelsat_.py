@@ -31,14 +31,19 @@ import requests
 from shapely import wkt
 from shapely.geometry import mapping
 
+from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import UpstreamError
-from aquamask.processes.pipeline.sources import PlaceSource
-from aquamask.processes.pipeline.sources.bands import (ESA_BAND_ID, SCL, S2_NODATA, BandAsset,
-                                              SourceItem)
 from aquamask.processes.files import write_atomic
+from aquamask.processes.pipeline.sources import PlaceSource
+from aquamask.processes.pipeline.sources.bands import (
+    ESA_BAND_ID,
+    S2_NODATA,
+    SCL,
+    BandAsset,
+    SourceItem,
+)
 from aquamask.processes.pipeline.sources.cache import file_digest, prune
 from aquamask.processes.pipeline.sources.query import PlaceQuery
-from aquamask.processes.constants import DETECTION_BANDS
 
 LOGGER = logging.getLogger(__name__)
 _MTD = re.compile(r"^[^/]+\.SAFE/MTD_MSIL(1C|2A)\.xml$")
@@ -68,7 +73,7 @@ def safe_assets(zip_path: Path) -> tuple[dict[str, BandAsset], str, dict[str, An
     quantification = float(_text(root, "BOA_QUANTIFICATION_VALUE" if level2
                                  else "QUANTIFICATION_VALUE") or 10000.0)
     offset_tag = "BOA_ADD_OFFSET" if level2 else "RADIO_ADD_OFFSET"
-    offsets = {int(e.get("band_id")): float(e.text) for e in root.iter(offset_tag)
+    offsets = {int(str(e.get("band_id"))): float(e.text) for e in root.iter(offset_tag)
                if e.get("band_id") is not None and e.text}
     nodata = S2_NODATA
     for special in root.iter("Special_Values"):
@@ -132,8 +137,7 @@ class SentinelsatSource(PlaceSource):
         return api
 
     def _hub_error(self, err: Exception, doing: str) -> UpstreamError:
-        from sentinelsat.exceptions import (InvalidChecksumError, LTATriggered,
-                                            UnauthorizedError)
+        from sentinelsat.exceptions import InvalidChecksumError, LTATriggered, UnauthorizedError
 
         if isinstance(err, UnauthorizedError):
             return UpstreamError(f"the hub of '{self.name}' ({self.url}) refused the "

@@ -18,11 +18,11 @@ from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from shapely.geometry import mapping
 
+from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import InvalidInput, UpstreamError
 from aquamask.processes.pipeline.sources import PlaceSource
 from aquamask.processes.pipeline.sources.bands import SourceItem, item_assets
 from aquamask.processes.pipeline.sources.query import PlaceQuery
-from aquamask.processes.constants import DETECTION_BANDS
 
 LOGGER = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class StacSource(PlaceSource):
         stac_io = StacApiIO(headers=self.headers, timeout=self.http.timeout,
                             max_retries=self.http.retry())
         try:
-            return Client.open(self.url, stac_io=stac_io)
+            return Client.open(str(self.url), stac_io=stac_io)
         except APIError as err:
             raise self._api_error(err) from err
         except requests.RequestException as err:
@@ -137,8 +137,9 @@ class StacSource(PlaceSource):
     def _signed(self, item: SourceItem) -> SourceItem:
         """Planetary Computer: append a SAS token to each asset URL just before reading (the
         tokens expire, so not at search time)."""
-        import planetary_computer
         from dataclasses import replace
+
+        import planetary_computer
 
         signed = {}
         for band, asset in item.assets.items():

@@ -137,7 +137,7 @@ class HrefPolicy:
                                f"({err})") from err
         if _host(host) not in self.private_hosts:
             for info in infos:
-                if not is_public(ipaddress.ip_address(info[4][0].split("%", 1)[0])):
+                if not is_public(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])):
                     raise Forbidden(f"{self.field}: '{host}' is a loopback, link-local or "
                                     "private address, which this server does not fetch from")
         return infos
