@@ -47,7 +47,7 @@ def demo_scene(tmp_path) -> Path:
     return make_demo_scene(tmp_path / "demo-scene.tif")
 
 
-# --- PostgreSQL (tests/postgres.py): one throwaway cluster for the session, started on first use
+# --- PostgreSQL (support/postgres.py): one throwaway cluster for the session, started at first use
 @pytest.fixture(scope="session")
 def postgres_cluster():
     """A real PostgreSQL server (Debian's binaries) in a temporary directory on a free port."""
@@ -70,7 +70,7 @@ def fresh_postgres_url(postgres_cluster):
     postgres_cluster.drop_database(url.rsplit("/", 1)[1])
 
 
-# --- S3 (tests/objectstore.py): moto's S3 server on loopback, the stand-in object store
+# --- S3 (support/objectstore.py): moto's S3 server on loopback, the stand-in object store
 @pytest.fixture(scope="session")
 def s3():
     pytest.importorskip("moto.server", reason="moto (the S3 stand-in) is not installed")

@@ -22,7 +22,7 @@ from aquamask.processes.monitoring.files import (
     CHANGE_TIF,
     ITEM_JSON,
     Links,
-    Staging,
+    job_files,
     publish_styled,
     write_raster_item,
 )
@@ -31,7 +31,6 @@ from aquamask.processes.monitoring.rasters import change_raster
 from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.pipeline.products import to_cog
 from aquamask.processes.settings import Settings
-from aquamask.processes.storage.results import results_store
 from aquamask.processes.types import ProgressCallback
 
 SIDES = ("before", "after")
@@ -39,10 +38,7 @@ SIDES = ("before", "after")
 
 def run_change(request: MonitoringRequest, settings: Settings, job_id: str,
                progress: ProgressCallback, links: Links) -> dict[str, Any]:
-    store = results_store(settings)
-    staging = Staging(store, job_id)
-    work = store.work_dir(job_id)
-    try:
+    with job_files(settings, job_id) as (staging, work):
         ctx = date_context(request, settings, job_id, work, "water-change", None, progress)
         plans = []
         for n, side in enumerate(SIDES):
@@ -109,8 +105,3 @@ def run_change(request: MonitoringRequest, settings: Settings, job_id: str,
             "bbox": list(query.bbox),
             "layer": layer,
         }
-    except BaseException:
-        staging.discard()
-        raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)

@@ -7,8 +7,10 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pyproj import CRS
 
@@ -16,7 +18,7 @@ from aquamask.processes.monitoring.dates import public_record, record_time
 from aquamask.processes.pipeline.products import cog_asset, new_item, wgs84_bounds, write_item
 from aquamask.processes.publishing import service as publishing
 from aquamask.processes.settings import Settings
-from aquamask.processes.storage.results import ResultStore
+from aquamask.processes.storage.results import ResultStore, results_store
 from aquamask.processes.types import MaskStats, Product
 
 TIMESERIES_JSON, TIMESERIES_CSV, TIMESERIES_PNG = ("timeseries.json", "timeseries.csv",
@@ -49,6 +51,22 @@ class Staging:
 
     def discard(self) -> None:
         self.store.discard(self.path)
+
+
+@contextmanager
+def job_files(settings: Settings, job_id: str) -> Iterator[tuple[Staging, Path]]:
+    """A job's staging folder (discarded when the job fails) and scratch folder (removed
+    when it ends)."""
+    store = results_store(settings)
+    staging = Staging(store, job_id)
+    work = store.work_dir(job_id)
+    try:
+        yield staging, work
+    except BaseException:
+        staging.discard()
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def series_csv(rows: list[dict[str, Any]]) -> str:

@@ -2,7 +2,6 @@
 (percent) of valid observations that saw water and the count of valid (and wet) observations."""
 from __future__ import annotations
 
-import shutil
 from typing import Any
 
 from aquamask.processes.errors import NoScene
@@ -19,7 +18,7 @@ from aquamask.processes.monitoring.files import (
     ITEM_JSON,
     OBSERVATIONS_TIF,
     Links,
-    Staging,
+    job_files,
     publish_styled,
     rounded,
     write_raster_item,
@@ -28,16 +27,12 @@ from aquamask.processes.monitoring.rasters import FREQUENCY_NODATA, frequency_ra
 from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.pipeline.products import to_cog
 from aquamask.processes.settings import Settings
-from aquamask.processes.storage.results import results_store
 from aquamask.processes.types import ProgressCallback, scaled
 
 
 def run_frequency(request: MonitoringRequest, settings: Settings, job_id: str,
                   progress: ProgressCallback, links: Links) -> dict[str, Any]:
-    store = results_store(settings)
-    staging = Staging(store, job_id)
-    work = store.work_dir(job_id)
-    try:
+    with job_files(settings, job_id) as (staging, work):
         ctx = date_context(request, settings, job_id, work, "water-frequency", None, progress)
         plans = find_dates(request, settings, ctx.source, scaled(progress, 1, 5))
         records = detect_dates(plans, ctx, settings, request.min_valid_fraction, progress,
@@ -88,8 +83,3 @@ def run_frequency(request: MonitoringRequest, settings: Settings, job_id: str,
             "datetime": query.datetime_text, "bbox": list(query.bbox),
             "layer": layer,
         }
-    except BaseException:
-        staging.discard()
-        raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)

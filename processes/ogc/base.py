@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from typing import Any, ClassVar, Generic, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar
 
 from pygeoapi.process.base import BaseProcessor, ProcessorExecuteError
 
 from aquamask.processes import telemetry
 from aquamask.processes.errors import AquamaskError, Cancelled
 from aquamask.processes.monitoring.files import Links
+from aquamask.processes.monitoring.request import MonitoringRequest
+from aquamask.processes.ogc.inputs import check_source
 from aquamask.processes.ogc.outputs import result_links
 from aquamask.processes.settings import Settings
 from aquamask.processes.types import ProgressCallback, no_progress
@@ -35,6 +37,28 @@ class OgcError(ProcessorExecuteError):
 
 def as_ogc_error(err: AquamaskError) -> ProcessorExecuteError:
     return OgcError(err)
+
+
+def describe_process(process_id: str, title: str, description: str, keywords: list[str],
+                     inputs: dict[str, Any], outputs: dict[str, Any],
+                     example: dict[str, Any]) -> dict[str, Any]:
+    """A process description (pygeoapi's PROCESS_METADATA) with what every aquamask process
+    shares: sync and async execution and dismissal, outputs by value or reference, the
+    viewer's link."""
+    return {
+        "version": "0.1.0",
+        "id": process_id,
+        "title": {"en": title},
+        "description": {"en": description},
+        "jobControlOptions": ["sync-execute", "async-execute", "dismiss"],
+        "outputTransmission": ["value", "reference"],
+        "keywords": keywords,
+        "links": [{"type": "text/html", "rel": "about", "title": "aquamask viewer",
+                   "href": "/viewer", "hreflang": "en-US"}],
+        "inputs": inputs,
+        "outputs": outputs,
+        "example": {"inputs": example},
+    }
 
 
 class AquamaskProcessor(BaseProcessor, Generic[R]):
@@ -93,3 +117,21 @@ class AquamaskProcessor(BaseProcessor, Generic[R]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
+
+
+class MonitoringProcessor(AquamaskProcessor[MonitoringRequest]):
+    """A monitoring process: its inputs parsed by ``PARSE``, its source checked before the
+    job, its work one of the monitoring runs (``RUN``)."""
+
+    PARSE: ClassVar[Callable[..., MonitoringRequest]]  # (inputs, settings) -> request
+    RUN: ClassVar[Callable[..., dict[str, Any]]]
+
+    def parse(self, data: dict[str, Any]) -> MonitoringRequest:
+        return type(self).PARSE(data, self.settings)
+
+    def check(self, request: MonitoringRequest) -> None:
+        check_source(request, self.settings)
+
+    def work(self, request: MonitoringRequest, job_id: str,
+             progress: ProgressCallback) -> dict[str, Any]:
+        return type(self).RUN(request, self.settings, job_id, progress, self.links(job_id))

@@ -3,7 +3,7 @@ its media type. Each processor declares its files (``AquamaskProcessor.RESULT_FI
 app serves the names every registered process declares (``ogc.result_files``)."""
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from aquamask.processes.constants import COG_MEDIA_TYPE, GEOJSON_MEDIA_TYPE
 from aquamask.processes.pipeline.products import ITEM_FILE, MASK_FILE, PROBABILITY_FILE
@@ -11,6 +11,12 @@ from aquamask.processes.pipeline.products import ITEM_FILE, MASK_FILE, PROBABILI
 # the files of a water mask result (water-detection, and a result imported by reconcile)
 MASK_RESULT_FILES = {MASK_FILE: COG_MEDIA_TYPE, PROBABILITY_FILE: COG_MEDIA_TYPE,
                      ITEM_FILE: GEOJSON_MEDIA_TYPE}
+
+
+def cog_output(title: str, description: str | None = None) -> dict[str, Any]:
+    """The description of an output that is a COG."""
+    return {"title": title, **({"description": description} if description else {}),
+            "schema": {"type": "string", "contentMediaType": COG_MEDIA_TYPE}}
 
 
 def result_url(base_url: str, job_id: str, name: str) -> str:

@@ -9,43 +9,32 @@ from aquamask.processes.errors import InvalidInput
 from aquamask.processes.monitoring.change import run_change
 from aquamask.processes.monitoring.files import AFTER_TIF, BEFORE_TIF, CHANGE_TIF, ITEM_JSON
 from aquamask.processes.monitoring.request import MonitoringRequest
-from aquamask.processes.ogc.base import AquamaskProcessor
-from aquamask.processes.ogc.inputs import MONITORING_INPUTS, check_source, parse_monitoring
+from aquamask.processes.ogc.base import MonitoringProcessor, describe_process
+from aquamask.processes.ogc.inputs import MONITORING_INPUTS, parse_monitoring
+from aquamask.processes.ogc.outputs import cog_output
 from aquamask.processes.settings import Settings
-from aquamask.processes.types import ProgressCallback
 
 SIDE = {
     "schema": {"type": "string"}, "minOccurs": 1, "maxOccurs": 1,
 }
-PROCESS_METADATA: dict[str, Any] = {
-    "version": "0.1.0",
-    "id": "water-change",
-    "title": {"en": "Water change between two dates"},
-    "description": {"en": (
-        "Water on two dates over a place (each the best scene of its date or interval: full "
+PROCESS_METADATA = describe_process("water-change", "Water change between two dates",
+    (        "Water on two dates over a place (each the best scene of its date or interval: full "
         "coverage, least cloud), and per pixel what changed: dry at both, water gained, "
         "water lost, permanent water, or no data at either date; as a Cloud-Optimized "
-        "GeoTIFF with the area of each class and a WMS/WCS layer with its own style.")},
-    "jobControlOptions": ["sync-execute", "async-execute", "dismiss"],
-    "outputTransmission": ["value", "reference"],
-    "keywords": ["water", "sentinel-2", "change detection", "flood", "drought"],
-    "links": [{"type": "text/html", "rel": "about", "title": "aquamask viewer",
-               "href": "/viewer", "hreflang": "en-US"}],
-    "inputs": {
+        "GeoTIFF with the area of each class and a WMS/WCS layer with its own style."),
+    keywords=["water", "sentinel-2", "change detection", "flood", "drought"],
+    inputs={
         **MONITORING_INPUTS,
         "before": dict(SIDE, title="Before", description="The earlier date or interval "
                                                         "(start/end, RFC 3339)."),
         "after": dict(SIDE, title="After", description="The later date or interval; it "
                                                       "starts after before ends."),
     },
-    "outputs": {
-        "change": {"title": "Change classes: 0 dry, 1 gained, 2 lost, 3 permanent, 255 no "
-                            "data",
-                   "schema": {"type": "string", "contentMediaType": COG_MEDIA_TYPE}},
-        "before_mask": {"title": "Water mask of the before date",
-                        "schema": {"type": "string", "contentMediaType": COG_MEDIA_TYPE}},
-        "after_mask": {"title": "Water mask of the after date",
-                       "schema": {"type": "string", "contentMediaType": COG_MEDIA_TYPE}},
+    outputs={
+        "change": cog_output("Change classes: 0 dry, 1 gained, 2 lost, 3 permanent, 255 no "
+                             "data"),
+        "before_mask": cog_output("Water mask of the before date"),
+        "after_mask": cog_output("Water mask of the after date"),
         "stac_item": {"title": "STAC Item", "schema": {"type": "object"}},
         "area_km2": {"title": "Area of each class (km², on the ellipsoid)",
                      "schema": {"type": "object"}},
@@ -55,10 +44,10 @@ PROCESS_METADATA: dict[str, Any] = {
         "after": {"title": "The after date", "schema": {"type": "object"}},
         "layer": {"title": "WMS/WCS layer", "schema": {"type": "object"}},
     },
-    "example": {"inputs": {"bbox": [-1.2, 38.0, -1.1, 38.1],
-                           "before": "2023-03-01/2023-03-31",
-                           "after": "2023-08-01/2023-08-31", "method": "ndwi"}},
-}
+    example={"bbox": [-1.2, 38.0, -1.1, 38.1],
+             "before": "2023-03-01/2023-03-31",
+             "after": "2023-08-01/2023-08-31", "method": "ndwi"},
+)
 
 
 def parse_inputs(data: dict[str, Any], settings: Settings) -> MonitoringRequest:
@@ -71,17 +60,9 @@ def parse_inputs(data: dict[str, Any], settings: Settings) -> MonitoringRequest:
     return request
 
 
-class WaterChangeProcessor(AquamaskProcessor[MonitoringRequest]):
+class WaterChangeProcessor(MonitoringProcessor):
     METADATA = PROCESS_METADATA
     RESULT_FILES = {CHANGE_TIF: COG_MEDIA_TYPE, BEFORE_TIF: COG_MEDIA_TYPE,
                     AFTER_TIF: COG_MEDIA_TYPE, ITEM_JSON: GEOJSON_MEDIA_TYPE}
-
-    def parse(self, data: dict[str, Any]) -> MonitoringRequest:
-        return parse_inputs(data, self.settings)
-
-    def check(self, request: MonitoringRequest) -> None:
-        check_source(request, self.settings)
-
-    def work(self, request: MonitoringRequest, job_id: str,
-             progress: ProgressCallback) -> dict[str, Any]:
-        return run_change(request, self.settings, job_id, progress, self.links(job_id))
+    PARSE = staticmethod(parse_inputs)
+    RUN = staticmethod(run_change)

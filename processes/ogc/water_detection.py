@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from aquamask.processes.constants import COG_MEDIA_TYPE, DETECTION_BANDS, GEOJSON_MEDIA_TYPE
+from aquamask.processes.constants import DETECTION_BANDS, GEOJSON_MEDIA_TYPE
 from aquamask.processes.errors import InvalidInput, MissingInput
-from aquamask.processes.ogc.base import AquamaskProcessor
+from aquamask.processes.ogc.base import AquamaskProcessor, describe_process
 from aquamask.processes.ogc.inputs import (
     BBOX_SCHEMA,
     CRS84,
@@ -13,12 +13,13 @@ from aquamask.processes.ogc.inputs import (
     PUBLIC_INPUT,
     check_known,
     method_input,
+    optional,
     parse_method,
     parse_public,
     place_query,
     threshold_input,
 )
-from aquamask.processes.ogc.outputs import MASK_RESULT_FILES, result_link
+from aquamask.processes.ogc.outputs import MASK_RESULT_FILES, cog_output, result_link
 from aquamask.processes.pipeline.flow import DetectionRequest, run_detection
 from aquamask.processes.pipeline.sources import place_source
 from aquamask.processes.pipeline.sources.raster import RasterSource
@@ -26,109 +27,68 @@ from aquamask.processes.publishing import service as publishing
 from aquamask.processes.settings import Settings
 from aquamask.processes.types import Layer, Product, ProgressCallback
 
-PROCESS_METADATA: dict[str, Any] = {
-    "version": "0.1.0",
-    "id": "water-detection",
-    "title": {"en": "Water detection"},
-    "description": {"en": (
-        "Finds surface water in a Sentinel-2 image (13-band L1C/L2A stack, or 6 bands "
+PROCESS_METADATA = describe_process("water-detection", "Water detection",
+    (        "Finds surface water in a Sentinel-2 image (13-band L1C/L2A stack, or 6 bands "
         "B02,B03,B04,B08,B11,B12, reflectance x 10000), or in the Sentinel-2 L2A scenes of a "
         "place (bbox or geometry) and a date found by the server (least cloudy, clouds masked "
         "with SCL, same-day tiles mosaicked), with a U-Net or a spectral index, writes "
         "the mask as a Cloud-Optimized GeoTIFF with a STAC Item, and publishes it as a WMS/WCS "
-        "layer.")},
-    "jobControlOptions": ["sync-execute", "async-execute", "dismiss"],
-    "outputTransmission": ["value", "reference"],
-    "keywords": ["water", "sentinel-2", "segmentation", "flood"],
-    "links": [{"type": "text/html", "rel": "about", "title": "aquamask viewer",
-               "href": "/viewer", "hreflang": "en-US"}],
-    "inputs": {
-        "image": {
-            "title": "Image",
-            "description": "The image to analyse: {\"href\": ...}, a GeoTIFF/COG path under the "
-                           "server's data root, or an http(s) URL. Give either an image or a "
-                           "place (bbox or geometry) with a datetime.",
-            "schema": {"type": "object", "required": ["href"],
-                       "properties": {"href": {"type": "string"}}},
-            "minOccurs": 0, "maxOccurs": 1,
-        },
-        "bbox": {
-            "title": "Place (bounding box)",
-            "description": "The place to look at: [minx, miny, maxx, maxy] in bbox-crs (default "
-                           "CRS84: lon/lat), or {\"bbox\": [...], \"crs\": \"...\"}. The "
-                           "server finds the Sentinel-2 scenes itself.",
-            "schema": BBOX_SCHEMA,
-            "minOccurs": 0, "maxOccurs": 1,
-        },
-        "bbox-crs": {
-            "title": "CRS of bbox",
-            "description": "CRS URI or code of bbox, in its axis order (CRS84 lon/lat by "
-                           "default; EPSG:4326 is lat/lon).",
-            "schema": {"type": "string", "default": CRS84},
-            "minOccurs": 0, "maxOccurs": 1,
-        },
-        "geometry": {
-            "title": "Place (polygon)",
-            "description": "The place to look at as a GeoJSON Polygon or MultiPolygon in "
-                           "lon/lat; pixels outside it are no data.",
-            "schema": GEOMETRY_SCHEMA,
-            "minOccurs": 0, "maxOccurs": 1,
-        },
-        "datetime": {
-            "title": "Date or dates",
-            "description": "With a place: an RFC 3339 date-time, a date (its whole UTC day) or "
-                           "an interval start/end ('..' open). Over an interval the least "
-                           "cloudy scene (or same-day mosaic) covering the place is used.",
-            "schema": {"type": "string"},
-            "minOccurs": 0, "maxOccurs": 1,
-        },
-        "max_cloud_cover": {
-            "title": "Maximum cloud cover (%)",
-            "description": "With a place: scenes with more cloud (their eo:cloud_cover) are "
-                           "not considered.",
-            "schema": {"type": "number", "minimum": 0, "maximum": 100},
-            "minOccurs": 0, "maxOccurs": 1,
-        },
-        "source": {
-            "title": "Imagery source",
-            "description": "With a place: which configured source to search (see the "
-                           "server's sources; default from its config).",
-            "schema": {"type": "string"},
-            "minOccurs": 0, "maxOccurs": 1,
-        },
-        "collection": {
-            "title": "STAC collection",
-            "description": "With a place: the collection to search (default: the source's, "
-                           "e.g. sentinel-2-l2a).",
-            "schema": {"type": "string"},
-            "minOccurs": 0, "maxOccurs": 1,
-        },
-        "bands": {
-            "title": "Band mapping",
-            "description": "For an image of another layout: the 1-based band index of each of "
-                           + ", ".join(DETECTION_BANDS) + ".",
-            "schema": {"type": "object",
-                       "properties": {b: {"type": "integer", "minimum": 1}
-                                      for b in DETECTION_BANDS}},
-            "minOccurs": 0, "maxOccurs": 1,
-        },
+        "layer."),
+    keywords=["water", "sentinel-2", "segmentation", "flood"],
+    inputs={
+        "image": optional(
+            "Image", {"type": "object", "required": ["href"],
+                      "properties": {"href": {"type": "string"}}},
+            "The image to analyse: {\"href\": ...}, a GeoTIFF/COG path under the server's data "
+            "root, or an http(s) URL. Give either an image or a place (bbox or geometry) with a "
+            "datetime."),
+        "bbox": optional(
+            "Place (bounding box)", BBOX_SCHEMA,
+            "The place to look at: [minx, miny, maxx, maxy] in bbox-crs (default CRS84: "
+            "lon/lat), or {\"bbox\": [...], \"crs\": \"...\"}. The server finds the Sentinel-2 "
+            "scenes itself."),
+        "bbox-crs": optional(
+            "CRS of bbox", {"type": "string", "default": CRS84},
+            "CRS URI or code of bbox, in its axis order (CRS84 lon/lat by default; EPSG:4326 is "
+            "lat/lon)."),
+        "geometry": optional(
+            "Place (polygon)", GEOMETRY_SCHEMA,
+            "The place to look at as a GeoJSON Polygon or MultiPolygon in lon/lat; pixels "
+            "outside it are no data."),
+        "datetime": optional(
+            "Date or dates", {"type": "string"},
+            "With a place: an RFC 3339 date-time, a date (its whole UTC day) or an interval "
+            "start/end ('..' open). Over an interval the least cloudy scene (or same-day "
+            "mosaic) covering the place is used."),
+        "max_cloud_cover": optional(
+            "Maximum cloud cover (%)", {"type": "number", "minimum": 0, "maximum": 100},
+            "With a place: scenes with more cloud (their eo:cloud_cover) are not considered."),
+        "source": optional(
+            "Imagery source", {"type": "string"},
+            "With a place: which configured source to search (see the server's sources; "
+            "default from its config)."),
+        "collection": optional(
+            "STAC collection", {"type": "string"},
+            "With a place: the collection to search (default: the source's, e.g. "
+            "sentinel-2-l2a)."),
+        "bands": optional(
+            "Band mapping", {"type": "object",
+                             "properties": {b: {"type": "integer", "minimum": 1}
+                                            for b in DETECTION_BANDS}},
+            "For an image of another layout: the 1-based band index of each of "
+            + ", ".join(DETECTION_BANDS) + "."),
         "method": method_input(),
         "threshold": threshold_input("Water probability at or above which a pixel is water "
                                      "(for the indices, (index + 1) / 2, so 0.5 is index > 0)."),
-        "probability": {
-            "title": "Probability output",
-            "description": "Also write the water probability as a COG (default true); false "
-                           "saves time and space on large scenes.",
-            "schema": {"type": "boolean", "default": True},
-            "minOccurs": 0, "maxOccurs": 1,
-        },
+        "probability": optional(
+            "Probability output", {"type": "boolean", "default": True},
+            "Also write the water probability as a COG (default true); false saves time and "
+            "space on large scenes."),
         "public": PUBLIC_INPUT,
     },
-    "outputs": {
-        "mask": {"title": "Water mask", "description": "uint8 COG: 1 water, 0 dry, 255 no data",
-                 "schema": {"type": "string", "contentMediaType": COG_MEDIA_TYPE}},
-        "probability": {"title": "Water probability", "description": "float32 COG, 0-1",
-                        "schema": {"type": "string", "contentMediaType": COG_MEDIA_TYPE}},
+    outputs={
+        "mask": cog_output("Water mask", "uint8 COG: 1 water, 0 dry, 255 no data"),
+        "probability": cog_output("Water probability", "float32 COG, 0-1"),
         "stac_item": {"title": "STAC Item", "description": "provenance and statistics",
                       "schema": {"type": "object", "contentMediaType": GEOJSON_MEDIA_TYPE}},
         "water_area_km2": {"title": "Water area (km²), on the ellipsoid",
@@ -139,8 +99,8 @@ PROCESS_METADATA: dict[str, Any] = {
                            "schema": {"type": "number"}},
         "layer": {"title": "WMS/WCS layer", "schema": {"type": "object"}},
     },
-    "example": {"inputs": {"image": {"href": "demo/demo-scene.tif"}, "method": "unet"}},
-}
+    example={"image": {"href": "demo/demo-scene.tif"}, "method": "unet"},
+)
 PLACE_INPUTS = ("bbox", "geometry")
 PLACE_OPTIONS = ("bbox-crs", "datetime", "max_cloud_cover", "source", "collection")
 

@@ -16,40 +16,30 @@ from aquamask.processes.monitoring.files import (
 from aquamask.processes.monitoring.insitu import read_field_input
 from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.monitoring.timeseries import run_timeseries
-from aquamask.processes.ogc.base import AquamaskProcessor
+from aquamask.processes.ogc.base import MonitoringProcessor, describe_process
 from aquamask.processes.ogc.inputs import (
     INTERVAL_INPUT,
     MIN_VALID_INPUT,
     MONITORING_INPUTS,
-    check_source,
     number,
     parse_monitoring,
 )
 from aquamask.processes.settings import Settings
-from aquamask.processes.types import ProgressCallback
 
 LINK = {"type": "object", "required": ["href"],
         "properties": {"href": {"type": "string"}, "type": {"type": "string"}}}
 
-PROCESS_METADATA: dict[str, Any] = {
-    "version": "0.1.0",
-    "id": "water-timeseries",
-    "title": {"en": "Water extent over time"},
-    "description": {"en": (
-        "For every acquisition date of an interval over a place (bbox, polygon, or point with "
+PROCESS_METADATA = describe_process("water-timeseries", "Water extent over time",
+    (        "For every acquisition date of an interval over a place (bbox, polygon, or point with "
         "radius): the water area (km², on the ellipsoid), the valid fraction, the source "
         "products and the method; dates clouder than max_cloud_cover or with less valid data "
         "than min_valid_fraction are reported as skipped, with why, and a date that fails is "
         "reported while the rest stands. Gives JSON, CSV and a PNG chart, and publishes each "
         "date's mask into one WMS layer with a TIME dimension. With field_data (a CSV of "
         "date, value, unit) the series is matched with in-situ measurements and their "
-        "Pearson and Spearman correlations are given with a chart of both.")},
-    "jobControlOptions": ["sync-execute", "async-execute", "dismiss"],
-    "outputTransmission": ["value", "reference"],
-    "keywords": ["water", "sentinel-2", "time series", "monitoring", "reservoir"],
-    "links": [{"type": "text/html", "rel": "about", "title": "aquamask viewer",
-               "href": "/viewer", "hreflang": "en-US"}],
-    "inputs": {
+        "Pearson and Spearman correlations are given with a chart of both."),
+    keywords=["water", "sentinel-2", "time series", "monitoring", "reservoir"],
+    inputs={
         **MONITORING_INPUTS,
         "datetime": INTERVAL_INPUT,
         "min_valid_fraction": MIN_VALID_INPUT,
@@ -70,7 +60,7 @@ PROCESS_METADATA: dict[str, Any] = {
             "minOccurs": 0, "maxOccurs": 1,
         },
     },
-    "outputs": {
+    outputs={
         "timeseries": {"title": "One row per date: date, datetime, status (ok, skipped, "
                                 "failed), water_area_km2, valid_fraction, water_fraction, "
                                 "cloud_cover, source_ids, method, reason or error, layer_time",
@@ -85,10 +75,10 @@ PROCESS_METADATA: dict[str, Any] = {
         "field_validation": {"title": "Matched pairs, Pearson r, Spearman rho, CSV and chart",
                              "schema": {"type": "object"}},
     },
-    "example": {"inputs": {"bbox": [-1.2, 38.0, -1.1, 38.1],
-                           "datetime": "2023-01-01/2023-12-31", "max_cloud_cover": 40,
-                           "min_valid_fraction": 0.6, "method": "unet"}},
-}
+    example={"bbox": [-1.2, 38.0, -1.1, 38.1],
+             "datetime": "2023-01-01/2023-12-31", "max_cloud_cover": 40,
+             "min_valid_fraction": 0.6, "method": "unet"},
+)
 
 
 def parse_inputs(data: dict[str, Any], settings: Settings) -> MonitoringRequest:
@@ -106,18 +96,10 @@ def parse_inputs(data: dict[str, Any], settings: Settings) -> MonitoringRequest:
     return request
 
 
-class WaterTimeseriesProcessor(AquamaskProcessor[MonitoringRequest]):
+class WaterTimeseriesProcessor(MonitoringProcessor):
     METADATA = PROCESS_METADATA
     RESULT_FILES = {TIMESERIES_JSON: JSON_MEDIA_TYPE, TIMESERIES_CSV: CSV_MEDIA_TYPE,
                     TIMESERIES_PNG: PNG_MEDIA_TYPE, VALIDATION_CSV: CSV_MEDIA_TYPE,
                     VALIDATION_PNG: PNG_MEDIA_TYPE}
-
-    def parse(self, data: dict[str, Any]) -> MonitoringRequest:
-        return parse_inputs(data, self.settings)
-
-    def check(self, request: MonitoringRequest) -> None:
-        check_source(request, self.settings)
-
-    def work(self, request: MonitoringRequest, job_id: str,
-             progress: ProgressCallback) -> dict[str, Any]:
-        return run_timeseries(request, self.settings, job_id, progress, self.links(job_id))
+    PARSE = staticmethod(parse_inputs)
+    RUN = staticmethod(run_timeseries)

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from aquamask.processes.storage.jobstore import JobStore
-from tests.support.server import start_server
+from tests.support.server import start_server, wait_running
 
 distributed = pytest.importorskip("distributed")
 
@@ -111,14 +111,8 @@ def _start_big_job(srv) -> str:
                           asynchronous=True)
     assert started.status_code == 201, started.text
     url = started.headers["Location"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        status = requests.get(url, timeout=10).json()
-        if status["status"] == "running" and status["progress"] >= 5:
-            return url
-        assert status["status"] in ("accepted", "running"), status
-        time.sleep(0.05)
-    raise TimeoutError("the job did not start")
+    wait_running(url)
+    return url
 
 
 def test_a_killed_worker_fails_its_job_with_the_reason_and_the_server_goes_on(cluster_server):

@@ -3,7 +3,7 @@ a water time series as an async job with progress, its files, its time-enabled W
 TIME values, two different maps), a change and a frequency with their styled layers, the
 errors refused before any job exists, and a dismissal that takes every date's layer away.
 
-Scenes: eight dates built from the real Sen1Floods11 chip (tests/processes/monitoring_scenes.py)
+Scenes: eight dates built from the real Sen1Floods11 chip (tests/support/monitoring_scenes.py)
 in the server's local source."""
 from __future__ import annotations
 

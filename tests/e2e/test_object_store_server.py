@@ -4,8 +4,8 @@ folder exists. Jobs upload their COGs and STAC item; the server streams them fro
 /results (range requests too), MapServer draws them from /vsis3/, dismissal deletes the
 objects, and a store that goes down fails the job with a clear message and loses nothing.
 
-The S3 store is moto's S3 server on loopback (tests/objectstore.py): it implements the S3 REST
-API that s3fs and GDAL's /vsis3/ speak, and stands in for S3 because no real object store can
+The S3 store is moto's S3 server on loopback (tests/support/objectstore.py): it implements the S3
+REST API that s3fs and GDAL's /vsis3/ speak, and stands in for S3 because no real object store can
 run here."""
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The server on a PostgreSQL job store: the real server (gunicorn with three web workers,
 loopback HTTP, forked job workers) with jobs.database set to a database on a real PostgreSQL
-server (tests/postgres.py: Debian's binaries, a throwaway cluster). NDWI on the 512 x 512 demo
-scene keeps the compute to a few seconds."""
+server (tests/support/postgres.py: Debian's binaries, a throwaway cluster). NDWI on the
+512 x 512 demo scene keeps the compute to a few seconds."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor

@@ -707,7 +707,7 @@ def test_server_job_pending_then_switched_then_dismissed(tmp_path, standin):
     assert "HTTP 500" in log and PASSWORD not in log
 
 
-# -- results on an object store (paths.results s3://...; moto's S3 server, tests/objectstore.py)
+# -- results on an object store (paths.results s3://...; moto's S3 server, support/objectstore.py)
 def test_a_result_on_an_object_store_is_uploaded_as_a_copy(settings, standin, s3, tmp_path,
                                                            monkeypatch):
     bucket = s3.new_bucket()

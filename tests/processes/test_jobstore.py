@@ -1,5 +1,5 @@
 """The SQL job store: records, guarded updates, paging, and concurrent writers, each against a
-real SQLite file (WAL) and a real PostgreSQL server (tests/postgres.py: Debian's binaries, a
+real SQLite file (WAL) and a real PostgreSQL server (tests/support/postgres.py: Debian's binaries, a
 throwaway cluster, a new database per test)."""
 from __future__ import annotations
 

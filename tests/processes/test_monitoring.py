@@ -1,6 +1,6 @@
-"""Monitoring (processes/monitoring.py): a time series, a change and a frequency over a local
-source of eight dated scenes built from the real Sen1Floods11 chip (monitoring_scenes.py), each
-number checked against what the scenes were built to give (NDWI water: green >= NIR)."""
+"""Monitoring (processes/monitoring/): a time series, a change and a frequency over a local source
+of eight dated scenes built from the real Sen1Floods11 chip (tests/support/monitoring_scenes.py),
+each number checked against what the scenes were built to give (NDWI water: green >= NIR)."""
 from __future__ import annotations
 
 import csv

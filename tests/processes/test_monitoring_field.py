@@ -1,4 +1,4 @@
-"""Field validation (processes/field_validation.py): the CSV checks that name the line and the
+"""Field validation (processes/monitoring/insitu.py): the CSV checks that name the line and the
 column, date matching with a tolerance, and Pearson/Spearman against values worked by hand."""
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 before, now refused with a 4xx before any byte reaches where it aimed.
 
 Real HTTP on loopback, no mock of the network: an "attacker" on 127.0.0.2 (allow-listed through
-``href_private_hosts``, as the operator of tests/conftest.py allows its data host) answers with
+``href_private_hosts``, as the operator of the session server allows its data host) answers with
 files, redirects and lies; an "internal" listener on 127.0.0.3 (not allowed) stands for this
 server's own network and must see no connection at all.
 """
@@ -34,7 +34,7 @@ from aquamask.processes.pipeline.sources.http import HttpPolicy
 from aquamask.processes.pipeline.sources.local import LocalSource
 from aquamask.processes.pipeline.sources.raster import RasterSource
 from aquamask.processes.settings import Settings
-from tests.support.standins import Response, serve_bytes
+from tests.support.standins import Response, send, serve_bytes
 
 ATTACKER, INTERNAL = "127.0.0.2", "127.0.0.3"
 
@@ -121,13 +121,7 @@ class Attacker:
         status, headers, body = route(handler, head) if route else (404, {}, b"")
         self.seen.append(Seen(handler.command, handler.path, handler.headers.get("Range"),
                               0 if head else len(body)))
-        handler.send_response(status)
-        headers.setdefault("Content-Length", str(len(body)))
-        for key, value in headers.items():
-            handler.send_header(key, value)
-        handler.end_headers()
-        if not head:
-            handler.wfile.write(body)
+        send(handler, (status, headers, body), head)
 
 
 @pytest.fixture

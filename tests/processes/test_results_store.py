@@ -1,6 +1,6 @@
-"""Results on an object store (processes/results.py): s3fs writes, GDAL's /vsis3/ and the store
-read, against moto's S3 server over loopback HTTP (tests/objectstore.py: moto implements the S3
-REST API and stands in for S3 because no real object store can run here)."""
+"""Results on an object store (processes/storage/results.py): s3fs writes, GDAL's /vsis3/ and
+the store read, against moto's S3 server over loopback HTTP (tests/support/objectstore.py: moto
+implements the S3 REST API and stands in for S3 because no real object store can run here)."""
 from __future__ import annotations
 
 import json

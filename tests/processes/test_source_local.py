@@ -1,9 +1,9 @@
 """The ``local`` source (the offline default): a static STAC catalog or a folder of dated
 GeoTIFFs under ``{home}/scenes``, and the whole place-and-date journey through the real server.
 
-Material: tiles built from the real Sen1Floods11 chip in ../shared/data (see standins.py),
-written by pystac as a self-contained static catalog (relative asset hrefs) or as one 6-band +
-SCL GeoTIFF stack with the acquisition time in its name, in tmp dirs.
+Material: tiles built from the real Sen1Floods11 chip in ../shared/data (see
+tests/support/standins.py), written by pystac as a self-contained static catalog (relative asset
+hrefs) or as one 6-band + SCL GeoTIFF stack with the acquisition time in its name, in tmp dirs.
 """
 from __future__ import annotations
 

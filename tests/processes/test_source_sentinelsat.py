@@ -1,6 +1,6 @@
 """The ``sentinelsat`` source against a DHuS stand-in on loopback (real HTTP, Basic auth).
 
-Stand-in (tests/processes/standins.py): the DHuS OpenSearch JSON feed (``/dhus/search?q=...
+Stand-in (tests/support/standins.py): the DHuS OpenSearch JSON feed (``/dhus/search?q=...
 &format=json``) and OData v1 product entries, online flag and ``$value`` download (with
 Content-Disposition and byte ranges) in the documented DHuS shapes that sentinelsat itself
 parses; the product is a SAFE-structured zip the test builds (MTD_MSIL2A.xml with baseline

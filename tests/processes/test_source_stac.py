@@ -1,6 +1,6 @@
 """The ``stac`` source against a STAC API stand-in on loopback (real HTTP).
 
-Stand-in (see tests/processes/standins.py): a STAC API - Item Search v1.0.0 server (landing page
+Stand-in (see tests/support/standins.py): a STAC API - Item Search v1.0.0 server (landing page
 with conformance classes, POST /search with bbox/intersects/datetime/collections/query), whose
 items copy the shape of a recorded Earth Search v1 ``sentinel-2-l2a`` search response, and whose
 COG assets are tiles the test builds from the real Sen1Floods11 chip in ../shared/data,

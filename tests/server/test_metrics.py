@@ -1,6 +1,6 @@
 """/metrics and /health against real servers: gunicorn in a subprocess (several web workers),
 job worker processes forked from the fork server, real HTTP on loopback, and the GeoServer
-stand-in (tests/processes/geoserver_standin.py) for GeoServer's side of /health."""
+stand-in (tests/support/geoserver_standin.py) for GeoServer's side of /health."""
 from __future__ import annotations
 
 import json

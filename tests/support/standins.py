@@ -128,13 +128,7 @@ class Loopback:
         with self.lock:
             self.log.append(Logged(handler.command, unquote(path), status,
                                    dict(handler.headers), body))
-        handler.send_response(status)
-        headers.setdefault("Content-Length", str(len(payload)))
-        for key, value in headers.items():
-            handler.send_header(key, value)
-        handler.end_headers()
-        if not head:
-            handler.wfile.write(payload)
+        send(handler, (status, headers, payload), head)
 
     def _respond(self, handler, path: str, body: bytes, head: bool) -> Response:
         with self.lock:
@@ -158,6 +152,18 @@ class Loopback:
             if file.is_relative_to(self.files.resolve()) and file.is_file():
                 return serve_bytes(handler, file.read_bytes())
         return 404, {"Content-Type": "text/plain"}, b"not found"
+
+
+def send(handler: BaseHTTPRequestHandler, response: Response, head: bool = False) -> None:
+    """Write ``response`` (status, headers, body) to the client; the body unless ``head``."""
+    status, headers, body = response
+    handler.send_response(status)
+    headers.setdefault("Content-Length", str(len(body)))
+    for key, value in headers.items():
+        handler.send_header(key, value)
+    handler.end_headers()
+    if not head:
+        handler.wfile.write(body)
 
 
 def serve_bytes(handler, data: bytes, content_type: str = "application/octet-stream",
