@@ -4,8 +4,8 @@ without knowing who records it (as titiler's ``core/telemetry.py``).
 Nothing is recorded until a sink is registered. The server registers its Prometheus sink
 (``aquamask.server.metrics``) at start; the job workers, forked from a fork server that is a
 process of its own, find it by the dotted path ``register`` put in ``AQUAMASK_TELEMETRY``, which
-they inherit. A sink never fails the work: its errors are logged (``Cancelled``, a dismissal
-arriving meanwhile, goes through).
+they inherit; Dask workers get it from the server's worker plugin (``use``). A sink never fails
+the work: its errors are logged (``Cancelled``, a dismissal arriving meanwhile, goes through).
 """
 from __future__ import annotations
 
@@ -40,6 +40,17 @@ def register(sink: Sink, dotted: str | None = None) -> None:
     _sink, _loaded_from = sink, dotted
     if dotted:
         os.environ[ENV] = dotted
+
+
+def exported() -> str | None:
+    """The dotted path of the sink this process's children and workers record through."""
+    return os.environ.get(ENV)
+
+
+def use(dotted: str) -> None:
+    """Record through the sink ``dotted`` names ("module:attribute"), loaded at first use:
+    in a process the server did not start (a Dask worker)."""
+    os.environ[ENV] = dotted
 
 
 def _current() -> Sink | None:

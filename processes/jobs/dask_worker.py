@@ -7,6 +7,7 @@ import logging
 from distributed import WorkerPlugin
 from pygeoapi.util import JobStatus, get_current_datetime
 
+from aquamask.processes import telemetry
 from aquamask.processes.jobs import worker
 from aquamask.processes.pipeline import methods
 from aquamask.processes.settings import PINNED, Settings
@@ -47,17 +48,22 @@ def _run_job(job_id: str, processor_path: str, database: str) -> int:
 
 
 class ModelPlugin(WorkerPlugin):
-    """Loads the water model when a worker starts, so the first job there does not pay for
-    it (``methods.load_model`` keeps it for the worker's life). The server registers it
-    with its own settings."""
+    """Prepares each worker when it starts: the server's telemetry sink (``sink``, a dotted
+    path: the detections and jobs a worker runs are recorded there, for its dashboard's
+    /metrics) and the water model, so the first job there does not pay for it
+    (``methods.load_model`` keeps it for the worker's life). The server registers it with its
+    own settings."""
 
     idempotent = True
     name = "aquamask-model"
 
-    def __init__(self, settings: dict) -> None:
+    def __init__(self, settings: dict, sink: str | None = None) -> None:
         self.settings = settings
+        self.sink = sink
 
     def setup(self, worker=None) -> None:
+        if self.sink:
+            telemetry.use(self.sink)
         settings = Settings(self.settings)
         model = methods.model_for(settings.detection.method, settings)
         if model is None:

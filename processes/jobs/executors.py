@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Protocol
 
+from aquamask.processes import telemetry
 from aquamask.processes.jobs import worker
 from aquamask.processes.procfs import is_alive, process_start
 from aquamask.processes.settings import Settings
@@ -167,7 +168,8 @@ class DaskExecutor:
         client = self.client
         if not self._plugin_registered:
             from aquamask.processes.jobs import dask_worker
-            client.register_plugin(dask_worker.ModelPlugin(self.settings.portable()))
+            client.register_plugin(dask_worker.ModelPlugin(self.settings.portable(),
+                                                           telemetry.exported()))
             self._plugin_registered = True
 
     @staticmethod
