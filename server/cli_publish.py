@@ -23,18 +23,24 @@ def _fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def _settings_for(job_id: str) -> Settings:
+    """The settings, once ``job_id`` is known to be a valid id (else exit 2)."""
+    from aquamask.processes.publishing.names import validate_product_id
+
+    try:
+        validate_product_id(job_id)
+    except ValueError as err:
+        _fail(str(err))
+    return Settings.load()
+
+
 @click.command("publish")
 @click.argument("job_id")
 def publish_command(job_id: str) -> None:
     """Publish (again) the mask of finished job JOB_ID: GeoServer when configured."""
     from aquamask.processes.publishing import service as publishing
-    from aquamask.processes.publishing.names import validate_product_id
 
-    settings = Settings.load()
-    try:
-        validate_product_id(job_id)
-    except ValueError as err:
-        _fail(str(err))
+    settings = _settings_for(job_id)
     record = job_store(settings).get(job_id)
     if record is None:
         _fail(f"no job {job_id}")
@@ -59,13 +65,9 @@ def publish_command(job_id: str) -> None:
 def unpublish_command(job_id: str) -> None:
     """Take the layer of JOB_ID off GeoServer and the embedded engine (files and job stay)."""
     from aquamask.processes.publishing import service as publishing
-    from aquamask.processes.publishing.names import layer_name, validate_product_id
+    from aquamask.processes.publishing.names import layer_name
 
-    settings = Settings.load()
-    try:
-        validate_product_id(job_id)
-    except ValueError as err:
-        _fail(str(err))
+    settings = _settings_for(job_id)
     result = publishing.unpublish(job_id, settings, background=False)
     output = {"name": layer_name(job_id), "published": publishing.NONE}
     publishing.update_job_layer(job_id, output, settings)

@@ -73,6 +73,17 @@ LINGER_BYTES = 8 * 1024 * 1024
 SWEEP_S = 0.25
 
 
+def _receive(sock: socket.socket) -> bytes | None:
+    """What a ready socket holds: None when nothing after all, b"" when the client closed it
+    (or it failed)."""
+    try:
+        return sock.recv(RECV_BYTES)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 @dataclass(frozen=True)
 class FrontLimits:
     header_timeout_s: float
@@ -307,12 +318,9 @@ class BufferingWorker(ThreadWorker):
             self.advance(conn, buffer)
 
     def on_request_data(self, conn: TConn, sock: socket.socket) -> None:
-        try:
-            data = sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _receive(sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:  # the client went away
             self.forget(conn)
             self.close(conn.sock)
@@ -365,12 +373,9 @@ class BufferingWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, self.on_lingering_data)
 
     def on_lingering_data(self, sock: socket.socket) -> None:
-        try:
-            data = sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _receive(sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         linger = self.lingering[sock]
         linger.drained += len(data)
         if not data or linger.drained > LINGER_BYTES:  # closed by the client, or too much
