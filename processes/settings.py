@@ -40,7 +40,8 @@ _LOADED: dict[tuple, "Settings"] = {}
 _SECTION = ConfigDict(frozen=True, coerce_numbers_to_str=True, extra="ignore")
 Count = Annotated[int, Field(ge=1)]
 Size = Annotated[int, Field(ge=0)]
-Seconds = Annotated[float, Field(gt=0)]
+Positive = Annotated[float, Field(gt=0)]
+Seconds = Positive
 Duration = Annotated[float, Field(ge=0)]  # 0: none or off
 Fraction = Annotated[float, Field(ge=0, le=1)]
 Percent = Annotated[float, Field(ge=0, le=100)]
@@ -99,8 +100,8 @@ class LimitsSettings:
     max_block_bytes: Count
     max_request_bytes: Count
     href_schemes: list[str]
-    max_area_km2: Seconds  # (positive, like a duration)
-    max_date_span_days: Seconds
+    max_area_km2: Positive
+    max_date_span_days: Positive
     href_hosts: list[str]
     href_private_hosts: list[str]
     max_jobs_per_user: Size
@@ -151,7 +152,7 @@ class HttpSettings:
 @dataclass(config=_SECTION)
 class CacheSettings:
     dir: str
-    max_mb: Seconds
+    max_mb: Positive
     enabled: bool = True  # AQUAMASK__SOURCES__CACHE__ENABLED=false turns the window cache off
 
 
