@@ -32,15 +32,15 @@ from urllib.parse import urlencode
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import settle  # noqa: E402
-from tests.conftest import start_server  # noqa: E402
-
 from aquamask.processes.demo import make_demo_scene  # noqa: E402
-from aquamask.processes.publishers.mapserver import MapServerPublisher  # noqa: E402
+from aquamask.processes.publishing.mapserver import MapServerPublisher  # noqa: E402
 from aquamask.processes.settings import Settings  # noqa: E402
+from aquamask.processes.storage.jobstore import job_store
 from aquamask.server.fastcgi import MapServerPool  # noqa: E402
 from aquamask.server.ows import find_mapserv  # noqa: E402
 from aquamask.server.ows_gateway import parse  # noqa: E402
+from benchmarks import settle  # noqa: E402
+from tests.conftest import start_server  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -117,7 +117,7 @@ def main() -> None:
         settings = Settings.load(environ={"AQUAMASK__HOME": str(home),
                                           "AQUAMASK__SERVER__URL": server.url})
         publisher = MapServerPublisher.from_settings(settings)
-        mapfile = publisher.layer_mapfile(settings.job_store.layer_named(layer))
+        mapfile = publisher.layer_mapfile(job_store(settings).layer_named(layer))
         query = parse(pairs.items()).query()  # what the gateway hands MapServer
         params = {"REQUEST_METHOD": "GET", "QUERY_STRING": query, "MS_MAPFILE": str(mapfile),
                   "SCRIPT_NAME": "/ows", "SERVER_NAME": "localhost", "SERVER_PORT": "80",

@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import jwt
 import requests
@@ -129,7 +129,7 @@ class OIDCValidator:
         return claims
 
 
-def roles_from_claims(claims: dict[str, Any], role_map: dict[str, Iterable[str]],
+def roles_from_claims(claims: dict[str, Any], role_map: Mapping[str, Iterable[str]],
                       claim_names: Iterable[str]) -> frozenset[str]:
     """Roles whose configured entitlements or groups appear in the token's claims, each
     matched exactly: an AARC-G002 entitlement's '#authority' is part of it (the same group
@@ -175,22 +175,21 @@ def _is_loopback(address: str | None) -> bool:
 
 class Auth:
     def __init__(self, settings: Settings) -> None:
-        conf = settings.raw.get("auth") or {}
-        self.mode = conf.get("mode", "none")
-        self.anonymous = conf.get("anonymous", "loopback")
-        self.anonymous_role = conf.get("anonymous_role", "researcher")
-        self.role_map = conf.get("roles") or {}
-        self.claim_names = conf.get("claims") or ["eduperson_entitlement", "groups", "roles"]
+        conf = settings.auth
+        self.mode = conf.mode
+        self.anonymous = conf.anonymous
+        self.anonymous_role = conf.anonymous_role
+        self.role_map = conf.roles
+        self.claim_names = conf.claims
         self.validator: OIDCValidator | None = None
         if self.mode == "oidc":
-            if not conf.get("issuer"):
+            if not conf.issuer:
                 raise ValueError("auth.mode is oidc but auth.issuer is not set")
             self.validator = OIDCValidator(
-                issuer=conf["issuer"], audience=conf.get("audience"),
-                jwks_uri=conf.get("jwks_uri"), leeway=int(conf.get("leeway_s", 30)),
-                refresh_cooldown=float(conf.get("jwks_refresh_cooldown_s", 30)),
-                introspection_client_id=conf.get("introspection_client_id"),
-                introspection_client_secret=conf.get("introspection_client_secret"))
+                issuer=conf.issuer, audience=conf.audience, jwks_uri=conf.jwks_uri,
+                leeway=conf.leeway_s, refresh_cooldown=conf.jwks_refresh_cooldown_s,
+                introspection_client_id=conf.introspection_client_id,
+                introspection_client_secret=conf.introspection_client_secret)
         elif self.mode != "none":
             raise ValueError(f"auth.mode must be none or oidc, not {self.mode!r}")
         LOGGER.warning("auth: mode=%s; requests without a token are %s", self.mode,

@@ -10,30 +10,38 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import NoReturn
 
 import click
 
 from aquamask.processes.settings import Settings
+from aquamask.processes.storage.jobstore import job_store
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def _settings_for(job_id: str) -> Settings:
+    """The settings, once ``job_id`` is known to be a valid id (else exit 2)."""
+    from aquamask.processes.publishing.names import validate_product_id
+
+    try:
+        validate_product_id(job_id)
+    except ValueError as err:
+        _fail(str(err))
+    return Settings.load()
 
 
 @click.command("publish")
 @click.argument("job_id")
 def publish_command(job_id: str) -> None:
     """Publish (again) the mask of finished job JOB_ID: GeoServer when configured."""
-    from aquamask.processes import publishing
-    from aquamask.processes.publishers.mapserver import validate_product_id
+    from aquamask.processes.publishing import service as publishing
 
-    settings = Settings.load()
-    try:
-        validate_product_id(job_id)
-    except ValueError as err:
-        _fail(str(err))
-    record = settings.job_store.get(job_id)
+    settings = _settings_for(job_id)
+    record = job_store(settings).get(job_id)
     if record is None:
         _fail(f"no job {job_id}")
     if record["status"] != "successful":
@@ -43,7 +51,7 @@ def publish_command(job_id: str) -> None:
     except FileNotFoundError as err:
         _fail(str(err))
     layer = publishing.publish(product, settings, background=False)
-    error = (settings.job_store.layer(job_id) or {}).get("last_error")
+    error = (job_store(settings).layer(job_id) or {}).get("last_error")
     output = publishing.layer_output(layer, error)
     publishing.update_job_layer(job_id, output, settings)
     click.echo(json.dumps(output, indent=2))
@@ -56,14 +64,10 @@ def publish_command(job_id: str) -> None:
 @click.argument("job_id")
 def unpublish_command(job_id: str) -> None:
     """Take the layer of JOB_ID off GeoServer and the embedded engine (files and job stay)."""
-    from aquamask.processes import publishing
-    from aquamask.processes.publishers.mapserver import layer_name, validate_product_id
+    from aquamask.processes.publishing import service as publishing
+    from aquamask.processes.publishing.names import layer_name
 
-    settings = Settings.load()
-    try:
-        validate_product_id(job_id)
-    except ValueError as err:
-        _fail(str(err))
+    settings = _settings_for(job_id)
     result = publishing.unpublish(job_id, settings, background=False)
     output = {"name": layer_name(job_id), "published": publishing.NONE}
     publishing.update_job_layer(job_id, output, settings)
@@ -79,7 +83,7 @@ def unpublish_command(job_id: str) -> None:
                    "managers see it), its mask published privately")
 def reconcile_command(do_import: bool) -> None:
     """List the results that have no job record (never served); with --import, import them."""
-    from aquamask.processes import reconcile
+    from aquamask.processes.jobs import reconcile
 
     settings = Settings.load()
     found = reconcile.orphans(settings)

@@ -16,7 +16,7 @@ worker_class = "aquamask.server.http_worker.BufferingWorker"
 threads = int(os.environ.get("AQUAMASK_THREADS", "4"))
 # connections one worker holds, requests still arriving included: past it, new ones wait in
 # the listen backlog (each buffers at most the largest head and limits.max_request_bytes)
-worker_connections = int(settings.get("server", "max_connections"))
+worker_connections = settings.server.max_connections
 accesslog = "-"
 errorlog = "-"
 graceful_timeout = 30
@@ -32,8 +32,8 @@ def on_starting(server):
 
 def post_fork(server, worker):
     # each web worker starts its own fork server in the background, ready for its first job
-    if Settings.load().get("jobs", "scheduler") is None:
-        from aquamask.processes.executors import start_fork_server
+    if Settings.load().jobs.scheduler is None:
+        from aquamask.processes.jobs.executors import start_fork_server
         threading.Thread(target=start_fork_server, name="fork-server-start", daemon=True).start()
 
 

@@ -26,6 +26,7 @@ from typing import Callable
 from flask import Blueprint, jsonify
 
 from aquamask.processes.settings import Settings
+from aquamask.processes.storage.results import results_store
 
 LOGGER = logging.getLogger(__name__)
 LIVE = "/health/live"
@@ -83,7 +84,7 @@ def job_store_check(manager) -> Check:
 
 def map_engine_check(settings: Settings) -> Check:
     def check() -> str:
-        binary = settings.get("mapserver", "binary") or shutil.which("mapserv") \
+        binary = settings.mapserver.binary or shutil.which("mapserv") \
             or "/usr/lib/cgi-bin/mapserv"
         if os.access(binary, os.X_OK):
             return "ok"
@@ -98,13 +99,13 @@ def geoserver_check(settings: Settings) -> str:
     (never the password; no URL either)."""
     import requests
 
-    from aquamask.processes.publishers.geoserver import read_password
+    from aquamask.processes.publishing.geoserver import read_password
 
-    timeout = float(settings.get("geoserver", "connect_timeout_s") or 5)
+    timeout = settings.geoserver.connect_timeout_s
     try:
-        auth = (str(settings.get("geoserver", "user") or "admin"), read_password(settings) or "")
+        auth = (settings.geoserver.user, read_password(settings) or "")
         response = requests.get(
-            str(settings.get("geoserver", "url")).rstrip("/") + "/rest/about/version.json",
+            str(settings.geoserver.url).rstrip("/") + "/rest/about/version.json",
             auth=auth, headers={"Accept": "application/json"}, timeout=(timeout, timeout),
             allow_redirects=False)  # a redirect could carry the credentials elsewhere
     except ValueError as err:  # the password file cannot be read
@@ -131,18 +132,18 @@ def dask_check(executor) -> Check:
 
 def readiness_checks(settings: Settings, manager) -> dict[str, Check]:
     checks = {"job_store": job_store_check(manager), "map_engine": map_engine_check(settings)}
-    if settings.get("geoserver", "url"):
+    if settings.geoserver.configured:
         checks["geoserver"] = lambda: geoserver_check(settings)
-    if settings.get("jobs", "scheduler"):
+    if settings.jobs.scheduler:
         checks["dask"] = dask_check(manager.executor)
     if settings.results_url:  # an object store: a listing of its prefix, bounded in time
-        checks["results_store"] = lambda: settings.results_store.check()
+        checks["results_store"] = lambda: results_store(settings).check()
     return checks
 
 
 def health_blueprint(settings: Settings, manager) -> Blueprint:
     probe = Probe(readiness_checks(settings, manager),
-                  float(settings.get("server", "health_timeout_s") or 5))
+                  settings.server.health_timeout_s)
     blueprint = Blueprint("aquamask_health", __name__)
 
     @blueprint.get(LIVE)

@@ -43,14 +43,23 @@ from functools import partial
 from http import HTTPStatus
 
 from gunicorn.errors import ConfigError
-from gunicorn.http.body import ChunkedReader, DEFAULT_MAX_CHUNK_SIZE_LINE
+from gunicorn.http.body import DEFAULT_MAX_CHUNK_SIZE_LINE, ChunkedReader
 from gunicorn.http.errors import NoMoreData
-from gunicorn.http.message import (DEFAULT_MAX_HEADERFIELD_SIZE, MAX_HEADERS, MAX_REQUEST_LINE,
-                                   Request)
+from gunicorn.http.message import (
+    DEFAULT_MAX_HEADERFIELD_SIZE,
+    MAX_HEADERS,
+    MAX_REQUEST_LINE,
+    Request,
+)
 from gunicorn.http.unreader import IterUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
-from werkzeug.exceptions import (BadRequest, HTTPException, RequestEntityTooLarge,
-                                 RequestHeaderFieldsTooLarge, RequestTimeout)
+from werkzeug.exceptions import (
+    BadRequest,
+    HTTPException,
+    RequestEntityTooLarge,
+    RequestHeaderFieldsTooLarge,
+    RequestTimeout,
+)
 
 from aquamask.processes.settings import Settings
 from aquamask.server import health
@@ -64,6 +73,17 @@ LINGER_BYTES = 8 * 1024 * 1024
 SWEEP_S = 0.25
 
 
+def _receive(sock: socket.socket) -> bytes | None:
+    """What a ready socket holds: None when nothing after all, b"" when the client closed it
+    (or it failed)."""
+    try:
+        return sock.recv(RECV_BYTES)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 @dataclass(frozen=True)
 class FrontLimits:
     header_timeout_s: float
@@ -72,9 +92,9 @@ class FrontLimits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FrontLimits":
-        return cls(header_timeout_s=float(settings.get("server", "header_timeout_s")),
-                   body_timeout_s=float(settings.get("server", "body_timeout_s")),
-                   max_body_bytes=int(settings.get("limits", "max_request_bytes")))
+        return cls(header_timeout_s=settings.server.header_timeout_s,
+                   body_timeout_s=settings.server.body_timeout_s,
+                   max_body_bytes=settings.limits.max_request_bytes)
 
 
 def max_head_bytes(cfg) -> int:
@@ -220,7 +240,7 @@ class RequestBuffer:
             return False
         if self.chunked is not None:
             return self.chunked.advance(self.data)
-        return len(self.data) >= self.body_end
+        return len(self.data) >= (self.body_end or 0)
 
     def _read_head(self, now: float) -> None:
         end = self.data.find(b"\r\n\r\n", max(0, self._scanned - 3))
@@ -250,7 +270,7 @@ class RequestBuffer:
                 raise Refused(RequestEntityTooLarge(
                     f"the request body is larger than {self.limits.max_body_bytes} bytes"))
             self.body_end = body_start + length
-        has_body = self.chunked is not None or self.body_end > body_start
+        has_body = self.chunked is not None or (self.body_end or 0) > body_start
         self.wants_continue = has_body and len(self.data) == body_start \
             and request.version >= (1, 1) and any(
                 name == "EXPECT" and value.lower() == "100-continue"
@@ -298,12 +318,9 @@ class BufferingWorker(ThreadWorker):
             self.advance(conn, buffer)
 
     def on_request_data(self, conn: TConn, sock: socket.socket) -> None:
-        try:
-            data = sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _receive(sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:  # the client went away
             self.forget(conn)
             self.close(conn.sock)
@@ -330,7 +347,8 @@ class BufferingWorker(ThreadWorker):
         conn.init()  # gunicorn's parser for a new connection; the socket blocking again
         conn.parser.unreader.unread(bytes(buffer.data))
         conn.data_ready = True  # handle() then reads only what is buffered
-        pool = self.health_pools.get(buffer.path, self.tpool)
+        pool = self.health_pools.get(buffer.path) or self.tpool
+        assert pool is not None  # gunicorn made tpool when the worker started
         future = pool.submit(self.handle, conn)
         future.add_done_callback(
             lambda done: self.method_queue.defer(self.finish_request, conn, done))
@@ -355,12 +373,9 @@ class BufferingWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, self.on_lingering_data)
 
     def on_lingering_data(self, sock: socket.socket) -> None:
-        try:
-            data = sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+        data = _receive(sock)
+        if data is None:
             return
-        except OSError:
-            data = b""
         linger = self.lingering[sock]
         linger.drained += len(data)
         if not data or linger.drained > LINGER_BYTES:  # closed by the client, or too much

@@ -98,7 +98,7 @@ class CapabilitiesCache:
                 if fresh.status_code != 200:
                     return fresh
                 try:
-                    body = b"".join(fresh.response)
+                    body = b"".join(fresh.response)  # type: ignore[arg-type]  # bytes here
                 finally:
                     fresh.close()
                 headers = [(k, v) for k, v in fresh.headers.items()
@@ -353,7 +353,7 @@ class LayerAccess:
         unknown or unparsable one is an InvalidDimensionValue, never the default date's map."""
         if ogc.time is None or not series:
             return
-        from aquamask.processes.publishers.mapserver import utc_time
+        from aquamask.processes.publishing.names import utc_time
 
         try:
             wanted = utc_time(ogc.time)
@@ -388,11 +388,11 @@ def _client_pairs() -> list[tuple[str, str]] | Response:
 
 def ows_blueprint(settings, name: str = "aquamask_ows") -> Blueprint:
     """``GET``/``POST /ows`` for ``settings`` (``mapserver.*``, ``server.url``)."""
-    from aquamask.processes.publishers.mapserver import MapServerPublisher
+    from aquamask.processes.publishing.mapserver import MapServerPublisher
 
     blueprint = Blueprint(name, __name__)
-    limits = Limits(max_image_size=int(settings.get("mapserver", "max_image_size") or 4096),
-                    max_coverage_size=int(settings.get("mapserver", "max_size") or 16384))
+    limits = Limits(max_image_size=settings.mapserver.max_image_size,
+                    max_coverage_size=settings.mapserver.max_size)
     state: dict[str, Any] = {}
     lock = threading.Lock()
 
@@ -404,9 +404,8 @@ def ows_blueprint(settings, name: str = "aquamask_ows") -> Blueprint:
                     state["access"] = LayerAccess(publisher)
                     state["capabilities"] = CapabilitiesCache()
                     state["engine"] = MapServerEngine(
-                        publisher.config_path, find_mapserv(settings.get("mapserver", "binary")),
-                        int(settings.get("mapserver", "processes") or 2),
-                        float(settings.get("mapserver", "timeout") or 60))
+                        publisher.config_path, find_mapserv(settings.mapserver.binary),
+                        settings.mapserver.processes, settings.mapserver.timeout)
         return state["access"], state["engine"], state["capabilities"]
 
     @blueprint.route("/ows", methods=["GET", "POST"])

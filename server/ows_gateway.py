@@ -327,11 +327,11 @@ def _wms(p: _Params, raw_operation: str, raw_version: str, limits: Limits) -> Ow
         p.refuse_others(operation)
         return OwsRequest("WMS", version, operation, (
             ("SERVICE", "WMS"), ("VERSION", version), ("REQUEST", "GetCapabilities")))
-    version = p.get("VERSION")
-    if operation != "GetLegendGraphic" and version is None:
+    given = p.get("VERSION")
+    if operation != "GetLegendGraphic" and given is None:
         raise p.error("MissingParameterValue", "VERSION is required (1.3.0 or 1.1.1)",
                       "VERSION")
-    version = (version or "1.3.0").strip()
+    version = (given or "1.3.0").strip()
     if version not in WMS_VERSIONS:
         raise p.error("InvalidParameterValue", "VERSION must be 1.3.0 or 1.1.1", "VERSION")
     p.version = version

@@ -15,13 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
-import pytest
 import requests
 
-from aquamask.processes.jobstore import JobStore
-from tests.conftest import Server, start_server
-from tests.e2e.test_faults import (NO_LIMIT, fork_servers_by_web_worker, job_id_of,
-                                   kill_server, new_home, scenes, wait_running)  # noqa: F401
+from aquamask.processes.storage.jobstore import JobStore
+from tests.support.faults import NO_LIMIT, fork_servers_by_web_worker, kill_server, new_home
+from tests.support.server import Server, job_id_of, start_server, wait_running
 
 FAST_LIVENESS = {"AQUAMASK__JOBS__SWEEP_S": "1", "AQUAMASK__JOBS__HEARTBEAT_S": "1",
                  "AQUAMASK__JOBS__STALE_AFTER_S": "6", **NO_LIMIT}

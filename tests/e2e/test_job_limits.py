@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from aquamask.processes.demo import make_demo_scene
-from tests.conftest import start_server
+from tests.support.server import start_server
 
 
 @pytest.fixture

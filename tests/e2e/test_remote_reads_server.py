@@ -6,8 +6,15 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.processes.test_remote_reads import (INTERNAL, RAW_PASSWD, Attacker, Internal,
-                                               huge_block, simple_source, vrt)
+from tests.processes.test_remote_reads import (
+    INTERNAL,
+    RAW_PASSWD,
+    Attacker,
+    Internal,
+    huge_block,
+    simple_source,
+    vrt,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +36,6 @@ def attacker(internal):
     host.httpd.server_close()
 
 
-def job_count(server) -> int:
-    return len(requests.get(f"{server.url}/jobs?limit=1000", timeout=10).json()["jobs"])
 
 
 @pytest.mark.parametrize("href,status,text", [
@@ -52,12 +57,12 @@ def test_attacks_are_4xx_ogc_exceptions_before_a_job_exists(server, attacker, in
     if href.startswith("/"):
         href = attacker.url(href)
     href = href.replace("{port}", str(internal.port))
-    jobs = job_count(server)
+    jobs = server.job_count()
     response = server.execute({"image": {"href": href}, "method": "ndwi"})
     assert response.status_code == status, response.text
     body = response.json()
     assert body["code"] and text in body["description"]
     assert str(server.data_root) not in response.text and str(server.home) not in response.text
-    assert job_count(server) == jobs
+    assert server.job_count() == jobs
     assert internal.connections == [], f"{INTERNAL} was reached"
     assert requests.get(f"{server.url}/health", timeout=10).status_code == 200

@@ -23,7 +23,7 @@ import requests
 from aquamask.processes.settings import Settings
 from aquamask.server.cli import gunicorn_command
 from aquamask.server.metrics import default_multiprocess_dir
-from tests.conftest import REPO, Server, free_port, start_server
+from tests.support.server import REPO, Server, free_port, start_server
 
 MAX_BODY = 1048576  # limits.max_request_bytes, the default
 HEADER_TIMEOUT_S = 10  # server.header_timeout_s, the default
@@ -320,6 +320,16 @@ def fill(folder: Path) -> None:
             pass
 
 
+def web_workers(srv, count: int, timeout: float = 30) -> list[int]:
+    """The pids of the server's web workers, once ``count`` of them run."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = sorted(p.pid for p in psutil.Process(srv.process.pid).children())
+        if len(pids) >= count or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.1)
+
+
 def test_a_full_home_disk_leaves_the_web_workers_alive(small_home):
     srv = start_server(small_home)
     try:
@@ -327,7 +337,7 @@ def test_a_full_home_disk_leaves_the_web_workers_alive(small_home):
             Settings.load(environ={"AQUAMASK__HOME": str(small_home)}))
         assert any(metrics_dir.glob("*.db"))
         assert os.stat(metrics_dir).st_dev != os.stat(small_home).st_dev
-        workers = sorted(p.pid for p in psutil.Process(srv.process.pid).children())
+        workers = web_workers(srv, 2)  # both booted: /health answers once one has
         fill(small_home)
         # requests of new routes and statuses: each adds values to the metrics files
         paths = ["/conformance", "/processes", "/processes/water-detection", "/jobs?f=json",

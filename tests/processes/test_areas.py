@@ -6,7 +6,7 @@ from affine import Affine
 from pyproj import CRS, Geod
 from rasterio.windows import Window
 
-from aquamask.processes.areas import pixel_areas_km2
+from aquamask.processes.pipeline.areas import pixel_areas_km2
 
 
 def test_utm_pixels_carry_the_scale_factor():

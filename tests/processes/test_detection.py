@@ -7,13 +7,14 @@ import rasterio
 from rasterio.windows import Window
 
 from aquamask.model.indices import mndwi
-from aquamask.processes.detection import detect, index_probability
-from aquamask.processes.sources.raster import RasterSource
+from aquamask.processes.pipeline.detection import detect
+from aquamask.processes.pipeline.methods import index_probability
+from aquamask.processes.pipeline.sources.raster import RasterSource
 
 
 @pytest.fixture
 def scene(demo_scene):
-    scene = RasterSource(demo_scene.parent, 10**8, []).read({"href": demo_scene.name})
+    scene = RasterSource(demo_scene.parent, 10**8, []).read(demo_scene.name)
     yield scene
     scene.close()
 

@@ -24,13 +24,15 @@ import rasterio
 import requests
 from click.testing import CliRunner
 
-from aquamask.processes import publishing
-from aquamask.processes.jobstore import JobStore
-from aquamask.processes.publishers.geoserver import GeoServerError, GeoServerPublisher
-from aquamask.processes.publishers.mapserver import raster_facts, series_name
+from aquamask.processes.publishing import service as publishing
+from aquamask.processes.publishing.geoserver import GeoServerError, GeoServerPublisher
+from aquamask.processes.publishing.mapserver import raster_facts
+from aquamask.processes.publishing.names import derived_id, job_of, series_name
 from aquamask.processes.settings import Settings
-from tests.processes.conftest_mapserver import GRIDS, make_product, write_mask_cog
-from tests.processes.geoserver_standin import SCHEMAS, GeoServerStandIn, SchemaError, check
+from aquamask.processes.storage.jobstore import JobStore, job_store
+from aquamask.processes.storage.results import results_store
+from tests.support.geoserver_standin import SCHEMAS, GeoServerStandIn, SchemaError, check
+from tests.support.mapserver import GRIDS, make_product, write_mask_cog
 
 PASSWORD = "s3cret-Pa55"
 ID1 = "3f2b8c1e-9a47-4d2e-8b1f-0c9d7e6a5b43"
@@ -101,21 +103,21 @@ def add_job(settings: Settings, job_id: str, status: str = "successful") -> JobS
 
 def geoserver_publish(settings: Settings, product, series: str | None = None):
     """GeoServer's publisher alone, on the layer row publishing would write first."""
-    add_job(settings, publishing.job_of(product.id))
+    add_job(settings, job_of(product.id))
     row = publishing._layer_row(product, settings, series=series, engine="geoserver",
                                 state="pending")
-    settings.job_store.put_layer(row)
+    job_store(settings).put_layer(row)
     return GeoServerPublisher.from_settings(settings).publish(product, row)
 
 
 def geoserver_unpublish(settings: Settings, product_id: str) -> None:
-    row = settings.job_store.layer(product_id) or {"product_id": product_id,
+    row = job_store(settings).layer(product_id) or {"product_id": product_id,
                                                    "name": f"water-{product_id}"}
     GeoServerPublisher.from_settings(settings).unpublish(row)
 
 
 def row(settings: Settings, product_id: str) -> dict | None:
-    return settings.job_store.layer(product_id)
+    return job_store(settings).layer(product_id)
 
 
 def embedded(settings: Settings, product_id: str) -> bool:
@@ -199,9 +201,9 @@ def test_republish_is_idempotent(settings, standin):
 
 def test_a_time_series_is_one_jobs_dates(settings, standin):
     job, other_job = "series-job", "another-job"
-    first = product_in_results(settings, publishing.derived_id(job, "d1"), WHEN1)
-    second = product_in_results(settings, publishing.derived_id(job, "d2"), WHEN2)
-    elsewhere = product_in_results(settings, publishing.derived_id(other_job, "d1"), WHEN2,
+    first = product_in_results(settings, derived_id(job, "d1"), WHEN1)
+    second = product_in_results(settings, derived_id(job, "d2"), WHEN2)
+    elsewhere = product_in_results(settings, derived_id(other_job, "d1"), WHEN2,
                                    crs="EPSG:4326")
     series, other = series_name(job), series_name(other_job)
     geoserver_publish(settings, first, series)
@@ -213,7 +215,8 @@ def test_a_time_series_is_one_jobs_dates(settings, standin):
     assert [r.status for r in standin.calls("POST", rf"{series}/file\.imagemosaic$")] == [202]
     assert len(standin.stores[("aquamask", other)].granules) == 1
     publisher = GeoServerPublisher.from_settings(settings)
-    url = publisher.series_getmap_url(series, list(first.bbox_wgs84), "2024-06-03T10:40:00Z")
+    when = "2024-06-03T10:40:00Z"
+    url = publisher.series_urls(series, list(first.bbox_wgs84), [when])[when]
     assert parse_qs(urlsplit(url).query)["TIME"] == ["2024-06-03T10:40:00Z"]
     # removing one date keeps the mosaic; removing the last removes it, files and all
     geoserver_unpublish(settings, first.id)
@@ -433,9 +436,9 @@ def test_the_real_retry_process_switches_the_job(env, standin, monkeypatch):
     assert layer.publisher == "pending"
     pid = row(settings, ID1)["retrier_pid"]
     started = time.monotonic()  # its command line shows once Python has started
-    while not publishing._retrier_alive(pid, ID1) and time.monotonic() - started < 5:
+    while not publishing.retrier_alive(pid, ID1) and time.monotonic() - started < 5:
         time.sleep(0.05)
-    assert pid and publishing._retrier_alive(pid, ID1)
+    assert pid and publishing.retrier_alive(pid, ID1)
     store.update(ID1, {"status": "successful",
                        "outputs": {"layer": publishing.layer_output(layer)}})
     standin.heal()
@@ -595,8 +598,15 @@ def test_embedded_time_series_steps_through_dates(tmp_path):
     TIME that is not one of its dates is an InvalidDimensionValue (never the default map)."""
     import numpy as np
 
-    from tests.processes.conftest_mapserver import (BLUE, SIZE, MaskFile, catalogue_at,
-                                                    image_pixel, ows_app, png_rgba)
+    from tests.support.mapserver import (
+        BLUE,
+        SIZE,
+        MaskFile,
+        catalogue_at,
+        image_pixel,
+        ows_app,
+        png_rgba,
+    )
 
     catalogue = catalogue_at(tmp_path)
     client = ows_app(catalogue).test_client()
@@ -613,7 +623,7 @@ def test_embedded_time_series_steps_through_dates(tmp_path):
                        dtype="uint8", crs="EPSG:32630", transform=transform, nodata=255) as dst:
         dst.write(classes, 1)
     second = MaskFile(second_path, "EPSG:32630", transform, classes)
-    d1, d2 = publishing.derived_id(job, "d1"), publishing.derived_id(job, "d2")
+    d1, d2 = derived_id(job, "d1"), derived_id(job, "d2")
     catalogue.publish(first, d1, when=WHEN1, series=series)
     catalogue.publish(second, d2, when=WHEN2, series=series)
     caps = client.get("/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities").data.decode()
@@ -659,7 +669,7 @@ def test_server_job_pending_then_switched_then_dismissed(tmp_path, standin):
     GeoServer fails -> the job succeeds as `pending` on the embedded engine -> the background
     retry switches it to GeoServer -> dismissing the job deletes the GeoServer store."""
     from aquamask.processes.demo import make_demo_scene
-    from tests.conftest import start_server
+    from tests.support.server import start_server
 
     home = tmp_path / "server-home"
     make_demo_scene(home / "data" / "demo" / "demo-scene.tif")
@@ -697,14 +707,14 @@ def test_server_job_pending_then_switched_then_dismissed(tmp_path, standin):
     assert "HTTP 500" in log and PASSWORD not in log
 
 
-# -- results on an object store (paths.results s3://...; moto's S3 server, tests/objectstore.py)
+# -- results on an object store (paths.results s3://...; moto's S3 server, support/objectstore.py)
 def test_a_result_on_an_object_store_is_uploaded_as_a_copy(settings, standin, s3, tmp_path,
                                                            monkeypatch):
     bucket = s3.new_bucket()
     for key, value in s3.environment(bucket).items():
         monkeypatch.setenv(key, value)
     remote = load_settings()
-    store = remote.results_store
+    store = results_store(remote)
     staging = store.staging(ID1)
     cog = write_mask_cog(staging / "mask.tif", "EPSG:32630")
     data = cog.path.read_bytes()

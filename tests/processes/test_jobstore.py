@@ -1,5 +1,5 @@
 """The SQL job store: records, guarded updates, paging, and concurrent writers, each against a
-real SQLite file (WAL) and a real PostgreSQL server (tests/postgres.py: Debian's binaries, a
+real SQLite file (WAL) and a real PostgreSQL server (tests/support/postgres.py: Debian's binaries, a
 throwaway cluster, a new database per test)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from aquamask.processes.jobstore import JobStore, jobs, metadata
+from aquamask.processes.storage.jobstore import JobStore, jobs, metadata
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -171,7 +171,7 @@ def test_a_deleted_sqlite_file_is_reported_not_silently_recreated(tmp_path):
     assert worker_side.get("job-0001") is not None
     for suffix in ("", "-wal", "-shm"):
         (tmp_path / f"jobs.sqlite{suffix}").unlink(missing_ok=True)
-    from aquamask.processes.jobstore import StoreUnavailable
+    from aquamask.processes.storage.jobstore import StoreUnavailable
     with pytest.raises(StoreUnavailable, match="missing"):
         worker_side.get("job-0001")
     assert not (tmp_path / "jobs.sqlite").exists()

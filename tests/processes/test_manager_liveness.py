@@ -11,9 +11,9 @@ import time
 import pytest
 from pygeoapi.util import get_current_datetime
 
-from aquamask.processes.executors import process_start
-from aquamask.processes.manager import AquamaskManager
-from aquamask.processes.worker import HOST
+from aquamask.processes.jobs.manager import AquamaskManager
+from aquamask.processes.jobs.worker import HOST
+from aquamask.processes.procfs import process_start
 
 
 @pytest.fixture

@@ -13,13 +13,19 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from aquamask.processes import publishing
-from aquamask.processes.publishers import Publisher
-from aquamask.processes.publishers.mapserver import (MapServerPublisher, layer_name,
-                                                     validate_product_id)
-from tests.processes.conftest_mapserver import (ALICE, BASE_URL, catalogue,  # noqa: F401
-                                                catalogue_at, client, coverage_ids, layer_names,
-                                                make_product, masks, ows_app)
+from aquamask.processes.publishing import service as publishing
+from aquamask.processes.publishing.base import Publisher
+from aquamask.processes.publishing.mapserver import MapServerPublisher
+from aquamask.processes.publishing.names import layer_name, validate_product_id
+from tests.support.mapserver import (
+    ALICE,
+    BASE_URL,
+    catalogue_at,
+    coverage_ids,
+    layer_names,
+    make_product,
+    ows_app,
+)
 
 WMS_CAPS = "/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities"
 WCS_CAPS = "/ows?SERVICE=WCS&VERSION=2.0.1&REQUEST=GetCapabilities"
@@ -182,7 +188,7 @@ def test_a_new_base_url_is_advertised_after_a_restart(tmp_path, masks):
 
 
 def _publish_in_process(home: str, mask_path: str, ids: list[str]) -> None:
-    from tests.processes.conftest_mapserver import GRIDS, MaskFile, mask_array
+    from tests.support.mapserver import GRIDS, MaskFile, mask_array
     mask = MaskFile(Path(mask_path), "EPSG:32630", GRIDS["EPSG:32630"], mask_array())
     catalogue = catalogue_at(Path(home))
     for product_id in ids:
@@ -248,7 +254,7 @@ def test_a_missing_cog_raises_and_stores_nothing(catalogue, masks, tmp_path):
 
 
 def test_getfeatureinfo_answers_the_class(catalogue, client, masks):
-    from tests.processes.conftest_mapserver import WATER_PIXEL
+    from tests.support.mapserver import WATER_PIXEL
 
     mask = masks["EPSG:32630"]
     catalogue.publish(mask, "fi")

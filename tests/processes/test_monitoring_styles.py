@@ -12,10 +12,11 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from aquamask.processes import monitoring, publishing
-from aquamask.processes.publishers.mapserver import CHANGE_CLASSES, FREQUENCY_CLASSES
+from aquamask.processes.pipeline.products import to_cog
+from aquamask.processes.publishing import service as publishing
+from aquamask.processes.publishing.styles import CHANGE_CLASSES, FREQUENCY_CLASSES
 from aquamask.processes.types import MaskStats, Product
-from tests.processes.conftest_mapserver import catalogue_at, ows_app, png_rgba
+from tests.support.mapserver import catalogue_at, ows_app, png_rgba
 
 SLD = "{http://www.opengis.net/sld}"
 SIZE = 200
@@ -56,7 +57,7 @@ def _write(path, array, dtype, nodata, style):
                        dtype=dtype, crs="EPSG:32630", transform=TRANSFORM, nodata=nodata) as dst:
         dst.write(array.astype(dtype), 1)
         dst.update_tags(AQUAMASK_STYLE=style)
-    monitoring.to_cog(raw, path, nodata, "nearest")
+    to_cog(raw, path, nodata=nodata, resampling="nearest")
     raw.unlink()
     return path
 

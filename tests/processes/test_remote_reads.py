@@ -2,7 +2,7 @@
 before, now refused with a 4xx before any byte reaches where it aimed.
 
 Real HTTP on loopback, no mock of the network: an "attacker" on 127.0.0.2 (allow-listed through
-``href_private_hosts``, as the operator of tests/conftest.py allows its data host) answers with
+``href_private_hosts``, as the operator of the session server allows its data host) answers with
 files, redirects and lies; an "internal" listener on 127.0.0.3 (not allowed) stands for this
 server's own network and must see no connection at all.
 """
@@ -26,15 +26,15 @@ import rasterio.shutil
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.demo import make_demo_scene
 from aquamask.processes.errors import Forbidden, InvalidInput, TooLarge
+from aquamask.processes.pipeline.sources.bands import BandAsset, SourceItem
+from aquamask.processes.pipeline.sources.http import HttpPolicy
+from aquamask.processes.pipeline.sources.local import LocalSource
+from aquamask.processes.pipeline.sources.raster import RasterSource
 from aquamask.processes.settings import Settings
-from aquamask.processes.sources.bands import BandAsset, SourceItem
-from aquamask.processes.sources.http import HttpPolicy
-from aquamask.processes.sources.local import LocalSource
-from aquamask.processes.sources.raster import RasterSource
-from aquamask.processes.types import DETECTION_BANDS
-from tests.processes.standins import Response, serve_bytes
+from tests.support.standins import Response, send, serve_bytes
 
 ATTACKER, INTERNAL = "127.0.0.2", "127.0.0.3"
 
@@ -121,13 +121,7 @@ class Attacker:
         status, headers, body = route(handler, head) if route else (404, {}, b"")
         self.seen.append(Seen(handler.command, handler.path, handler.headers.get("Range"),
                               0 if head else len(body)))
-        handler.send_response(status)
-        headers.setdefault("Content-Length", str(len(body)))
-        for key, value in headers.items():
-            handler.send_header(key, value)
-        handler.end_headers()
-        if not head:
-            handler.wfile.write(body)
+        send(handler, (status, headers, body), head)
 
 
 @pytest.fixture
@@ -198,7 +192,7 @@ RAW_PASSWD = vrt("", "Byte").replace(
 def test_an_allowed_remote_cog_reads_pixel_identical_by_ranges(source, attacker, root):
     data = (root / "scene.tif").read_bytes()
     url = attacker.serve("/scene.tif", data)
-    remote, local = source.read({"href": url}), source.read({"href": "scene.tif"})
+    remote, local = source.read(url), source.read("scene.tif")
     window = Window(512, 512, 256, 256)
     assert np.array_equal(remote.read(window), local.read(window), equal_nan=True)
     # the header and one tile, by ranges: a small part of the file, not a download of it
@@ -213,8 +207,8 @@ def test_an_allowed_remote_cog_reads_pixel_identical_by_ranges(source, attacker,
 def test_a_remote_scene_is_read_and_closed_from_other_threads(source, attacker, root):
     """Detection reads blocks in a thread of its own: GDAL's callbacks then still find the
     opener rasterio registered in the opening thread (its registry is a context variable)."""
-    scene = source.read({"href": attacker.serve("/scene.tif", (root / "scene.tif").read_bytes())})
-    local = source.read({"href": "scene.tif"})
+    scene = source.read(attacker.serve("/scene.tif", (root / "scene.tif").read_bytes()))
+    local = source.read("scene.tif")
     window = Window(512, 512, 256, 256)
     with ThreadPoolExecutor(1) as reader:
         bands = reader.submit(scene.read, window).result()
@@ -234,7 +228,7 @@ def test_a_host_answering_head_200_and_get_302_cannot_send_the_read_inside(
 
     attacker.routes["/sneaky.tif"] = sneaky
     with pytest.raises(Forbidden, match="loopback, link-local or private"):
-        source.check({"href": attacker.url("/sneaky.tif")})
+        source.check(attacker.url("/sneaky.tif"))
     assert [s.method for s in attacker.seen] == ["GET"]
     assert internal.connections == []
 
@@ -252,7 +246,7 @@ def test_redirect_chains_to_internal_addresses_are_refused_hop_by_hop(
     attacker.redirect("/b.tif", "/c.tif")  # relative, as servers also answer
     attacker.redirect("/c.tif", internal.url(host=spelling))
     with pytest.raises(Forbidden, match="loopback, link-local or private"):
-        source.check({"href": attacker.url("/a.tif")})
+        source.check(attacker.url("/a.tif"))
     assert [s.path for s in attacker.gets()] == ["/a.tif", "/b.tif", "/c.tif"]
     assert internal.connections == []
 
@@ -264,14 +258,14 @@ def test_redirect_chains_to_internal_addresses_are_refused_hop_by_hop(
 def test_redirects_to_other_schemes_or_with_credentials_are_refused(source, attacker, target,
                                                                     match):
     with pytest.raises((Forbidden, InvalidInput), match=match):
-        source.check({"href": attacker.redirect("/r.tif", target)})
+        source.check(attacker.redirect("/r.tif", target))
     assert len(attacker.gets()) == 1
 
 
 def test_redirect_loops_stop_after_five_hops(source, attacker):
     attacker.redirect("/loop.tif", "/loop.tif")
     with pytest.raises(InvalidInput, match="redirects more than 5 times"):
-        source.check({"href": attacker.url("/loop.tif")})
+        source.check(attacker.url("/loop.tif"))
     assert len(attacker.gets()) == 6
 
 
@@ -289,8 +283,8 @@ def test_a_tile_read_redirected_inside_mid_job_is_refused(source, attacker, inte
 
     attacker.routes["/late.tif"] = late
     url = attacker.url("/late.tif")
-    assert source.check({"href": url}) == 1024 * 1024
-    scene = source.read({"href": url})
+    assert source.check(url) == 1024 * 1024
+    scene = source.read(url)
     with pytest.raises(Forbidden, match="loopback, link-local or private"):
         scene.read(Window(768, 768, 256, 256))
     scene.close()
@@ -308,7 +302,7 @@ def test_a_remote_vrt_is_refused(source, attacker, internal, document):
     url = attacker.serve("/image.vrt", body)
     with pytest.raises(InvalidInput, match="GeoTIFF and Cloud-Optimized GeoTIFF images only") \
             as err:
-        source.check({"href": url})
+        source.check(url)
     assert "root:" not in str(err.value)
     assert internal.connections == []
 
@@ -326,7 +320,7 @@ def test_a_local_vrt_under_the_data_root_is_refused(source, root, name, document
     (root / name).write_bytes(document(root))
     with pytest.raises(InvalidInput, match="GeoTIFF and Cloud-Optimized GeoTIFF images only") \
             as err:
-        source.check({"href": name})
+        source.check(name)
     assert int(err.value.http_status_code) == 400
     no_server_path(err, root)
 
@@ -337,7 +331,7 @@ def test_bands_that_are_not_real_numbers_are_400(source, root):
                        transform=from_origin(0, 80, 10, 10)) as dst:
         dst.write(np.ones((6, 8, 8), np.complex64))
     with pytest.raises(InvalidInput, match="complex64; bands must hold integers or real"):
-        source.check({"href": "complex.tif"})
+        source.check("complex.tif")
 
 
 # --------------------------------------------------------------------------- block size
@@ -364,7 +358,7 @@ def test_images_with_huge_blocks_are_413_before_any_pixel_is_read(source, attack
     started = time.monotonic()
     with pytest.raises(TooLarge, match=r"1,648 MiB each.*at most 64 MiB.*gdal_translate") \
             as err:
-        source.check({"href": href})
+        source.check(href)
     assert int(err.value.http_status_code) == 413 and time.monotonic() - started < 10
 
 
@@ -384,7 +378,7 @@ def test_images_with_huge_blocks_are_413_before_any_pixel_is_read(source, attack
 ])
 def test_malformed_hrefs_are_400(source, root, attacker, internal, href, match):
     with pytest.raises(InvalidInput, match=match) as err:
-        source.check({"href": href})
+        source.check(href)
     assert int(err.value.http_status_code) == 400
     no_server_path(err, root)
     assert attacker.seen == [] and internal.connections == []
@@ -397,14 +391,14 @@ def test_paths_leading_out_of_the_data_root_are_403(source, root, href):
     (root.parent / "outside.tif").write_bytes((root / "scene.tif").read_bytes())
     (root / "link").symlink_to(root.parent / "outside.tif")
     with pytest.raises(Forbidden, match="outside the data root") as err:
-        source.check({"href": href})
+        source.check(href)
     no_server_path(err, root)
 
 
 def test_unreadable_local_files_name_no_server_path(source, root):
     (root / "junk.tif").write_text("not a raster")
     with pytest.raises(InvalidInput, match="'junk.tif' cannot be read as a raster") as err:
-        source.check({"href": "junk.tif"})
+        source.check("junk.tif")
     no_server_path(err, root)
 
 
@@ -412,7 +406,7 @@ def test_unreadable_local_files_name_no_server_path(source, root):
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_names_resolving_to_internal_addresses_are_refused(source, internal, host, scheme):
     with pytest.raises(Forbidden, match="loopback, link-local or private"):
-        source.check({"href": internal.url(host=host).replace("http:", f"{scheme}:")})
+        source.check(internal.url(host=host).replace("http:", f"{scheme}:"))
     assert internal.connections == []
 
 
@@ -425,7 +419,7 @@ def test_a_host_that_never_answers_times_out(source, attacker):
     attacker.routes["/silent.tif"] = silent
     started = time.monotonic()
     with pytest.raises(InvalidInput, match="stopped answering"):
-        source.check({"href": attacker.url("/silent.tif")})
+        source.check(attacker.url("/silent.tif"))
     assert time.monotonic() - started < 6  # 2 s read timeout, one retry
 
 
@@ -433,7 +427,7 @@ def test_a_retry_after_of_an_hour_is_not_waited_for(source, attacker):
     attacker.routes["/busy.tif"] = lambda handler, head: (503, {"Retry-After": "3600"}, b"")
     started = time.monotonic()
     with pytest.raises(InvalidInput, match="answered HTTP 503"):
-        source.check({"href": attacker.url("/busy.tif")})
+        source.check(attacker.url("/busy.tif"))
     assert len(attacker.gets()) == 2 and time.monotonic() - started < 6  # one retry, 2 s
 
 
@@ -441,7 +435,7 @@ def test_a_host_ignoring_ranges_is_refused_not_downloaded(source, attacker, root
     data = (root / "scene.tif").read_bytes()
     attacker.routes["/whole.tif"] = lambda handler, head: (200, {}, data)
     with pytest.raises(InvalidInput, match="does not answer HTTP range requests"):
-        source.check({"href": attacker.url("/whole.tif")})
+        source.check(attacker.url("/whole.tif"))
 
 
 # --------------------------------------------------------------------------- local catalogs

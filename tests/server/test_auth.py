@@ -21,7 +21,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.conftest import start_server
+from tests.support.server import start_server
 
 VO = "urn:mace:egi.eu:group:vo.example.org"
 VIEWER = f"{VO}:role=member#aai.egi.eu"

@@ -14,7 +14,7 @@ import requests
 from flask import Flask, redirect, send_file
 from werkzeug.serving import make_server
 
-from tests.conftest import free_port
+from tests.support.server import free_port
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
 
 def test_jobs_beyond_the_per_user_limit_are_429(tmp_path):
     from aquamask.processes.demo import make_demo_scene
-    from tests.conftest import start_server
+    from tests.support.server import start_server
 
     make_demo_scene(tmp_path / "data" / "scene.tif", size=1024)
     limited = start_server(tmp_path, {"AQUAMASK__LIMITS__MAX_JOBS_PER_USER": "1",

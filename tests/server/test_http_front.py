@@ -19,8 +19,14 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from aquamask.processes.settings import Settings
 from aquamask.server import metrics
 from aquamask.server.health import Probe
-from aquamask.server.http_worker import (BufferingWorker, FrontLimits, Refused, RequestBuffer,
-                                         error_response, max_head_bytes)
+from aquamask.server.http_worker import (
+    BufferingWorker,
+    FrontLimits,
+    Refused,
+    RequestBuffer,
+    error_response,
+    max_head_bytes,
+)
 
 LIMITS = FrontLimits(header_timeout_s=10, body_timeout_s=30, max_body_bytes=1000)
 PEER = ("127.0.0.1", 40000)

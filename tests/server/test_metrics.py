@@ -1,6 +1,6 @@
 """/metrics and /health against real servers: gunicorn in a subprocess (several web workers),
 job worker processes forked from the fork server, real HTTP on loopback, and the GeoServer
-stand-in (tests/processes/geoserver_standin.py) for GeoServer's side of /health."""
+stand-in (tests/support/geoserver_standin.py) for GeoServer's side of /health."""
 from __future__ import annotations
 
 import json
@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aquamask.processes.settings import Settings
 from aquamask.server.metrics import default_multiprocess_dir
-from tests.conftest import start_server
-from tests.processes.geoserver_standin import GeoServerStandIn
+from tests.support.geoserver_standin import GeoServerStandIn
+from tests.support.server import start_server
 
 LATENCY = "aquamask_http_request_duration_seconds"
 PROCESS_ROUTE = "/processes/<process_id>"

@@ -13,10 +13,18 @@ from rasterio.io import MemoryFile
 from rasterio.warp import transform_bounds
 from werkzeug.serving import make_server
 
-from tests.processes.conftest_mapserver import (BLUE, DRY_PIXEL, NODATA_PIXEL, WATER_PIXEL,
-                                                catalogue_at, coverage_ids, image_pixel,
-                                                layer_names, masks, ows_app,  # noqa: F401
-                                                png_rgba)
+from tests.support.mapserver import (
+    BLUE,
+    DRY_PIXEL,
+    NODATA_PIXEL,
+    WATER_PIXEL,
+    catalogue_at,
+    coverage_ids,
+    image_pixel,
+    layer_names,
+    ows_app,
+    png_rgba,
+)
 
 CRSS = ["EPSG:32630", "EPSG:4326"]
 
@@ -313,7 +321,7 @@ def test_owslib_wcs(live_server, masks):
 def test_sizes_are_capped_by_configuration_not_by_what_is_published(tmp_path):
     """WMS images up to mapserver.max_image_size; MAXSIZE (WCS) is mapserver.max_size, whatever
     was published: a 1-pixel-high strip 5000 px wide raises it for nobody."""
-    from tests.processes.conftest_mapserver import write_mask_cog
+    from tests.support.mapserver import write_mask_cog
 
     big = write_mask_cog(tmp_path / "big" / "mask.tif", "EPSG:4326")
     with rasterio.open(big.path) as src:
@@ -323,8 +331,8 @@ def test_sizes_are_capped_by_configuration_not_by_what_is_published(tmp_path):
         dst.write(np.ones((1, 16, 5000), np.uint8))
     catalogue = catalogue_at(tmp_path / "home", AQUAMASK__MAPSERVER__MAX_SIZE="4800")
     catalogue.add_job("wide")
-    from aquamask.processes import publishing
-    from tests.processes.conftest_mapserver import make_product
+    from aquamask.processes.publishing import service as publishing
+    from tests.support.mapserver import make_product
     product = make_product(big, "wide")
     product.mask_cog = wide
     publishing.publish(product, catalogue.settings)

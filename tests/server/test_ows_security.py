@@ -15,10 +15,17 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from aquamask.processes.publishers.mapserver import series_name
-from tests.processes.conftest_mapserver import (ALICE, ANONYMOUS, BOB, MANAGER, catalogue_at,
-                                                coverage_ids, layer_names, masks,  # noqa: F401
-                                                ows_app)
+from aquamask.processes.publishing.names import series_name
+from tests.support.mapserver import (
+    ALICE,
+    ANONYMOUS,
+    BOB,
+    MANAGER,
+    catalogue_at,
+    coverage_ids,
+    layer_names,
+    ows_app,
+)
 
 SECRET = "root:x:0:0:the-secret-line"
 
