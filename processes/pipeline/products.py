@@ -6,12 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pystac
 from pyproj import CRS
+from rasterio.io import MemoryFile
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
 from rio_cogeo.cogeo import cog_translate
@@ -40,14 +42,25 @@ COG_PROFILE = dict(cog_profiles.get("deflate"), blockxsize=256, blockysize=256)
 COG_CONFIG = {"GDAL_NUM_THREADS": "ALL_CPUS"}
 
 
-def to_cog(source: Path, target: Path, *, resampling: Any, nodata: Any = None,
+def to_cog(source: Path | str, target: Path, *, resampling: Any, nodata: Any = None,
            **profile: Any) -> Path:
     """The tiled GeoTIFF ``source`` as a COG at ``target``: DEFLATE (``profile`` overrides),
     overviews by ``resampling``. GDAL's COG driver writes it in one pass (rio-cogeo's own
-    path writes a temporary GeoTIFF with overviews and copies it: every COG twice)."""
-    cog_translate(source, target, dict(COG_PROFILE, **profile), nodata=nodata,
-                  overview_resampling=resampling, quiet=True, config=COG_CONFIG,
-                  use_cog_driver=True)
+    path writes a temporary GeoTIFF with overviews and copies it: every COG twice).
+
+    A source held in memory is written to memory and copied to ``target`` by Python: GDAL
+    tells a full or read-only disk only in its log and deletes what it wrote, while Python's
+    write raises the operating system's error (ENOSPC, EROFS, ...) the job reports."""
+    options = dict(nodata=nodata, overview_resampling=resampling, quiet=True,
+                   config=COG_CONFIG, use_cog_driver=True)
+    if not str(source).startswith("/vsimem/"):
+        cog_translate(source, target, dict(COG_PROFILE, **profile), **options)
+        return target
+    with MemoryFile() as cog:
+        cog_translate(source, cog.name, dict(COG_PROFILE, **profile), **options)
+        cog.seek(0)
+        with open(target, "wb") as out:
+            shutil.copyfileobj(cog, out, 16 << 20)
     return target
 
 
