@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from aquamask.model.features import N_BANDS, network_input
 from aquamask.model.network import UNet, pad_to_multiple
+from aquamask.model.refine import guide_bands, guided_upsample, masked_mean_pool
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +81,36 @@ def _version_key(path: Path) -> tuple[int, ...]:
     return tuple(int(g) for g in m.groups()) if m else (-1,)
 
 
-def default_weights() -> Path:
-    """The newest shipped weights file (highest semantic version of ``DEFAULT_NAME``)."""
-    found = sorted(WEIGHTS_DIR.glob(f"{DEFAULT_NAME}-*.pt"), key=_version_key)
+def default_weights(name: str = DEFAULT_NAME) -> Path:
+    """The newest shipped weights file of ``name`` (its highest semantic version)."""
+    found = sorted(WEIGHTS_DIR.glob(f"{name}-*.pt"), key=_version_key)
+    found = [p for p in found if re.fullmatch(rf"{re.escape(name)}-\d+\.\d+\.\d+\.pt", p.name)]
     if not found:
-        raise FileNotFoundError(f"no {DEFAULT_NAME}-*.pt weights in {WEIGHTS_DIR}")
+        raise FileNotFoundError(f"no {name}-X.Y.Z.pt weights in {WEIGHTS_DIR}")
     return found[-1]
+
+
+def shipped_models() -> list[str]:
+    """Names of the models shipped in ``WEIGHTS_DIR`` (each loadable by name)."""
+    names = {m.group(1) for p in WEIGHTS_DIR.glob("*.pt")
+             if (m := re.fullmatch(r"(.+)-\d+\.\d+\.\d+\.pt", p.name))}
+    return sorted(names)
+
+
+def resolve_weights(weights: str | Path | None) -> Path:
+    """The weights file ``weights`` names: None -> the newest default model; a shipped
+    model's name (``unet-s2-water-fast``) -> its newest version; a shipped file's name
+    (``unet-s2-water-1.2.0``, with or without ``.pt``) -> that file; else a path."""
+    if weights is None:
+        return default_weights()
+    text = str(weights)
+    if not any(sep in text for sep in ("/", "\\")) and not Path(text).exists():
+        stem = text[:-3] if text.endswith(".pt") else text
+        if (WEIGHTS_DIR / f"{stem}.pt").exists():
+            return WEIGHTS_DIR / f"{stem}.pt"
+        if stem in shipped_models():
+            return default_weights(stem)
+    return Path(weights)
 
 
 def sha256_file(path: Path) -> str:
@@ -160,6 +185,8 @@ class WaterModel:
         self.tile: int = max(int(meta.get("tile", 512)), MIN_TILE)
         self.overlap: int = int(meta.get("overlap", 64))
         self.scale: int = int(meta.get("scale", 1))
+        # guided refinement at full resolution when scale > 1 (None: bilinear upsampling)
+        self.refine: dict | None = meta.get("refine")
         self.batch_size: int = max(1, MAX_BATCH_PIXELS // (self.tile * self.tile))
         norm = meta["normalisation"]
         self._mean = torch.tensor(norm["mean"], dtype=torch.float32)
@@ -182,8 +209,9 @@ class WaterModel:
     @classmethod
     def load(cls, weights: str | Path | None = None, device: str | None = None, *,
              precision: str | None = None, engine: str | None = None) -> "WaterModel":
-        """Load a weights file (None: the newest shipped one) onto ``device`` (None: auto)."""
-        path = Path(weights) if weights is not None else default_weights()
+        """Load weights onto ``device`` (None: auto): a file, a shipped model's name (its
+        newest version) or None (the newest default model); see :func:`resolve_weights`."""
+        path = resolve_weights(weights)
         blob = torch.load(path, map_location="cpu", weights_only=True)
         fmt = blob.get("format")
         if fmt not in SUPPORTED_FORMATS:
@@ -200,7 +228,8 @@ class WaterModel:
         return {"name": self.name, "version": self.version, "sha256": self.weights_sha256,
                 "bands": list(self.bands), "threshold": self.threshold,
                 "temperature": self.temperature, "device": str(self.device),
-                "scale": self.scale, "precision": self.precision, "engine": self.engine}
+                "scale": self.scale, "refine": self.refine, "precision": self.precision,
+                "engine": self.engine}
 
     # ------------------------------------------------------------------ export
     def export_torchscript(self, path: str | Path | None = None, tile: int = 256):
@@ -267,36 +296,62 @@ class WaterModel:
                 weight[r:r + th, c:c + tw] += win
         return out / weight
 
-    def predict(self, bands: np.ndarray, *, scale: int | None = None) -> np.ndarray:
-        """Water probability (H, W) float32 in [0, 1] for (6, H, W) reflectance x 10000,
-        NaN where any band is NaN. ``scale`` overrides the model's network resolution factor
-        for this call (1: run at the input's own resolution)."""
+    def _check(self, bands: np.ndarray) -> None:
         if bands.ndim != 3 or bands.shape[0] != N_BANDS:
             raise ValueError(f"expected ({N_BANDS}, H, W) bands {self.bands}, "
                              f"got shape {bands.shape}")
+
+    def _inputs(self, bands: np.ndarray, scale: int | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(bands as a tensor, no-data mask, standardised network features (1, 8, h, w),
+        the scale used): the input averaged over scale x scale cells (no-data aware: a cell
+        is no data only where all of it is) when it is at least two cells across."""
         s = max(1, int(self.scale if scale is None else scale))
+        x = torch.from_numpy(np.ascontiguousarray(bands, dtype=np.float32))
+        nodata = torch.isnan(x.sum(dim=0))                 # NaN in any band
+        if s > 1 and min(x.shape[1:]) >= 2 * s:
+            coarse, _ = masked_mean_pool(
+                torch.where(nodata, torch.nan, x) if bool(nodata.any()) else x, s)
+        else:
+            s, coarse = 1, x
+        return x, nodata, network_input(coarse, self._mean, self._std), s
+
+    def network_features(self, bands: np.ndarray, scale: int | None = None) -> torch.Tensor:
+        """The standardised features (1, 8, h, w) the network sees for (6, H, W) bands: the
+        input of the forward pass inside :meth:`predict` (for benchmarks)."""
+        self._check(bands)
+        with torch.inference_mode():
+            return self._inputs(bands, scale)[2]
+
+    def predict(self, bands: np.ndarray, *, scale: int | None = None,
+                refine: bool | None = None) -> np.ndarray:
+        """Water probability (H, W) float32 in [0, 1] for (6, H, W) reflectance x 10000,
+        NaN where any band is NaN. ``scale`` overrides the model's network resolution factor
+        for this call (1: run at the input's own resolution, e.g. for 30 m input);
+        ``refine`` overrides whether the guided refinement draws the edges at full
+        resolution when ``scale`` > 1 (default: the weights' ``refine``)."""
+        self._check(bands)
         _, h, w = bands.shape
         if h == 0 or w == 0:
             return np.zeros((h, w), dtype=np.float32)
+        use_refine = bool(self.refine) if refine is None else bool(refine and self.refine)
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(bands, dtype=np.float32))
-            nodata = torch.isnan(x).any(dim=0)
+            x, nodata, feats, s = self._inputs(bands, scale)
             if bool(nodata.all()):
                 return np.full((h, w), np.nan, dtype=np.float32)
-            if s > 1 and min(h, w) >= 2 * s:
-                # no-data-aware s x s mean: NaN only where the whole cell is no data
-                valid = (~nodata).to(torch.float32)[None, None]
-                num = F.avg_pool2d(torch.where(nodata, 0.0, x)[None] * valid, s,
-                                   ceil_mode=True)
-                den = F.avg_pool2d(valid, s, ceil_mode=True)
-                x = torch.where(den > 0, num / den.clamp(min=1e-6), torch.nan)
-            else:
-                s = 1
-            feats = network_input(x, self._mean, self._std)
             z = self._tiled_logits(feats)
-            if s > 1:
+            inv_t = 1.0 / self.temperature
+            if s == 1:
+                prob = torch.sigmoid(z * inv_t)
+            elif use_refine:
+                guide = guide_bands(x, tuple(self.refine["guides"]))
+                guide_coarse, _ = masked_mean_pool(guide, s)
+                prob = guided_upsample(torch.sigmoid(z * inv_t), guide_coarse, guide, s,
+                                       int(self.refine["radius"]), float(self.refine["eps"]))
+            else:
                 z = F.interpolate(z[None, None], scale_factor=s, mode="bilinear",
                                   align_corners=False)[0, 0, :h, :w]
-            prob = torch.sigmoid(z * (1.0 / self.temperature))
-            prob = torch.where(nodata, torch.nan, prob)
+                prob = torch.sigmoid(z * inv_t)
+            if bool(nodata.any()):
+                prob = torch.where(nodata, torch.nan, prob)
             return prob.numpy().astype(np.float32, copy=False)
