@@ -107,11 +107,11 @@ def engine_arms(model: WaterModel, tile: int, batch: int, repeats: int) -> list[
 
 
 def run(weights: list[str], device: str, repeats: int, tile: int, batch: int, scene: int,
-        engines: bool) -> list[dict]:
+        engines: bool, block: int = PIPELINE_BLOCK) -> list[dict]:
     rows = []
     for w in weights:
         model = WaterModel.load(w, device=device)
-        side = PIPELINE_BLOCK + 2 * model.halo
+        side = block + 2 * model.halo
         rows += block_arms(model, side, repeats)
         if scene:
             array = np.random.default_rng(0).uniform(100, 4000, (6, scene, scene))
@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--scene", type=int, default=2048,
                         help="side of the tiled predict() array (0: skip)")
+    parser.add_argument("--block", type=int, default=PIPELINE_BLOCK,
+                        help="the pipeline's block side (the model's halo is added around it)")
     parser.add_argument("--no-engines", action="store_true", help="skip the per-engine arms")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -150,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     weights = args.weights or shipped_models()
     rows = run(weights, args.device, args.repeats, args.tile, args.batch, args.scene,
-               not args.no_engines)
+               not args.no_engines, args.block)
     cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA"
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                f"{torch.get_num_threads()} threads, {cuda}; medians of {args.repeats} runs")

@@ -50,11 +50,12 @@ def otsu_mndwi(bands: np.ndarray) -> np.ndarray:
     return index > t if np.isfinite(t) else np.zeros(index.shape, bool)
 
 
-def predict_mask(method: str, bands: np.ndarray, model=None, scale: int | None = None
-                 ) -> np.ndarray:
-    """Boolean water mask of ``method`` for (6, H, W) bands (NaN -> not water)."""
+def predict_mask(method: str, bands: np.ndarray, model=None, scale: int | None = None,
+                 refine: bool | None = None) -> np.ndarray:
+    """Boolean water mask of ``method`` for (6, H, W) bands (NaN -> not water); ``scale``
+    and ``refine`` as for ``WaterModel.predict``."""
     if method in MODEL_METHODS:
-        return model.predict(bands, scale=scale) >= model.threshold
+        return model.predict(bands, scale=scale, refine=refine) >= model.threshold
     if method == "ndwi":
         return ndwi(bands[_G], bands[_N]) > 0
     if method == "mndwi":
@@ -158,6 +159,7 @@ def evaluate(data_dir: Path, layout: str, methods: Sequence[str] | None = None, 
              weights: Path | str | None = None, fast_weights: Path | str | None = None,
              split: str = "val", scale: int | None = None, precision: str | None = None,
              cv: Path | None = None, cv_fast: Path | None = None, zoom: int = 1,
+             refine: bool | None = None,
              progress: Callable[[float, str], None] | None = None) -> dict:
     """Scores of every method on the chips of ``layout`` (chips128: the validation split the
     ``unet`` weights were trained without, all chips, or out-of-fold with ``cv``/``cv_fast``
@@ -166,7 +168,8 @@ def evaluate(data_dir: Path, layout: str, methods: Sequence[str] | None = None, 
     ``weights``/``fast_weights``: the models of ``unet``/``unet-fast`` (a file or a shipped
     name; default: the newest shipped). ``scale``: the network scale (default: by the
     layout's resolution and ``zoom``, see :func:`layout_scale`); ``precision``: "fp32" or
-    "bf16" (default: the model's own choice for this machine)."""
+    "bf16" (default: the model's own choice for this machine); ``refine``: False for
+    bilinear upsampling instead of the weights' guided refinement (when the scale is > 1)."""
     progress = progress or (lambda pct, msg: None)
     methods = list(methods or default_methods(bool(fast_weights or cv_fast)))
     for m in methods:
@@ -192,7 +195,7 @@ def evaluate(data_dir: Path, layout: str, methods: Sequence[str] | None = None, 
             valid_px += int(valid.sum())
             names.append(name)
             for m in methods:
-                pred = predict_mask(m, bands, unit_models.get(m), scales.get(m))
+                pred = predict_mask(m, bands, unit_models.get(m), scales.get(m), refine)
                 tp = int(np.count_nonzero(pred & truth & valid))
                 fp = int(np.count_nonzero(pred & ~truth & valid))
                 fn = int(np.count_nonzero(~pred & truth & valid))
@@ -205,6 +208,7 @@ def evaluate(data_dir: Path, layout: str, methods: Sequence[str] | None = None, 
         results[m] = {**_scores(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn,
                       "per_chip_iou": per_chip[m]}
     report = {"data_dir": str(data_dir), "layout": layout, "split": split, "zoom": zoom,
+              "refine": refine,
               "chips": names, "valid_pixels": valid_px, "methods": results,
               "models": {m: {"path": str(mod.path), **mod.info(), "scale": scales[m]}
                          for m, mod in models.items()}}
@@ -220,6 +224,7 @@ def format_table(report: dict, per_chip: bool = False) -> str:
     about = "".join(f"; {m} = {v['name']} {v['version']}, scale {v.get('scale')}, "
                     f"{v.get('precision')}" for m, v in models.items())
     zoom = f", zoom x{report['zoom']}" if report.get("zoom", 1) != 1 else ""
+    zoom += ", no refinement" if report.get("refine") is False else ""
     lines = [f"{report['layout']} ({report['split']}, {len(report['chips'])} chips{zoom}, "
              f"{report['valid_pixels']:,} valid px{about})", "",
              "| method | IoU | precision | recall | F1 |", "|---|---:|---:|---:|---:|"]
@@ -294,7 +299,7 @@ def write_masks_png(data_dir: Path, layout: str, report: dict, path: Path,
               _caption(np.repeat(lab[..., None], 3, 2), "label")]
     for m, r in report["methods"].items():
         scale = report.get("models", {}).get(m, {}).get("scale")
-        pred = predict_mask(m, bands, models.get(m), scale)
+        pred = predict_mask(m, bands, models.get(m), scale, report.get("refine"))
         iou = r["per_chip_iou"].get(chip)
         panels.append(_caption(agreement_rgb(pred, label),
                                f"{m} IoU {iou:.3f}" if iou is not None else m))
@@ -328,7 +333,7 @@ def write_worst_chips_png(report: dict, path: Path, n: int = 6,
     rows = []
     for i in range(len(ds)):
         bands, label = _zoom(*ds[i], report.get("zoom", 1))
-        pred = predict_mask(method, bands, model, info.get("scale"))
+        pred = predict_mask(method, bands, model, info.get("scale"), report.get("refine"))
         lab = np.where(label == IGNORE, 128, label * 255).astype(np.uint8)
         panels = [_rgb(bands), np.repeat(lab[..., None], 3, 2), agreement_rgb(pred, label)]
         rows.append(np.concatenate(panels, axis=1))
@@ -360,6 +365,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--zoom", type=int, default=1, help="upsample the chips this many times")
     ap.add_argument("--scale", type=int, help="network scale (default: by layout and zoom)")
     ap.add_argument("--precision", choices=["fp32", "bf16"])
+    ap.add_argument("--no-refine", dest="refine", action="store_false", default=None,
+                    help="bilinear upsampling instead of the guided refinement")
     ap.add_argument("--per-chip", action="store_true", help="add the per-chip IoU table")
     ap.add_argument("--worst-png", type=Path, help="PNG of the worst chips")
     ap.add_argument("--masks-png", type=Path,
@@ -370,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     report = evaluate(args.data_dir, args.layout, args.methods, weights=args.weights,
                       fast_weights=args.fast_weights, split=args.split, scale=args.scale,
                       precision=args.precision, cv=args.cv, cv_fast=args.cv_fast,
-                      zoom=args.zoom)
+                      zoom=args.zoom, refine=args.refine)
     print(format_table(report, per_chip=args.per_chip))
     if args.worst_png:
         print(f"wrote {write_worst_chips_png(report, args.worst_png)}")

@@ -37,8 +37,9 @@ INDEX_RANGE = (-1.0, 1.0)
 
 def index_histogram(index: np.ndarray, bins: int = INDEX_BINS) -> np.ndarray:
     """Counts (``bins``,) int64 of the finite values of a normalised difference index over
-    :data:`INDEX_RANGE` (values outside are clipped into the end bins). Histograms of the blocks
-    of a scene add up to the scene's: accumulate them, then :func:`otsu_threshold_from_histogram`."""
+    :data:`INDEX_RANGE` (values outside are clipped into the end bins). Histograms of the
+    blocks of a scene add up to the scene's: accumulate them, then
+    :func:`otsu_threshold_from_histogram`."""
     v = np.asarray(index, dtype=np.float32).ravel()
     v = np.clip(v[np.isfinite(v)], *INDEX_RANGE)
     return np.histogram(v, bins=bins, range=INDEX_RANGE)[0].astype(np.int64)

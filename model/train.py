@@ -28,6 +28,7 @@ from aquamask.model.datasets import (BANDS, IGNORE, Chips128Dataset, Sen1Floods1
 from aquamask.model.features import N_BANDS, network_input, raw_features, standardise
 from aquamask.model.inference import DEFAULT_NAME, WEIGHTS_DIR
 from aquamask.model.network import UNet
+from aquamask.model.refine import DEFAULT_REFINE
 
 FORMAT = 1
 # additive haze profile (fraction of the blue offset) for B02, B03, B04, B08, B11, B12:
@@ -250,7 +251,7 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
           name: str = DEFAULT_NAME, version: str = "0.0.0", threads: int | None = None,
           max_train_chips: int | None = None, scale: int = 1, halo: int = 32,
           folds: int = 0, fold: int = 0, holdout: bool = True,
-          calibration: dict | None = None) -> dict:
+          calibration: dict | None = None, refine: dict | None = None) -> dict:
     """Train on ``data_dir`` (layout "chips128" or "sen1floods11"), write
     ``<out_dir>/<name>-<version>.pt`` and ``.metrics.json`` (atomically) and return the
     metrics. Same seed, data and thread count -> same weights and losses. The default version
@@ -264,7 +265,9 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
     temperature is fitted on it and ``calibration`` may still override both.
     ``augment``: components of :data:`AUGMENTATIONS`. ``scale`` and ``halo`` are stored for
     inference: the network resolution factor for 10 m input (3: the network sees 30 m, the
-    resolution of the training chips) and the context a caller should add around blocks."""
+    resolution of the training chips) and the context a caller should add around blocks;
+    ``refine`` the guided refinement at full resolution when ``scale`` > 1 (keys of
+    :data:`aquamask.model.refine.DEFAULT_REFINE`; None: bilinear upsampling)."""
     if select not in ("best", "last"):
         raise ValueError(f"select {select!r}: expected 'best' or 'last'")
     if not holdout and select != "last":
@@ -281,7 +284,8 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
                       patience=patience, loss=loss, ema=ema, augment=parse_augment(augment),
                       crop=crop, name=name, version=version,
                       max_train_chips=max_train_chips, scale=scale, halo=halo,
-                      folds=folds, fold=fold, holdout=holdout, calibration=calibration)
+                      folds=folds, fold=fold, holdout=holdout, calibration=calibration,
+                      refine=refine)
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1], warn_only=previous[2])
@@ -291,7 +295,8 @@ def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int
            batch_size: int, progress: Progress, base_channels: int, depth: int, lr: float,
            select: str, patience: int, crop: int | None, name: str, version: str, loss: str,
            ema: float, augment: tuple[str, ...], max_train_chips: int | None, scale: int,
-           halo: int, folds: int, fold: int, holdout: bool, calibration: dict | None) -> dict:
+           halo: int, folds: int, fold: int, holdout: bool, calibration: dict | None,
+           refine: dict | None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     rng = np.random.RandomState(seed)
@@ -401,7 +406,7 @@ def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int
         "format": FORMAT, "name": name, "version": version, "architecture": arch,
         "bands": list(BANDS), "normalisation": norm, "temperature": temperature,
         "threshold": threshold, "halo": halo, "tile": 1024, "overlap": 64, "scale": scale,
-        "seed": seed, "recipe": recipe,
+        "refine": refine, "seed": seed, "recipe": recipe,
         "layout": layout, "train_ids": split["train"], "val_ids": split["val"],
         "metrics": {"val_iou": val_iou, "best_epoch": kept_epoch,
                     "epochs_run": len(history), **(calibration or {})},
@@ -506,6 +511,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", type=int, default=1,
                     help="network resolution factor stored for 10 m inference")
     ap.add_argument("--halo", type=int, default=32)
+    ap.add_argument("--refine-guides", default=",".join(DEFAULT_REFINE["guides"]),
+                    help="guides of the refinement at 10 m when --scale > 1 (none: bilinear)")
+    ap.add_argument("--refine-radius", type=int, default=DEFAULT_REFINE["radius"])
+    ap.add_argument("--refine-eps", type=float, default=DEFAULT_REFINE["eps"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--loss", default="bce-dice", choices=["bce-dice", "bce-lovasz"])
     ap.add_argument("--ema", type=float, default=0.0,
@@ -517,11 +526,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--calibration", type=Path,
                     help="a cv.json whose temperature and threshold the weights take")
     args = ap.parse_args(argv)
+    guides = [g for g in args.refine_guides.split(",") if g and g != "none"]
+    refine = {"guides": guides, "radius": args.refine_radius, "eps": args.refine_eps} \
+        if guides else None
     recipe = dict(seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   base_channels=args.base_channels, depth=args.depth,
                   select="last" if args.all_chips else args.select, patience=args.patience,
                   augment=args.augment, threads=args.threads, loss=args.loss, ema=args.ema,
-                  name=args.name, scale=args.scale, halo=args.halo,
+                  name=args.name, scale=args.scale, halo=args.halo, refine=refine,
                   progress=lambda pct, msg: print(f"{pct:5.1f}% {msg}", flush=True))
     if args.folds > 1:
         r = cross_validate(args.data_dir, args.layout, args.out, folds=args.folds,
