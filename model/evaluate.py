@@ -29,6 +29,13 @@ METHODS = ("unet", "unet-fast", "ndwi", "mndwi", "otsu-mndwi")
 # the shipped model each model method loads by default
 MODEL_METHODS = {"unet": "unet-s2-water", "unet-fast": "unet-s2-water-fast"}
 _G, _N, _S = 1, 3, 4          # B03, B08, B11 in the six-band order
+# A fixed, clear but hazy atmosphere (aerosol optical depth ~0.15 at 550 nm, sun zenith ~35
+# degrees; round numbers of the order 6S gives) for B02, B03, B04, B08, B11, B12: top of
+# atmosphere = path reflectance + transmittance x surface reflectance. ``toa=True`` turns the
+# surface-reflectance chips into L1C-like ones with it: a check of the shift to L1C scenes that
+# the training augmentation does not define.
+TOA_PATH = np.array([0.070, 0.045, 0.030, 0.015, 0.004, 0.002], np.float32) * 10000
+TOA_TRANSMITTANCE = np.array([0.78, 0.84, 0.87, 0.90, 0.90, 0.83], np.float32)
 # ground resolution of each layout's chips (m)
 LAYOUT_RESOLUTION_M = {"chips128": 30.0, "sen1floods11": 10.0}
 
@@ -92,6 +99,13 @@ def _cv_models(cv_dir: Path, precision: str | None) -> list:
     return models
 
 
+def to_toa(bands: np.ndarray) -> np.ndarray:
+    """Surface reflectance x 10000 (6, H, W) -> top of atmosphere through :data:`TOA_PATH`
+    and :data:`TOA_TRANSMITTANCE` (NaN kept)."""
+    return (TOA_PATH[:, None, None] + TOA_TRANSMITTANCE[:, None, None] * bands).astype(
+        np.float32)
+
+
 def _zoom(bands: np.ndarray, label: np.ndarray, zoom: int) -> tuple[np.ndarray, np.ndarray]:
     import torch
     import torch.nn.functional as F
@@ -136,10 +150,15 @@ def _units(data_dir: Path, layout: str, split: str, methods: list[str], weights:
         return [(Chips128Dataset(data_dir), models)], "all", models
     if split != "val":
         raise ValueError(f"unknown split {split!r}; expected 'val' or 'all'")
-    first = models.get("unet") or next(iter(models.values()), None)
     val = None
-    if first is not None and first.meta.get("layout", "chips128") == "chips128":
-        val = first.meta.get("val_ids")
+    for name, model in models.items():
+        if model.meta.get("layout", "chips128") != "chips128":
+            continue
+        if "val_ids" in model.meta and not model.meta["val_ids"]:
+            raise ValueError(f"{name}: {model.name} {model.version} was trained on every chip; "
+                             "score it out of fold (a cross-validation folder) or on split "
+                             "'all' (chips it trained on)")
+        val = val or model.meta.get("val_ids")
     if not val:
         val = chips128_split(data_dir)[1]
     available = set(chips128_ids(data_dir))
@@ -159,7 +178,7 @@ def evaluate(data_dir: Path, layout: str, methods: Sequence[str] | None = None, 
              weights: Path | str | None = None, fast_weights: Path | str | None = None,
              split: str = "val", scale: int | None = None, precision: str | None = None,
              cv: Path | None = None, cv_fast: Path | None = None, zoom: int = 1,
-             refine: bool | None = None,
+             refine: bool | None = None, toa: bool = False,
              progress: Callable[[float, str], None] | None = None) -> dict:
     """Scores of every method on the chips of ``layout`` (chips128: the validation split the
     ``unet`` weights were trained without, all chips, or out-of-fold with ``cv``/``cv_fast``
@@ -169,7 +188,8 @@ def evaluate(data_dir: Path, layout: str, methods: Sequence[str] | None = None, 
     name; default: the newest shipped). ``scale``: the network scale (default: by the
     layout's resolution and ``zoom``, see :func:`layout_scale`); ``precision``: "fp32" or
     "bf16" (default: the model's own choice for this machine); ``refine``: False for
-    bilinear upsampling instead of the weights' guided refinement (when the scale is > 1)."""
+    bilinear upsampling instead of the weights' guided refinement (when the scale is > 1);
+    ``toa``: score the chips turned into top-of-atmosphere reflectance (:func:`to_toa`)."""
     progress = progress or (lambda pct, msg: None)
     methods = list(methods or default_methods(bool(fast_weights or cv_fast)))
     for m in methods:
@@ -190,6 +210,8 @@ def evaluate(data_dir: Path, layout: str, methods: Sequence[str] | None = None, 
     for ds, unit_models in units:
         for i, name in enumerate(ds.names()):
             bands, label = _zoom(*ds[i], zoom)
+            if toa:
+                bands = to_toa(bands)
             valid = label != IGNORE
             truth = label == 1
             valid_px += int(valid.sum())
@@ -208,7 +230,7 @@ def evaluate(data_dir: Path, layout: str, methods: Sequence[str] | None = None, 
         results[m] = {**_scores(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn,
                       "per_chip_iou": per_chip[m]}
     report = {"data_dir": str(data_dir), "layout": layout, "split": split, "zoom": zoom,
-              "refine": refine,
+              "refine": refine, "toa": toa,
               "chips": names, "valid_pixels": valid_px, "methods": results,
               "models": {m: {"path": str(mod.path), **mod.info(), "scale": scales[m]}
                          for m, mod in models.items()}}
@@ -225,6 +247,7 @@ def format_table(report: dict, per_chip: bool = False) -> str:
                     f"{v.get('precision')}" for m, v in models.items())
     zoom = f", zoom x{report['zoom']}" if report.get("zoom", 1) != 1 else ""
     zoom += ", no refinement" if report.get("refine") is False else ""
+    zoom += ", as top of atmosphere" if report.get("toa") else ""
     lines = [f"{report['layout']} ({report['split']}, {len(report['chips'])} chips{zoom}, "
              f"{report['valid_pixels']:,} valid px{about})", "",
              "| method | IoU | precision | recall | F1 |", "|---|---:|---:|---:|---:|"]
@@ -367,6 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precision", choices=["fp32", "bf16"])
     ap.add_argument("--no-refine", dest="refine", action="store_false", default=None,
                     help="bilinear upsampling instead of the guided refinement")
+    ap.add_argument("--toa", action="store_true",
+                    help="turn the chips into top-of-atmosphere reflectance (to_toa)")
     ap.add_argument("--per-chip", action="store_true", help="add the per-chip IoU table")
     ap.add_argument("--worst-png", type=Path, help="PNG of the worst chips")
     ap.add_argument("--masks-png", type=Path,
@@ -377,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     report = evaluate(args.data_dir, args.layout, args.methods, weights=args.weights,
                       fast_weights=args.fast_weights, split=args.split, scale=args.scale,
                       precision=args.precision, cv=args.cv, cv_fast=args.cv_fast,
-                      zoom=args.zoom, refine=args.refine)
+                      zoom=args.zoom, refine=args.refine, toa=args.toa)
     print(format_table(report, per_chip=args.per_chip))
     if args.worst_png:
         print(f"wrote {write_worst_chips_png(report, args.worst_png)}")

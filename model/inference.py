@@ -302,16 +302,19 @@ class WaterModel:
                              f"got shape {bands.shape}")
 
     def _inputs(self, bands: np.ndarray, scale: int | None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """(bands as a tensor, no-data mask, standardised network features (1, 8, h, w),
-        the scale used): the input averaged over scale x scale cells (no-data aware: a cell
-        is no data only where all of it is) when it is at least two cells across."""
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
+        """(bands as a tensor, the no-data mask or None when there is no NaN, standardised
+        network features (1, 8, h, w), the scale used): the input averaged over scale x scale
+        cells (no-data aware: a cell is no data only where all of it is) when it is at least
+        two cells across."""
         s = max(1, int(self.scale if scale is None else scale))
         x = torch.from_numpy(np.ascontiguousarray(bands, dtype=np.float32))
-        nodata = torch.isnan(x.sum(dim=0))                 # NaN in any band
+        nodata = None
+        if bool(torch.isnan(x.sum())):                     # one cheap pass when all is valid
+            nodata = torch.isnan(x).any(dim=0)
+            x = torch.where(nodata, torch.nan, x)          # no data in one band: in all
         if s > 1 and min(x.shape[1:]) >= 2 * s:
-            coarse, _ = masked_mean_pool(
-                torch.where(nodata, torch.nan, x) if bool(nodata.any()) else x, s)
+            coarse, _ = masked_mean_pool(x, s, has_nan=nodata is not None)
         else:
             s, coarse = 1, x
         return x, nodata, network_input(coarse, self._mean, self._std), s
@@ -337,21 +340,21 @@ class WaterModel:
         use_refine = bool(self.refine) if refine is None else bool(refine and self.refine)
         with torch.inference_mode():
             x, nodata, feats, s = self._inputs(bands, scale)
-            if bool(nodata.all()):
+            if nodata is not None and bool(nodata.all()):
                 return np.full((h, w), np.nan, dtype=np.float32)
             z = self._tiled_logits(feats)
             inv_t = 1.0 / self.temperature
             if s == 1:
                 prob = torch.sigmoid(z * inv_t)
             elif use_refine:
-                guide = guide_bands(x, tuple(self.refine["guides"]))
-                guide_coarse, _ = masked_mean_pool(guide, s)
+                guide = guide_bands(x, self.refine["guides"])
+                guide_coarse, _ = masked_mean_pool(guide, s, has_nan=nodata is not None)
                 prob = guided_upsample(torch.sigmoid(z * inv_t), guide_coarse, guide, s,
                                        int(self.refine["radius"]), float(self.refine["eps"]))
             else:
                 z = F.interpolate(z[None, None], scale_factor=s, mode="bilinear",
                                   align_corners=False)[0, 0, :h, :w]
                 prob = torch.sigmoid(z * inv_t)
-            if bool(nodata.any()):
+            if nodata is not None:
                 prob = torch.where(nodata, torch.nan, prob)
             return prob.numpy().astype(np.float32, copy=False)

@@ -34,7 +34,10 @@ FORMAT = 1
 # additive haze profile (fraction of the blue offset) for B02, B03, B04, B08, B11, B12:
 # Rayleigh/aerosol path radiance falls steeply with wavelength.
 HAZE_PROFILE = np.array([1.0, 0.65, 0.4, 0.15, 0.05, 0.03], dtype=np.float32)
-AUGMENTATIONS = ("geometry", "zoom", "radiometry", "holes")
+AUGMENTATIONS = ("geometry", "zoom", "radiometry", "holes", "coarse")
+# "coarse": this share of the batches is seen COARSE_SCALE times coarser with water-fraction
+# targets (scale-aware training, see ``coarsen``)
+COARSE_SHARE, COARSE_SCALE = 0.5, 3
 
 Progress = Callable[[float, str], None]
 
@@ -176,20 +179,47 @@ def _lovasz_hinge(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.dot(F.relu(errors_sorted), jac)
 
 
+def _targets(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target in [0, 1], valid) of labels: int64 (1 water, 0 dry, IGNORE) or float water
+    fractions (NaN: ignore)."""
+    if y.is_floating_point():
+        valid = ~torch.isnan(y)
+        return torch.nan_to_num(y, nan=0.0), valid
+    return (y == 1).float(), y != IGNORE
+
+
 def _loss(logits: torch.Tensor, y: torch.Tensor, kind: str = "bce-dice") -> torch.Tensor:
-    valid = y != IGNORE
+    """BCE + soft Dice (or + Lovasz hinge) over the valid pixels of labels or fractions."""
+    target, valid = _targets(y)
     if kind == "bce-lovasz":
-        target = (y == 1).float()[valid]
+        t = target[valid]
         z = logits[valid]
-        return F.binary_cross_entropy_with_logits(z, target) + _lovasz_hinge(z, target)
+        return F.binary_cross_entropy_with_logits(z, t) + _lovasz_hinge(z, t)
     if kind != "bce-dice":
         raise ValueError(f"unknown loss {kind!r}")
-    target = (y == 1).float()
     bce = F.binary_cross_entropy_with_logits(logits[valid], target[valid])
     p = torch.sigmoid(logits) * valid
     t = target * valid
     dice = 1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1)
     return bce + dice
+
+
+def coarsen(x: torch.Tensor, y: torch.Tensor, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch seen ``scale`` times coarser, as the network sees a 10 m scene at 30 m: bands
+    (N, 6, H, W) averaged over ``scale`` x ``scale`` cells (NaN ignored; NaN where a cell is
+    all no data), labels (N, H, W) turned into the water fraction of each cell's valid pixels
+    (NaN where none is valid): mixed cells teach the network to say how much of a cell is
+    water, which the guided refinement then places at full resolution."""
+    nan = torch.isnan(x)
+    num = F.avg_pool2d(torch.where(nan, 0.0, x), scale, ceil_mode=True)
+    den = F.avg_pool2d((~nan).float(), scale, ceil_mode=True)
+    xc = torch.where(den > 0, num / den.clamp(min=1e-6), torch.nan)
+    target, valid = _targets(y)
+    vf = valid.float()[:, None]
+    water = F.avg_pool2d(target[:, None] * vf, scale, ceil_mode=True)
+    share = F.avg_pool2d(vf, scale, ceil_mode=True)
+    frac = torch.where(share > 0, water / share.clamp(min=1e-6), torch.nan)[:, 0]
+    return xc, frac
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -247,7 +277,8 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
           seed: int = 0, epochs: int = 24, batch_size: int = 16,
           progress: Progress | None = None, base_channels: int = 12, depth: int = 4,
           lr: float = 3e-3, select: str = "best", patience: int = 20, crop: int | None = None,
-          loss: str = "bce-dice", ema: float = 0.0, augment: str | Sequence[str] = AUGMENTATIONS,
+          loss: str = "bce-dice", ema: float = 0.0,
+          augment: str | Sequence[str] = ("geometry", "zoom", "radiometry", "holes"),
           name: str = DEFAULT_NAME, version: str = "0.0.0", threads: int | None = None,
           max_train_chips: int | None = None, scale: int = 1, halo: int = 32,
           folds: int = 0, fold: int = 0, holdout: bool = True,
@@ -272,6 +303,8 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
         raise ValueError(f"select {select!r}: expected 'best' or 'last'")
     if not holdout and select != "last":
         raise ValueError("training without a holdout keeps the last epoch (select='last')")
+    if "coarse" in parse_augment(augment) and loss != "bce-dice":
+        raise ValueError("coarse (water-fraction) batches need the bce-dice loss")
     previous = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
                 torch.is_deterministic_algorithms_warn_only_enabled())
     try:
@@ -337,6 +370,8 @@ def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int
             pairs = [_augment(*_crop(xt[i], yt[i], crop, rng), rng, augment) for i in idx]
             x = torch.stack([p[0] for p in pairs])
             y = torch.stack([p[1] for p in pairs])
+            if "coarse" in augment and rng.rand() < COARSE_SHARE:
+                x, y = coarsen(x, y, COARSE_SCALE)
             inp = standardise(raw_features(torch.where(
                 torch.isnan(x).any(1, keepdim=True), torch.nan, x)), mean_t, std_t)
             loss_value = _loss(net(inp.contiguous(memory_format=torch.channels_last))[:, 0], y,
@@ -506,7 +541,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--select", default="best", choices=["best", "last"],
                     help="keep the best validation epoch (early stopping) or the last")
     ap.add_argument("--patience", type=int, default=20)
-    ap.add_argument("--augment", default=",".join(AUGMENTATIONS),
+    ap.add_argument("--augment", default="geometry,zoom,radiometry,holes",
                     help=f"comma-separated components of {AUGMENTATIONS} (or none)")
     ap.add_argument("--scale", type=int, default=1,
                     help="network resolution factor stored for 10 m inference")

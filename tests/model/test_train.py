@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import torch
 
 from aquamask.model.inference import WaterModel
@@ -120,3 +121,28 @@ def test_ema_and_lovasz_options_train_reproducibly(chips_dir, tmp_path):
     b = train(data, "chips128", tmp_path / "b", **kwargs)
     assert a["val_iou"] == b["val_iou"] and a["loss"] == "bce-lovasz" and a["ema"] == 0.9
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+def test_coarse_batches_average_bands_and_turn_labels_into_water_fractions():
+    """Scale-aware training: a 3x coarser view of a batch, as the network sees a 10 m scene
+    at 30 m, with the water fraction of each cell as the target."""
+    from aquamask.model.train import _loss, coarsen
+    x = torch.arange(2 * 6 * 7 * 8, dtype=torch.float32).reshape(2, 6, 7, 8)
+    x[0, :, :3, :3] = float("nan")                                # a whole cell of no data
+    x[1, 2, 4, 4] = float("nan")                                  # one pixel of one band
+    y = torch.zeros(2, 7, 8, dtype=torch.long)
+    y[:, :, 0] = 1                                                # a 1-px river
+    y[0, :3, :3] = 255
+    y[1, 6, :] = 255                                              # the last row ignored
+    xc, frac = coarsen(x, y, 3)
+    assert xc.shape == (2, 6, 3, 3) and frac.shape == (2, 3, 3)
+    assert torch.isnan(xc[0, :, 0, 0]).all() and torch.isnan(frac[0, 0, 0])
+    assert torch.isclose(xc[1, 2, 1, 1], x[1, 2, 3:6, 3:6].nanmean())
+    assert torch.isclose(xc[1, 0, 2, 2], x[1, 0, 6:, 6:].mean())   # a partial corner cell
+    np.testing.assert_allclose(frac[1, :2, 0].numpy(), [1 / 3, 1 / 3], rtol=1e-6)
+    assert (frac[1, :2, 1:] == 0).all() and torch.isnan(frac[1, 2]).all()  # all ignored
+    assert torch.isclose(frac[0, 1, 0], torch.tensor(1 / 3))
+    # the loss takes fractions (NaN ignored) as it takes labels (255 ignored)
+    assert torch.isfinite(_loss(torch.zeros(2, 3, 3), frac))
+    hard = torch.where(y == 255, torch.nan, y.float())
+    assert torch.isclose(_loss(torch.ones(2, 7, 8), hard), _loss(torch.ones(2, 7, 8), y))
