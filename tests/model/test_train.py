@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from aquamask.model.inference import WaterModel
@@ -65,6 +66,16 @@ def test_cross_validation_runs_every_fold(chips_dir, tmp_path):
     assert [x["fold"] for x in r["runs"]] == [0, 1]
     assert 0 <= r["mean_val_iou"] <= 1 and (tmp_path / "cv" / "cv.json").exists()
     assert (tmp_path / "cv" / "fold-1" / "unet-s2-water-0.0.0.pt").exists()
+    # the out-of-fold calibration: a temperature and the IoU-best threshold of the grid
+    assert r["temperature"] > 0 and 0.2 <= r["threshold"] <= 0.8
+    assert len(r["threshold_nested_iou"]) == 2
+    assert len(r["mean_val_iou_per_epoch"]) == 1
+    # evaluate scores every chip once, by the fold model that did not train on it
+    from aquamask.model.evaluate import evaluate
+    report = evaluate(data, "chips128", ["unet", "ndwi"], cv=tmp_path / "cv")
+    assert report["split"] == "cv" and sorted(report["chips"]) == sorted(
+        p.stem for p in (data / "images").glob("*.tif"))
+    assert report["models"]["unet"]["threshold"] == r["threshold"]
 
 
 def test_one_command_training_on_the_sen1floods11_layout(tmp_path):
@@ -146,3 +157,19 @@ def test_coarse_batches_average_bands_and_turn_labels_into_water_fractions():
     assert torch.isfinite(_loss(torch.zeros(2, 3, 3), frac))
     hard = torch.where(y == 255, torch.nan, y.float())
     assert torch.isclose(_loss(torch.ones(2, 7, 8), hard), _loss(torch.ones(2, 7, 8), y))
+
+
+def test_training_on_every_chip_takes_the_cross_validated_calibration(chips_dir, tmp_path):
+    """The shipped way: every chip trained on, the temperature and threshold from the
+    out-of-fold predictions of cross-validation; WaterModel cuts at that threshold."""
+    data = _tiny_dataset(chips_dir, tmp_path / "data", n=4)
+    refine = {"guides": ["ndwi", "mndwi"], "radius": 1, "eps": 0.01}
+    m = train(data, "chips128", tmp_path / "w", epochs=1, batch_size=4, base_channels=4,
+              depth=2, holdout=False, select="last", scale=3, refine=refine,
+              calibration={"temperature": 1.7, "threshold": 0.38}, version="0.0.3")
+    assert m["train_chips"] == 4 and m["val_chips"] == 0 and m["val_iou"] is None
+    model = WaterModel.load(tmp_path / "w" / "unet-s2-water-0.0.3.pt", device="cpu")
+    assert model.threshold == 0.38 and model.temperature == 1.7
+    assert model.scale == 3 and model.refine == refine and model.meta["val_ids"] == []
+    with pytest.raises(ValueError):
+        train(data, "chips128", tmp_path / "x", epochs=1, holdout=False, select="best")
