@@ -86,13 +86,16 @@ def _load_model(weights, precision: str | None):
 
 
 def _cv_models(cv_dir: Path, precision: str | None) -> list:
-    """The fold models of a cross-validation folder, with its out-of-fold calibration."""
+    """The fold models of a cross-validation folder, with its out-of-fold calibration (and
+    the default refinement where the folds were trained without one)."""
+    from aquamask.model.refine import DEFAULT_REFINE
     cv = json.loads((Path(cv_dir) / "cv.json").read_text())
     models = []
     for fold in sorted(Path(cv_dir).glob("fold-*"), key=lambda p: int(p.name.split("-")[1])):
         (weights,) = fold.glob("*.pt")
         m = _load_model(weights, precision)
         m.temperature, m.threshold = float(cv["temperature"]), float(cv["threshold"])
+        m.refine = m.refine or dict(DEFAULT_REFINE)
         models.append(m)
     if len(models) != cv["folds"]:
         raise ValueError(f"{cv_dir}: {len(models)} fold models for {cv['folds']} folds")

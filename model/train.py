@@ -118,9 +118,10 @@ def parse_augment(spec: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def _augment(img: np.ndarray, lab: np.ndarray, rng: np.random.RandomState,
-             augment: tuple[str, ...] = AUGMENTATIONS) -> tuple[torch.Tensor, torch.Tensor]:
-    """One sample with the ``augment`` components (geometry, zoom, radiometry, holes).
-    Returns (6,H,W) float32, (H,W) int64."""
+             augment: tuple[str, ...] = AUGMENTATIONS, radiometry_share: float = 1.0
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One sample with the ``augment`` components (geometry, zoom, radiometry for a
+    ``radiometry_share`` of the samples, holes). Returns (6,H,W) float32, (H,W) int64."""
     x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))
     y = torch.from_numpy(np.ascontiguousarray(lab)).long()
     h, w = y.shape
@@ -137,7 +138,7 @@ def _augment(img: np.ndarray, lab: np.ndarray, rng: np.random.RandomState,
         x, y = torch.rot90(x, k, (1, 2)), torch.rot90(y, k, (0, 1))
         if rng.rand() < 0.5:
             x, y = x.flip(2), y.flip(1)
-    if "radiometry" in augment:
+    if "radiometry" in augment and (radiometry_share >= 1 or rng.rand() < radiometry_share):
         x = _radiometry(x, rng)
     if "holes" in augment and rng.rand() < 0.1:            # a no-data hole
         hh, ww = rng.randint(8, h // 2 + 1), rng.randint(8, w // 2 + 1)
@@ -279,6 +280,7 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
           lr: float = 3e-3, select: str = "best", patience: int = 20, crop: int | None = None,
           loss: str = "bce-dice", ema: float = 0.0,
           augment: str | Sequence[str] = ("geometry", "zoom", "radiometry", "holes"),
+          radiometry_share: float = 1.0,
           name: str = DEFAULT_NAME, version: str = "0.0.0", threads: int | None = None,
           max_train_chips: int | None = None, scale: int = 1, halo: int = 32,
           folds: int = 0, fold: int = 0, holdout: bool = True,
@@ -315,6 +317,7 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
                       batch_size=batch_size, progress=progress or (lambda pct, msg: None),
                       base_channels=base_channels, depth=depth, lr=lr, select=select,
                       patience=patience, loss=loss, ema=ema, augment=parse_augment(augment),
+                      radiometry_share=radiometry_share,
                       crop=crop, name=name, version=version,
                       max_train_chips=max_train_chips, scale=scale, halo=halo,
                       folds=folds, fold=fold, holdout=holdout, calibration=calibration,
@@ -327,7 +330,8 @@ def train(data_dir: Path, layout: str = "chips128", out_dir: Path = WEIGHTS_DIR,
 def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int,
            batch_size: int, progress: Progress, base_channels: int, depth: int, lr: float,
            select: str, patience: int, crop: int | None, name: str, version: str, loss: str,
-           ema: float, augment: tuple[str, ...], max_train_chips: int | None, scale: int,
+           ema: float, augment: tuple[str, ...], radiometry_share: float,
+           max_train_chips: int | None, scale: int,
            halo: int, folds: int, fold: int, holdout: bool, calibration: dict | None,
            refine: dict | None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -367,7 +371,8 @@ def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int
         total, count = 0.0, 0
         for b in range(steps_per_epoch):
             idx = order[b * batch_size:(b + 1) * batch_size]
-            pairs = [_augment(*_crop(xt[i], yt[i], crop, rng), rng, augment) for i in idx]
+            pairs = [_augment(*_crop(xt[i], yt[i], crop, rng), rng, augment, radiometry_share)
+                     for i in idx]
             x = torch.stack([p[0] for p in pairs])
             y = torch.stack([p[1] for p in pairs])
             if "coarse" in augment and rng.rand() < COARSE_SHARE:
@@ -430,13 +435,15 @@ def _train(data_dir: Path, layout: str, out_dir: Path, *, seed: int, epochs: int
         "threshold": threshold, "calibration": calibration, "val_nll_calibrated": val_nll,
         "train_chips": len(xt), "val_chips": len(xv), "batch_size": batch_size,
         "folds": folds, "fold": fold, "augment": list(augment),
+        "radiometry_share": radiometry_share,
         "lr": lr, "loss": loss, "ema": ema, "threads": torch.get_num_threads(),
         "architecture": arch,
         "train_seconds": round(seconds, 1), "history": history,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     recipe = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "loss": loss, "ema": ema,
-              "augment": list(augment), "select": select, "crop": crop}
+              "augment": list(augment), "radiometry_share": radiometry_share,
+              "select": select, "crop": crop}
     blob = {
         "format": FORMAT, "name": name, "version": version, "architecture": arch,
         "bands": list(BANDS), "normalisation": norm, "temperature": temperature,
@@ -543,6 +550,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--patience", type=int, default=20)
     ap.add_argument("--augment", default="geometry,zoom,radiometry,holes",
                     help=f"comma-separated components of {AUGMENTATIONS} (or none)")
+    ap.add_argument("--radiometry-share", type=float, default=1.0,
+                    help="share of the samples the radiometry augmentation applies to")
     ap.add_argument("--scale", type=int, default=1,
                     help="network resolution factor stored for 10 m inference")
     ap.add_argument("--halo", type=int, default=32)
@@ -567,7 +576,8 @@ def main(argv: list[str] | None = None) -> None:
     recipe = dict(seed=args.seed, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                   base_channels=args.base_channels, depth=args.depth,
                   select="last" if args.all_chips else args.select, patience=args.patience,
-                  augment=args.augment, threads=args.threads, loss=args.loss, ema=args.ema,
+                  augment=args.augment, radiometry_share=args.radiometry_share,
+                  threads=args.threads, loss=args.loss, ema=args.ema,
                   name=args.name, scale=args.scale, halo=args.halo, refine=refine,
                   progress=lambda pct, msg: print(f"{pct:5.1f}% {msg}", flush=True))
     if args.folds > 1:
