@@ -27,12 +27,11 @@ import requests
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from aquamask.processes.demo import make_demo_scene  # noqa: E402
+from aquamask.processes.storage.jobstore import JobStore  # noqa: E402
 from benchmarks import settle  # noqa: E402
 from benchmarks.job_requests import fill  # noqa: E402
 from tests.conftest import free_port, start_server  # noqa: E402
-
-from aquamask.processes.demo import make_demo_scene  # noqa: E402
-from aquamask.processes.jobstore import JobStore  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -73,11 +72,11 @@ def paired_overhead_ms(samples: list[tuple[float, dict]], store: JobStore) -> tu
 def compute_ms(image: Path, n: int) -> tuple[float, float]:
     """The process's own work, in this process: detection + products (read, NDWI, COGs,
     STAC item), and publishing the layer in the embedded map engine; p50 of each."""
-    from aquamask.processes import publishing
-    from aquamask.processes.detection import detect
-    from aquamask.processes.products import write_product
+    from aquamask.processes.pipeline.detection import detect
+    from aquamask.processes.pipeline.products import write_product
+    from aquamask.processes.pipeline.sources.raster import RasterSource
+    from aquamask.processes.publishing import service as publishing
     from aquamask.processes.settings import Settings
-    from aquamask.processes.sources.raster import RasterSource
 
     detecting, publishing_ms = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,7 +84,7 @@ def compute_ms(image: Path, n: int) -> tuple[float, float]:
         settings.ensure_dirs()
         for i in range(n + 1):
             start = time.perf_counter()
-            scene = RasterSource(image.parent, 10**9, []).read({"href": image.name})
+            scene = RasterSource(image.parent, 10**9, []).read(image.name)
             mask = detect(scene, "ndwi", 0.5, Path(tmp) / f"w{i}")
             product = write_product(f"p{i}", mask, scene, {}, settings.results_dir,
                                     dt.datetime.now(dt.timezone.utc))

@@ -48,14 +48,14 @@ def make_tile(path: Path, size: int) -> Path:
 
 def run_one(image: str, method: str, out: str, probability: bool) -> dict:
     """Runs in a child process so that peak RSS is this method's alone."""
-    from aquamask.processes.detection import detect
-    from aquamask.processes.pipeline import load_model
-    from aquamask.processes.products import write_cogs
-    from aquamask.processes.sources.raster import RasterSource
+    from aquamask.processes.pipeline.detection import detect
+    from aquamask.processes.pipeline.methods import load_model
+    from aquamask.processes.pipeline.products import write_cogs
+    from aquamask.processes.pipeline.sources.raster import RasterSource
 
     model = load_model(None, None) if method == "unet" else None
     start = time.perf_counter()
-    scene = RasterSource(Path("/"), 10**9, []).read({"href": image})
+    scene = RasterSource(Path("/"), 10**9, []).read(image)
     hashed = time.perf_counter()
     timings: dict[str, float] = {}
     work = Path(out)
@@ -65,7 +65,8 @@ def run_one(image: str, method: str, out: str, probability: bool) -> dict:
     write_cogs(mask, work)
     done = time.perf_counter()
     slowest = max(timings.values())
-    return {"method": method + ("" if probability else " (mask only)"), "wall_s": round(done - start, 2),
+    return {"method": method + ("" if probability else " (mask only)"),
+            "wall_s": round(done - start, 2),
             "input_sha256_s": round(hashed - start, 2),
             "detect_s": round(detected - hashed, 2), "cog_s": round(done - detected, 2),
             "stages_s": {k: round(v, 2) for k, v in timings.items()},

@@ -17,10 +17,9 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from aquamask.processes.storage.jobstore import JobStore  # noqa: E402
 from benchmarks import settle  # noqa: E402
 from tests.conftest import start_server  # noqa: E402  (the tests' real-server launcher)
-
-from aquamask.processes.jobstore import JobStore  # noqa: E402
 
 
 def timed(url: str, n: int) -> dict[str, float]:
@@ -42,7 +41,7 @@ def fill(store: JobStore, count: int, start: int = 0) -> None:
              # the benchmark's requests come from loopback without a token: that user's jobs
              "owner": "anonymous"}
             for i in range(start, start + count)]
-    from aquamask.processes.jobstore import jobs
+    from aquamask.processes.storage.jobstore import jobs
     with store.engine.begin() as conn:
         conn.execute(jobs.insert(), [store._encode(r) for r in rows])
 

@@ -33,10 +33,9 @@ from urllib.parse import urlencode
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from aquamask.processes.demo import make_demo_scene  # noqa: E402
 from benchmarks import settle  # noqa: E402
 from tests.conftest import start_server  # noqa: E402  (the tests' real-server launcher)
-
-from aquamask.processes.demo import make_demo_scene  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 FINAL = ("successful", "failed", "dismissed")

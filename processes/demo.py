@@ -13,7 +13,7 @@ import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-from aquamask.processes.types import DETECTION_BANDS
+from aquamask.processes.constants import DETECTION_BANDS
 
 # Typical surface reflectance x 10000 for B02, B03, B04, B08, B11, B12
 SIGNATURES = {
@@ -27,7 +27,8 @@ NODATA = 0
 def demo_truth(size: int = 512) -> np.ndarray:
     """The scene's ground truth: 1 water, 0 dry, 255 no data."""
     rows, cols = np.mgrid[0:size, 0:size]
-    lake = ((rows - 0.35 * size) / (0.16 * size)) ** 2 + ((cols - 0.6 * size) / (0.22 * size)) ** 2 < 1
+    lake = ((rows - 0.35 * size) / (0.16 * size)) ** 2 \
+        + ((cols - 0.6 * size) / (0.22 * size)) ** 2 < 1
     river_centre = 0.75 * size + 0.08 * size * np.sin(cols / (0.12 * size))
     river = np.abs(rows - river_centre) < 0.025 * size
     truth = (lake | river).astype(np.uint8)

@@ -1,21 +1,23 @@
-"""Errors a user can act on: one family, mapped once to OGC exceptions at the edge.
+"""Errors a user (or an operator) can act on: one family, independent of the web framework.
 
-They subclass pygeoapi's ``ProcessorExecuteError`` so pygeoapi itself turns them into an OGC
-exception document with the status code given here.
+Each carries the HTTP status and the OGC exception code it stands for; the edge (the processor
+base, ``ogc.base.as_ogc_error``, and the job manager) turns them into pygeoapi's
+``ProcessorExecuteError``, which pygeoapi writes as an OGC exception document.
 """
+from __future__ import annotations
+
 from http import HTTPStatus
 
-from pygeoapi.process.base import ProcessorExecuteError
 
-
-class AquamaskError(ProcessorExecuteError):
+class AquamaskError(Exception):
     """Base of errors caused by the request, not by the server."""
 
     http_status_code = HTTPStatus.BAD_REQUEST
     ogc_exception_code = "InvalidParameterValue"
 
     def __init__(self, message: str) -> None:
-        super().__init__(message, user_msg=message)
+        super().__init__(message)
+        self.message = message
 
 
 class InvalidInput(AquamaskError):
@@ -64,5 +66,14 @@ class UpstreamError(AquamaskError):
     ogc_exception_code = "NoApplicableCode"
 
 
+class ConfigError(ValueError):
+    """The configuration is wrong; the message names the key (``jobs.max_running: ...``).
+    Raised when the settings are read, so the server refuses to start."""
+
+
 class Cancelled(Exception):
     """The job was dismissed while it ran; not a user error, the work just stops."""
+
+
+class Overdue(Exception):
+    """The job ran past its runtime limit (``jobs.max_runtime_s``): stopped and failed."""

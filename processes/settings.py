@@ -1,21 +1,31 @@
-"""Settings: config/aquamask.yml, overridden by the environment (12-factor).
+"""Settings: config/aquamask.yml, overridden by the environment (12-factor), typed per section.
 
 ``AQUAMASK_CONFIG`` names the file to start from (default: the packaged aquamask.yml) and
 ``AQUAMASK__SECTION__KEY=value`` overrides one key (the value is parsed as YAML, so numbers and
 lists work). Secrets belong in the environment, never in the file.
+
+Every section of the file is one frozen dataclass below (``settings.jobs.max_running``), checked
+when the settings are read: a value of the wrong type or out of range is a ``ConfigError`` naming
+its key (``jobs.max_running: ...``), so the server refuses to start rather than fail later. The
+packaged YAML holds every default; the classes hold none of its values, only the keys it leaves
+out on purpose (secrets given in the environment alone).
 """
 from __future__ import annotations
 
 import copy
 import os
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import fields
 from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic.dataclasses import dataclass
+
+from aquamask.processes.errors import ConfigError
 
 ENV_PREFIX = "AQUAMASK__"
 DEFAULT_CONFIG = files("aquamask.config") / "aquamask.yml"
@@ -25,6 +35,221 @@ _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Settings.load() in that job's thread instead of this process's own
 PINNED: ContextVar["Settings | None"] = ContextVar("aquamask_settings", default=None)
 _LOADED: dict[tuple, "Settings"] = {}
+
+# numbers read from YAML or the environment: ints and floats as YAML wrote them, names as text
+_SECTION = ConfigDict(frozen=True, coerce_numbers_to_str=True, extra="ignore")
+Count = Annotated[int, Field(ge=1)]
+Size = Annotated[int, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+Seconds = Positive
+Duration = Annotated[float, Field(ge=0)]  # 0: none or off
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Percent = Annotated[float, Field(ge=0, le=100)]
+
+
+@dataclass(config=_SECTION)
+class ServerSettings:
+    url: str
+    bind: str
+    workers: Count
+    timeout: Count  # gunicorn's --timeout takes whole seconds
+    header_timeout_s: Seconds
+    body_timeout_s: Seconds
+    max_connections: Count
+    health_timeout_s: Seconds
+
+
+@dataclass(config=_SECTION)
+class PathsSettings:
+    data_root: str
+    results: str  # a folder, or an object store URL (s3://bucket/prefix)
+
+
+@dataclass(config=_SECTION)
+class StorageSettings:
+    staging: str
+    options: dict[str, Any]
+    gdal: dict[str, Any]
+
+
+@dataclass(config=_SECTION)
+class JobsSettings:
+    database: str
+    max_running: Count
+    inline_max_pixels: Size
+    scheduler: str | None
+    heartbeat_s: Seconds
+    stale_after_s: Seconds
+    max_runtime_s: Duration
+    sweep_s: Duration
+    store_retry_s: Duration
+
+
+@dataclass(config=_SECTION)
+class DetectionSettings:
+    method: str
+    threshold: Fraction | None  # None: the method's own default
+    weights: str | None
+    device: str | None
+    fan_out_pixels: Size
+
+
+@dataclass(config=_SECTION)
+class LimitsSettings:
+    max_pixels: Count
+    max_block_bytes: Count
+    max_request_bytes: Count
+    href_schemes: list[str]
+    max_area_km2: Positive
+    max_date_span_days: Positive
+    href_hosts: list[str]
+    href_private_hosts: list[str]
+    max_jobs_per_user: Size
+
+
+@dataclass(config=_SECTION)
+class AuthSettings:
+    mode: str
+    anonymous: str
+    anonymous_role: str
+    issuer: str | None
+    audience: str | None
+    jwks_uri: str | None
+    leeway_s: Size
+    jwks_refresh_cooldown_s: Duration
+    introspection_client_id: str | None
+    claims: list[str]
+    roles: dict[str, list[str]]
+    # from the environment only (AQUAMASK__AUTH__...): never in the file
+    introspection_client_secret: str | None = None
+    login_url: str | None = None
+
+
+@dataclass(config=_SECTION)
+class ViewerSettings:
+    basemap_url: str | None
+    basemap_type: str | None
+    basemap_layers: str | None
+    basemap_attribution: str | None
+    login_url: str | None
+    process: str
+    series_process: str | None
+    poll_ms: Count
+
+
+@dataclass(config=_SECTION)
+class SecuritySettings:
+    cors_origins: list[str]
+
+
+@dataclass(config=_SECTION)
+class HttpSettings:
+    retries: Size
+    backoff: Duration
+    timeout: Seconds
+
+
+@dataclass(config=_SECTION)
+class CacheSettings:
+    dir: str
+    max_mb: Positive
+    enabled: bool = True  # AQUAMASK__SOURCES__CACHE__ENABLED=false turns the window cache off
+
+
+@dataclass(config=_SECTION)
+class SourcesSettings:
+    default: str
+    max_cloud_cover: Percent
+    max_items: Count
+    http: HttpSettings
+    cache: CacheSettings
+    products: CacheSettings
+    # the configured sources by name, each as its kind reads it (``kind`` and its own keys)
+    entries: dict[str, dict[str, Any]]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+
+@dataclass(config=_SECTION)
+class PublisherSettings:
+    name: str  # the dotted path of the map engine serving layers here (a Publisher class)
+
+
+@dataclass(config=_SECTION)
+class MapServerSettings:
+    binary: str | None
+    processes: Count
+    timeout: Seconds
+    workdir: str
+    max_image_size: Count
+    max_size: Count
+
+
+@dataclass(config=_SECTION)
+class GeoServerSettings:
+    url: str | None
+    user: str
+    password_file: str | None
+    workspace: str
+    style: str
+    store_mode: str
+    shared_results_dir: str | None
+    public_url: str | None
+    connect_timeout_s: Seconds
+    timeout_s: Seconds
+    retry_delays_s: list[Duration]
+    time_series: bool
+    workdir: str
+    state_dir: str
+    password: str | None = None  # from the environment only (AQUAMASK__GEOSERVER__PASSWORD)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url)
+
+
+@dataclass(config=_SECTION)
+class MonitoringSettings:
+    scheduler: str
+    max_parallel_dates: Count
+    max_dates: Count
+    max_scenes: Count
+    min_valid_fraction: Fraction
+    field_tolerance_days: Duration
+    max_field_bytes: Count
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        if not (value in ("auto", "threads", "synchronous") or "://" in value):
+            raise ValueError(f"monitoring.scheduler must be auto, threads, synchronous or a "
+                             f"dask.distributed scheduler address (got {value!r})")
+        return value
+
+
+@dataclass(config=_SECTION)
+class MetricsSettings:
+    enabled: bool
+    access: str
+    token_file: str | None
+    dir: str | None
+
+
+@dataclass(config=_SECTION)
+class LoggingSettings:
+    level: str
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerSettings, "paths": PathsSettings, "storage": StorageSettings,
+    "jobs": JobsSettings, "detection": DetectionSettings, "limits": LimitsSettings,
+    "auth": AuthSettings, "viewer": ViewerSettings, "security": SecuritySettings,
+    "sources": SourcesSettings, "publisher": PublisherSettings,
+    "mapserver": MapServerSettings, "geoserver": GeoServerSettings,
+    "monitoring": MonitoringSettings, "metrics": MetricsSettings, "logging": LoggingSettings,
+}
 
 
 def _mtime(source) -> float | None:
@@ -50,9 +275,62 @@ def _apply_env_overrides(config: dict[str, Any], environ: dict[str, str]) -> Non
         node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
 
 
-@dataclass(frozen=True)
+def _sources_section(raw: dict[str, Any]) -> dict[str, Any]:
+    """``sources:`` with its named entries (those with a ``kind``) gathered under ``entries``."""
+    known = {f.name for f in fields(SourcesSettings)} - {"entries"}
+    section = {k: v for k, v in raw.items() if k in known}
+    section["entries"] = {k: v for k, v in raw.items()
+                          if k not in known and isinstance(v, dict) and v.get("kind")}
+    return section
+
+
+def _section(name: str, raw: Any) -> Any:
+    """The typed section ``name``; a ConfigError naming the first key that is wrong."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a mapping of keys, got {raw!r}")
+    if name == "sources":
+        raw = _sources_section(raw)
+    try:
+        return TypeAdapter(SECTIONS[name]).validate_python(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(part) for part in (name, *first["loc"]))
+        if first["type"] == "missing":
+            raise ConfigError(f"{key}: missing (the packaged aquamask.yml sets it)") from None
+        message = first["msg"][0].lower() + first["msg"][1:]
+        raise ConfigError(f"{key}: {message}, got {first.get('input')!r}") from None
+
+
 class Settings:
-    raw: dict[str, Any]
+    """The configuration of one server: ``raw`` as read, and each section typed
+    (``settings.jobs``, ``settings.limits``, ...), validated when it is made."""
+
+    server: ServerSettings
+    paths: PathsSettings
+    storage: StorageSettings
+    jobs: JobsSettings
+    detection: DetectionSettings
+    limits: LimitsSettings
+    auth: AuthSettings
+    viewer: ViewerSettings
+    security: SecuritySettings
+    sources: SourcesSettings
+    publisher: PublisherSettings
+    mapserver: MapServerSettings
+    geoserver: GeoServerSettings
+    monitoring: MonitoringSettings
+    metrics: MetricsSettings
+    logging: LoggingSettings
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        for name in SECTIONS:
+            setattr(self, name, _section(name, raw.get(name)))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__:
+            raise AttributeError(f"settings are read-only ({name})")
+        super().__setattr__(name, value)
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None,
@@ -87,9 +365,6 @@ class Settings:
         (which must see the same paths: a shared volume)."""
         return dict(self.raw, home=str(self.home))
 
-    def get(self, section: str, key: str, default: Any = None) -> Any:
-        return (self.raw.get(section) or {}).get(key, default)
-
     @cached_property
     def home(self) -> Path:
         return Path(self.raw.get("home") or "var").expanduser().resolve()
@@ -101,36 +376,28 @@ class Settings:
 
     @property
     def url(self) -> str:
-        return str(self.get("server", "url")).rstrip("/")
+        return self.server.url.rstrip("/")
 
     @property
     def data_root(self) -> Path:
-        return self.path(self.get("paths", "data_root")).resolve()
+        return self.path(self.paths.data_root).resolve()
 
     @property
     def results_url(self) -> str | None:
         """``paths.results`` when it is an object store URL (``s3://bucket/prefix``), else None."""
-        value = self.get("paths", "results")
-        return value if isinstance(value, str) and "://" in value else None
+        return self.paths.results if "://" in self.paths.results else None
 
     @property
     def results_dir(self) -> Path:
         """The results folder; with an object store (``results_url``) the local folder where
         jobs stage their files before uploading them (``storage.staging``, under ``home``)."""
         if self.results_url:
-            return self.path((self.raw.get("storage") or {}).get("staging") or "staging")
-        return self.path(self.get("paths", "results"))
-
-    @property
-    def results_store(self):
-        """Where results are written and read (``aquamask.processes.results``)."""
-        from aquamask.processes.results import results_store
-
-        return results_store(self)
+            return self.path(self.storage.staging)
+        return self.path(self.paths.results)
 
     @property
     def database_url(self) -> str:
-        url = str(self.get("jobs", "database"))
+        url = self.jobs.database
         prefix = "sqlite:///"
         if url.startswith(prefix) and not url.startswith(prefix + "/"):
             url = prefix + str(self.path(url[len(prefix):]))

@@ -1,4 +1,5 @@
-"""The types passed between pipeline steps: one definition each (see DESIGN.md).
+"""The types passed between pipeline steps: one definition each (docs/architecture.md
+shows where each is made and read).
 
 Bands, classes and probabilities of a whole Sentinel-2 tile do not fit in memory as float32, so
 ``Scene`` carries an open window reader rather than an array, and ``Mask`` points at the tiled
@@ -14,16 +15,17 @@ from typing import Any, Callable
 import numpy as np
 from rasterio.windows import Window
 
-# Mask classes (uint8)
-DRY = 0
-WATER = 1
-INVALID = 255
-
-# Sentinel-2 band names the detector works with, in model order.
-DETECTION_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B08", "B11", "B12")
-
 ProgressCallback = Callable[[float, str], None]
 """Called with a percentage (0-100) and a short message; raises to abort the work."""
+
+
+def no_progress(percent: float, message: str) -> None:
+    """A ProgressCallback for work nobody watches."""
+
+
+def scaled(progress: ProgressCallback, start: float, end: float) -> ProgressCallback:
+    """``progress`` of a part of the work that spans ``start`` to ``end`` of the whole."""
+    return lambda pct, msg: progress(start + (end - start) * pct / 100.0, msg)
 
 
 @dataclass

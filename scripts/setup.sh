@@ -71,7 +71,7 @@ if ((WITH_TEST)) && [[ ! -x /usr/bin/chromium ]]; then
 fi
 
 # --- PostgreSQL for the tests -----------------------------------------------------------------
-# With --test, Debian's server binaries: tests/postgres.py starts a throwaway cluster from
+# With --test, Debian's server binaries: tests/support/postgres.py starts a throwaway cluster from
 # /usr/lib/postgresql/<version>/bin (the job store on PostgreSQL, several workers writing).
 if ((WITH_TEST)) && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
   apt_install postgresql

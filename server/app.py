@@ -6,56 +6,44 @@ import datetime as dt
 import json
 import logging
 import os
-import re
-import shutil
-from http import HTTPStatus
 from importlib.resources import files
 from pathlib import Path
 
 import yaml
-from flask import Blueprint, Flask, current_app, jsonify, request, send_from_directory
+from flask import Blueprint, Flask, current_app, request, send_from_directory
 from jinja2 import Template
 from pygeoapi.process.base import JobNotFoundError
 from werkzeug.exceptions import HTTPException
 
-from aquamask.processes.products import ITEM_FILE, MASK_FILE, PROBABILITY_FILE
-from aquamask.processes.monitoring import MEDIA_TYPES as MONITORING_FILES
-from aquamask.processes.results import write_atomic
+from aquamask.processes.constants import PRODUCT_ID
+from aquamask.processes.files import write_atomic
+from aquamask.processes.ogc import PROCESSES, result_files
+from aquamask.processes.publishing import service as publishing
 from aquamask.processes.settings import Settings
+from aquamask.processes.storage.jobstore import StoreUnavailable
+from aquamask.processes.storage.results import results_store
 from aquamask.server import metrics
 from aquamask.server.auth import Auth
+from aquamask.server.errors import ogc_exception
+from aquamask.server.health import health_blueprint
 
 LOGGER = logging.getLogger(__name__)
-JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-RESULT_FILES = {MASK_FILE: "image/tiff; application=geotiff; profile=cloud-optimized",
-                PROBABILITY_FILE: "image/tiff; application=geotiff; profile=cloud-optimized",
-                ITEM_FILE: "application/geo+json",
-                # water-timeseries, water-change, water-frequency (processes/monitoring.py)
-                **MONITORING_FILES}
-
-
-def ogc_exception(status: int, code: str, description: str):
-    response = jsonify({"type": code, "code": code, "title": HTTPStatus(status).phrase,
-                        "status": status, "description": description})
-    response.status_code = status
-    return response
 
 
 def render_pygeoapi_config(settings: Settings) -> tuple[Path, Path]:
     """Write pygeoapi's config and OpenAPI document under ``home`` from our settings."""
     from pygeoapi.openapi import get_oas
 
-    bind = str(settings.get("server", "bind"))
-    host, _, port = bind.rpartition(":")
+    host, _, port = settings.server.bind.rpartition(":")
     template = Template((files("aquamask.config") / "pygeoapi.yml.j2").read_text())
     text = template.render(
         host=host or "127.0.0.1", port=int(port or 5000), url=settings.url,
         database=settings.database_url, results=settings.results_dir,
-        log_level=settings.get("logging", "level", "INFO"),
+        log_level=settings.logging.level, processes=PROCESSES,
         # pygeoapi's HTML pages need an XYZ map; the viewer's own default is offline
-        basemap_url=settings.get("viewer", "basemap_url")
+        basemap_url=settings.viewer.basemap_url
         or "https://tile.openstreetmap.org/{z}/{x}/{y}.png",
-        basemap_attribution=settings.get("viewer", "basemap_attribution")
+        basemap_attribution=settings.viewer.basemap_attribution
         or "&copy; OpenStreetMap contributors")
     config_path = settings.home / "pygeoapi.yml"
     openapi_path = settings.home / "openapi.yml"
@@ -66,13 +54,13 @@ def render_pygeoapi_config(settings: Settings) -> tuple[Path, Path]:
 
 def results_blueprint(settings: Settings, manager) -> Blueprint:
     blueprint = Blueprint("aquamask_results", __name__)
-
-    store = settings.results_store
+    store = results_store(settings)
+    served = result_files()  # every process's result files, with their media types
 
     @blueprint.get("/results/<job_id>/<name>")
     def result_file(job_id: str, name: str):
         missing = ogc_exception(404, "NotFound", f"no result file {name!r} for job {job_id!r}")
-        if name not in RESULT_FILES or not JOB_ID.match(job_id):
+        if name not in served or not PRODUCT_ID.match(job_id):
             return missing
         if not store.remote:
             directory = settings.results_dir / job_id
@@ -83,15 +71,15 @@ def results_blueprint(settings: Settings, manager) -> Blueprint:
         except JobNotFoundError:
             return missing
         if store.remote:
-            return stored_file(store, job_id, name, missing)
+            return stored_file(store, job_id, name, served[name], missing)
         # conditional and range requests are honoured, so GDAL can read the COG over HTTP
-        return send_from_directory(directory, name, mimetype=RESULT_FILES[name],
+        return send_from_directory(directory, name, mimetype=served[name],
                                    conditional=True)
 
     return blueprint
 
 
-def stored_file(store, job_id: str, name: str, missing):
+def stored_file(store, job_id: str, name: str, mimetype: str, missing):
     """A result file streamed from an object store, with conditional and range requests. A
     single range (what GDAL asks for when it reads a COG over HTTP) is one ranged read of
     exactly its bytes from the store; anything else is the whole file, streamed."""
@@ -109,7 +97,6 @@ def stored_file(store, job_id: str, name: str, missing):
     mtime = (dt.datetime.fromtimestamp(info["mtime"], dt.timezone.utc)
              if info.get("mtime") is not None else None)
     etag = info.get("etag") or f"{size:x}-{int(info.get('mtime') or 0):x}"
-    mimetype = RESULT_FILES[name]
 
     def finish(response):
         response.set_etag(etag)
@@ -149,63 +136,6 @@ def stored_file(store, job_id: str, name: str, missing):
     return finish(response)
 
 
-def geoserver_check(settings: Settings) -> str:
-    """'ok' when GeoServer answers an authenticated GET of its REST about/version within
-    ``geoserver.connect_timeout_s`` (to connect, and again to answer), else what went wrong
-    (never the password; no URL either: /health is open)."""
-    import requests
-
-    from aquamask.processes.publishers.geoserver import read_password
-
-    timeout = float(settings.get("geoserver", "connect_timeout_s") or 5)
-    try:
-        auth = (str(settings.get("geoserver", "user") or "admin"), read_password(settings) or "")
-        response = requests.get(
-            str(settings.get("geoserver", "url")).rstrip("/") + "/rest/about/version.json",
-            auth=auth, headers={"Accept": "application/json"}, timeout=(timeout, timeout),
-            allow_redirects=False)  # a redirect could carry the credentials elsewhere
-    except ValueError as err:  # the password file cannot be read
-        return f"error: {err}"
-    except requests.Timeout:
-        return f"error: no answer within {timeout:g} s"
-    except requests.RequestException as err:
-        return f"error: unreachable ({type(err).__name__})"
-    if response.status_code in (401, 403):
-        return f"error: HTTP {response.status_code} (check geoserver.user and the password)"
-    return "ok" if response.status_code == 200 else f"error: HTTP {response.status_code}"
-
-
-def health_blueprint(settings: Settings, manager) -> Blueprint:
-    blueprint = Blueprint("aquamask_health", __name__)
-
-    @blueprint.get("/health")
-    def health():
-        checks = {}
-        try:
-            manager.store.list(limit=1)
-            checks["job_store"] = "ok"
-        except Exception as err:  # noqa: BLE001 - reported, not raised
-            checks["job_store"] = f"error: {err}"
-        binary = settings.get("mapserver", "binary") or shutil.which("mapserv") \
-            or "/usr/lib/cgi-bin/mapserv"
-        checks["map_engine"] = "ok" if os.access(binary, os.X_OK) else f"missing: {binary}"
-        if settings.get("geoserver", "url"):
-            checks["geoserver"] = geoserver_check(settings)
-        if settings.get("jobs", "scheduler"):
-            checks["dask"] = manager.executor.health()
-        if settings.results_url:  # an object store: a listing of its prefix, bounded in time
-            try:
-                checks["results_store"] = settings.results_store.check()
-            except Exception as err:  # noqa: BLE001 - misconfigured: reported, not raised
-                checks["results_store"] = f"error: {type(err).__name__}"
-        healthy = all(v == "ok" for v in checks.values())
-        response = jsonify({"status": "ok" if healthy else "degraded", "checks": checks})
-        response.status_code = 200 if healthy else 503
-        return response
-
-    return blueprint
-
-
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -225,7 +155,7 @@ PYGEOAPI_HTML_CSP = ("default-src 'self' https:; img-src 'self' data: blob: http
 
 
 def add_security_headers(app: Flask, settings: Settings) -> None:
-    origins = list(settings.get("security", "cors_origins") or [])
+    origins = settings.security.cors_origins
 
     @app.after_request
     def headers(response):
@@ -264,12 +194,36 @@ def reject_non_object_execute_bodies(app: Flask) -> None:
                                  "the request body must be JSON in UTF-8")
         try:
             body = json.loads(text)
+            deep = json_depth(body) > MAX_JSON_DEPTH
         except ValueError:
             return None  # pygeoapi answers malformed JSON with its own 400
+        except RecursionError:
+            deep = True
+        if deep:
+            return ogc_exception(400, "InvalidParameterValue",
+                                 f"the request is nested too deeply (at most {MAX_JSON_DEPTH} "
+                                 "levels of arrays and objects)")
         if not isinstance(body, dict):
             return ogc_exception(400, "InvalidParameterValue",
                                  "the execute request must be a JSON object with 'inputs'")
         return None
+
+
+# no input needs more (a MultiPolygon's coordinates are 4 deep); every parser after this one
+# (pygeoapi, shapely, ours) then stays far from Python's recursion limit
+MAX_JSON_DEPTH = 32
+
+
+def json_depth(value) -> int:
+    """How deep arrays and objects nest in ``value``, without recursing."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in
+                         (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _not_a_missing_offset(record: logging.LogRecord) -> bool:
@@ -292,7 +246,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from aquamask.server.ows import make_ows_blueprint
     from aquamask.server.viewer import viewer_blueprint
 
-    APP.config["MAX_CONTENT_LENGTH"] = int(settings.get("limits", "max_request_bytes"))
+    APP.config["MAX_CONTENT_LENGTH"] = settings.limits.max_request_bytes
     auth = Auth(settings)
     # first: its timer starts before auth or anything else may answer the request
     metrics.init_app(APP, settings, api_.manager.store, auth, api_.manager.sweep)
@@ -302,11 +256,24 @@ def create_app(settings: Settings | None = None) -> Flask:
     APP.register_blueprint(results_blueprint(settings, api_.manager))
     APP.register_blueprint(health_blueprint(settings, api_.manager))
     APP.register_blueprint(make_ows_blueprint(settings))
+    # the map engine's files, derived from the job store's layers: missing or broken ones
+    # rendered again, those of layers no longer there retired
+    from aquamask.processes.jobs import reconcile
+    publishing.rebuild(settings)
+    reconcile.report(settings)  # results without a job record: logged, never silently kept
     APP.register_blueprint(viewer_blueprint(settings))
 
     @APP.errorhandler(HTTPException)
     def http_error(err: HTTPException):
         return ogc_exception(err.code or 500, err.name.replace(" ", ""), err.description or "")
+
+    @APP.errorhandler(StoreUnavailable)
+    def store_away(err: StoreUnavailable):
+        # the database is restarting or failing over: jobs wait, requests are told to retry
+        response = ogc_exception(503, "ServiceUnavailable", "the job store is not available "
+                                 "right now; try again in a minute")
+        response.headers["Retry-After"] = "30"
+        return response
 
     APP.config["AQUAMASK_SETTINGS"] = settings
     return APP

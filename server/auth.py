@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import jwt
 import requests
@@ -21,6 +21,7 @@ from flask import Flask, Response, g, jsonify, request
 
 from aquamask.processes.identity import Identity, current_identity, with_implied_roles
 from aquamask.processes.settings import Settings
+from aquamask.server.health import PATHS as HEALTH_PATHS
 
 LOGGER = logging.getLogger(__name__)
 ALLOWED_ALGORITHMS = ("RS256", "ES256")  # never "none", never HS* (a public key is no secret)
@@ -128,15 +129,11 @@ class OIDCValidator:
         return claims
 
 
-def _strip_authority(value: str) -> str:
-    """AARC-G002: 'urn:...:role=member#aai.egi.eu' -> 'urn:...:role=member'."""
-    return value.split("#", 1)[0]
-
-
-def roles_from_claims(claims: dict[str, Any], role_map: dict[str, Iterable[str]],
+def roles_from_claims(claims: dict[str, Any], role_map: Mapping[str, Iterable[str]],
                       claim_names: Iterable[str]) -> frozenset[str]:
-    """Roles whose configured entitlements or groups appear in the token's claims. A configured
-    value without '#authority' matches an entitlement from any authority."""
+    """Roles whose configured entitlements or groups appear in the token's claims, each
+    matched exactly: an AARC-G002 entitlement's '#authority' is part of it (the same group
+    asserted by another authority is another entitlement), so the configuration names it."""
     values: set[str] = set()
     for name in claim_names:
         claim = claims.get(name)
@@ -144,12 +141,8 @@ def roles_from_claims(claims: dict[str, Any], role_map: dict[str, Iterable[str]]
             claim = claim.split() if name == "scope" else [claim]
         if isinstance(claim, list):
             values.update(v for v in claim if isinstance(v, str))
-    bare = {_strip_authority(v) for v in values}
-    roles = set()
-    for role, wanted in (role_map or {}).items():
-        for value in wanted or []:
-            if value in values or ("#" not in value and value in bare):
-                roles.add(role)
+    roles = {role for role, wanted in (role_map or {}).items()
+             if any(value in values for value in wanted or [])}
     return with_implied_roles(roles)
 
 
@@ -159,9 +152,9 @@ OPEN_PATHS = frozenset({"/viewer", "/viewer/", "/viewer/api/config"})
 
 
 def required_role(method: str, path: str) -> str | None:
-    """The role a request needs; None for the open health check, and for /metrics, which
+    """The role a request needs; None for the open health checks, and for /metrics, which
     checks its own access (``metrics.access``: a scraper may bring a static token instead)."""
-    if path in ("/health", "/metrics") or path in OPEN_PATHS \
+    if path in HEALTH_PATHS or path == "/metrics" or path in OPEN_PATHS \
             or path.startswith("/viewer/static/"):
         return None
     if path.startswith(("/jobs", "/results/")):
@@ -182,22 +175,21 @@ def _is_loopback(address: str | None) -> bool:
 
 class Auth:
     def __init__(self, settings: Settings) -> None:
-        conf = settings.raw.get("auth") or {}
-        self.mode = conf.get("mode", "none")
-        self.anonymous = conf.get("anonymous", "loopback")
-        self.anonymous_role = conf.get("anonymous_role", "researcher")
-        self.role_map = conf.get("roles") or {}
-        self.claim_names = conf.get("claims") or ["eduperson_entitlement", "groups", "roles"]
+        conf = settings.auth
+        self.mode = conf.mode
+        self.anonymous = conf.anonymous
+        self.anonymous_role = conf.anonymous_role
+        self.role_map = conf.roles
+        self.claim_names = conf.claims
         self.validator: OIDCValidator | None = None
         if self.mode == "oidc":
-            if not conf.get("issuer"):
+            if not conf.issuer:
                 raise ValueError("auth.mode is oidc but auth.issuer is not set")
             self.validator = OIDCValidator(
-                issuer=conf["issuer"], audience=conf.get("audience"),
-                jwks_uri=conf.get("jwks_uri"), leeway=int(conf.get("leeway_s", 30)),
-                refresh_cooldown=float(conf.get("jwks_refresh_cooldown_s", 30)),
-                introspection_client_id=conf.get("introspection_client_id"),
-                introspection_client_secret=conf.get("introspection_client_secret"))
+                issuer=conf.issuer, audience=conf.audience, jwks_uri=conf.jwks_uri,
+                leeway=conf.leeway_s, refresh_cooldown=conf.jwks_refresh_cooldown_s,
+                introspection_client_id=conf.introspection_client_id,
+                introspection_client_secret=conf.introspection_client_secret)
         elif self.mode != "none":
             raise ValueError(f"auth.mode must be none or oidc, not {self.mode!r}")
         LOGGER.warning("auth: mode=%s; requests without a token are %s", self.mode,
@@ -219,8 +211,9 @@ class Auth:
             subject = str(claims.get("sub") or claims.get("username") or "")
             if not subject:
                 raise AuthError(401, "the token names no subject (sub)")
-            return Identity(subject=subject, roles=roles_from_claims(
-                claims, self.role_map, self.claim_names))
+            return Identity(subject=subject, issuer=str(claims.get("iss") or
+                                                        self.validator.issuer),
+                            roles=roles_from_claims(claims, self.role_map, self.claim_names))
         if self.anonymous == "all" or (self.anonymous == "loopback"
                                        and _is_loopback(request.remote_addr)):
             return Identity(subject="anonymous", roles=with_implied_roles({self.anonymous_role}),

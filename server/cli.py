@@ -9,15 +9,17 @@ import time
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 import requests
 from tqdm import tqdm
 
 from aquamask import __version__
-from aquamask.processes.errors import AquamaskError
+from aquamask.processes.errors import AquamaskError, ConfigError
+from aquamask.processes.pipeline import methods
 from aquamask.processes.settings import Settings
-from aquamask.server.cli_publish import publish_command, unpublish_command
+from aquamask.server.cli_publish import publish_command, reconcile_command, unpublish_command
 from aquamask.server.cli_search import search
 
 
@@ -35,7 +37,7 @@ def progress_bar(description: str):
         bar.refresh()
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
 
@@ -48,19 +50,19 @@ def main() -> None:
 
 def gunicorn_command(settings: Settings, host: str | None, port: int | None,
                      workers: int | None) -> list[str]:
-    bind_host, _, bind_port = str(settings.get("server", "bind")).rpartition(":")
+    bind_host, _, bind_port = settings.server.bind.rpartition(":")
     bind = f"{host or bind_host}:{port or bind_port}"
     config = files("aquamask.server") / "gunicorn.conf.py"
     return [sys.executable, "-m", "gunicorn", "--config", str(config), "--bind", bind,
-            "--workers", str(workers or settings.get("server", "workers")),
-            "--timeout", str(settings.get("server", "timeout"))]
+            "--workers", str(workers or settings.server.workers),
+            "--timeout", str(settings.server.timeout)]
 
 
 def _serve_environment(host: str | None, port: int | None) -> dict[str, str]:
     env = dict(os.environ)
     settings = Settings.load()
     if (host or port) and "AQUAMASK__SERVER__URL" not in env:
-        bind_host, _, bind_port = str(settings.get("server", "bind")).rpartition(":")
+        bind_host, _, bind_port = settings.server.bind.rpartition(":")
         env["AQUAMASK__SERVER__URL"] = f"http://{host or bind_host}:{port or bind_port}"
     return env
 
@@ -71,8 +73,12 @@ def _serve_environment(host: str | None, port: int | None) -> dict[str, str]:
 @click.option("--workers", type=int, help="gunicorn worker processes")
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     """Start the server (gunicorn serving pygeoapi, /ows, results)."""
-    env = _serve_environment(host, port)
-    command = gunicorn_command(Settings.load(environ=env), host, port, workers)
+    try:
+        env = _serve_environment(host, port)
+        settings = Settings.load(environ=env)
+    except ConfigError as err:  # refused before anything starts, naming the key
+        fail(f"bad configuration: {err}")
+    command = gunicorn_command(settings, host, port, workers)
     os.execve(sys.executable, command, env)
 
 
@@ -80,8 +86,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 @click.argument("image")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="the mask COG to write (the probability goes beside it)")
-@click.option("--method", type=click.Choice(["unet", "ndwi", "mndwi"]), default="unet",
-              show_default=True)
+@click.option("--method", type=click.Choice(methods.names()), default="unet",
+              show_default=True, help=methods.described())
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 @click.option("--bands", help='band indexes as JSON, e.g. \'{"B02": 1, ...}\'')
 @click.option("--probability/--no-probability", default=True, show_default=True,
@@ -89,7 +95,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 def detect(image: str, out: Path, method: str, threshold: float, bands: str | None,
            probability: bool) -> None:
     """Detect water in IMAGE without a server and write the mask COG."""
-    from aquamask.processes.pipeline import detect_to_file
+    from aquamask.processes.pipeline.flow import detect_to_file
 
     try:
         mapping = json.loads(bands) if bands else None
@@ -121,7 +127,7 @@ def train(data_dir: Path, layout: str, out_dir: Path | None, seed: int,
     """Train the water U-Net on DATA_DIR (seeded, reproducible)."""
     from aquamask.model.train import train as train_model
 
-    kwargs = {"seed": seed}
+    kwargs: dict[str, Any] = {"seed": seed}
     if out_dir:
         kwargs["out_dir"] = out_dir
     if epochs:
@@ -154,7 +160,8 @@ def evaluate(data_dir: Path, layout: str, methods: tuple[str, ...], split: str,
     """Water IoU, precision, recall and F1 of the model and the index baselines."""
     from aquamask.model import evaluate as ev
 
-    kwargs = {"split": split, "weights": weights, "scale": scale, "precision": precision}
+    kwargs: dict[str, Any] = {"split": split, "weights": weights, "scale": scale,
+                              "precision": precision}
     if methods:
         kwargs["methods"] = methods
     with progress_bar("evaluating") as update:
@@ -206,7 +213,7 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
         click.echo(f"server up at {base} (log: {log_path}); "
                    f"executing water-detection on {href}")
         response = requests.post(f"{base}/processes/water-detection/execution",
-                                 json={"inputs": {"image": {"href": href}}},
+                                 json={"inputs": {"image": {"href": href}, "public": True}},
                                  headers={"Prefer": "respond-async"}, timeout=30)
         if response.status_code != 201:
             fail(f"execution refused ({response.status_code}): {response.text}")
@@ -243,7 +250,7 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
         server.wait(timeout=30)
 
 
-for command in (search, publish_command, unpublish_command):
+for command in (search, publish_command, unpublish_command, reconcile_command):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Operators' commands: ``aquamask publish JOB_ID`` and ``aquamask unpublish JOB_ID``.
+"""Operators' commands: ``aquamask publish JOB_ID``, ``aquamask unpublish JOB_ID`` and
+``aquamask reconcile [--import]``.
 
 ``publish`` (re)publishes a finished job's mask now: on GeoServer when it is configured (the
 embedded engine keeps serving it when GeoServer fails), and writes the layer into the job's
@@ -9,31 +10,38 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import NoReturn
 
 import click
 
 from aquamask.processes.settings import Settings
+from aquamask.processes.storage.jobstore import job_store
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def _settings_for(job_id: str) -> Settings:
+    """The settings, once ``job_id`` is known to be a valid id (else exit 2)."""
+    from aquamask.processes.publishing.names import validate_product_id
+
+    try:
+        validate_product_id(job_id)
+    except ValueError as err:
+        _fail(str(err))
+    return Settings.load()
 
 
 @click.command("publish")
 @click.argument("job_id")
 def publish_command(job_id: str) -> None:
     """Publish (again) the mask of finished job JOB_ID: GeoServer when configured."""
-    from aquamask.processes import publishing
-    from aquamask.processes.jobstore import JobStore
-    from aquamask.processes.publishers.mapserver import validate_product_id
+    from aquamask.processes.publishing import service as publishing
 
-    settings = Settings.load()
-    try:
-        validate_product_id(job_id)
-    except ValueError as err:
-        _fail(str(err))
-    record = JobStore(settings.database_url).get(job_id)
+    settings = _settings_for(job_id)
+    record = job_store(settings).get(job_id)
     if record is None:
         _fail(f"no job {job_id}")
     if record["status"] != "successful":
@@ -43,8 +51,7 @@ def publish_command(job_id: str) -> None:
     except FileNotFoundError as err:
         _fail(str(err))
     layer = publishing.publish(product, settings, background=False)
-    state = publishing.read_state(job_id, settings) or {}
-    error = state.get("last_error")
+    error = (job_store(settings).layer(job_id) or {}).get("last_error")
     output = publishing.layer_output(layer, error)
     publishing.update_job_layer(job_id, output, settings)
     click.echo(json.dumps(output, indent=2))
@@ -57,14 +64,10 @@ def publish_command(job_id: str) -> None:
 @click.argument("job_id")
 def unpublish_command(job_id: str) -> None:
     """Take the layer of JOB_ID off GeoServer and the embedded engine (files and job stay)."""
-    from aquamask.processes import publishing
-    from aquamask.processes.publishers.mapserver import layer_name, validate_product_id
+    from aquamask.processes.publishing import service as publishing
+    from aquamask.processes.publishing.names import layer_name
 
-    settings = Settings.load()
-    try:
-        validate_product_id(job_id)
-    except ValueError as err:
-        _fail(str(err))
+    settings = _settings_for(job_id)
     result = publishing.unpublish(job_id, settings, background=False)
     output = {"name": layer_name(job_id), "published": publishing.NONE}
     publishing.update_job_layer(job_id, output, settings)
@@ -72,3 +75,30 @@ def unpublish_command(job_id: str) -> None:
     if result != publishing.NONE:
         _fail("GeoServer could not be reached; its layer is still there: run this again "
               "when it is back", 1)
+
+
+@click.command("reconcile")
+@click.option("--import", "do_import", is_flag=True,
+              help="make each result without a job record a job again (owned by no user: "
+                   "managers see it), its mask published privately")
+def reconcile_command(do_import: bool) -> None:
+    """List the results that have no job record (never served); with --import, import them."""
+    from aquamask.processes.jobs import reconcile
+
+    settings = Settings.load()
+    found = reconcile.orphans(settings)
+    if not found:
+        click.echo("every result has its job record")
+        return
+    for job_id in found:
+        if not do_import:
+            click.echo(f"{job_id}: a result without a job record")
+            continue
+        try:
+            reconcile.import_result(job_id, settings)
+            click.echo(f"{job_id}: imported")
+        except (ValueError, FileNotFoundError) as err:
+            click.echo(f"{job_id}: not imported: {err}", err=True)
+    if not do_import:
+        click.echo(f"{len(found)} result(s) without a record; `aquamask reconcile --import` "
+                   "makes them jobs again")

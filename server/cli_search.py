@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import NoReturn
 
 import click
 
@@ -10,7 +11,7 @@ from aquamask.processes.errors import AquamaskError
 from aquamask.processes.settings import Settings
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
 
@@ -34,9 +35,9 @@ def search(bbox: str | None, bbox_crs: str | None, geometry: str | None, when: s
 
     The scene water-detection would use is marked with *.
     """
-    from aquamask.processes.sources import place_source
-    from aquamask.processes.sources.compose import select
-    from aquamask.processes.water_detection import parse_place
+    from aquamask.processes.ogc.inputs import place_query
+    from aquamask.processes.pipeline.sources import place_source
+    from aquamask.processes.pipeline.sources.compose import select
 
     settings = Settings.load()
     inputs: dict = {"datetime": when}
@@ -58,7 +59,7 @@ def search(bbox: str | None, bbox_crs: str | None, geometry: str | None, when: s
     if "bbox" not in inputs and "geometry" not in inputs:
         _fail("give a place: --bbox minx,miny,maxx,maxy or --geometry")
     try:
-        query, name = parse_place(inputs, settings)
+        query, name = place_query(inputs, settings)
         found = place_source(settings, name).search(query, limit=limit)
         chosen, coverage = select(found, query)
     except AquamaskError as err:

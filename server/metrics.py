@@ -6,11 +6,12 @@ write its values into memory-mapped files in one folder (``PROMETHEUS_MULTIPROC_
 ``GET /metrics`` (any web worker) sums the files of all of them at scrape time:
 
 * ``prepare_multiprocess`` (gunicorn.conf.py, in the master, before the app is preloaded) points
-  ``PROMETHEUS_MULTIPROC_DIR`` at ``metrics.dir`` under ``home``; every process started from the
-  master inherits it: web workers by fork, the fork server and its job workers by environment.
-  ``empty_multiprocess_dir`` (gunicorn's ``on_starting``, before the first worker forks) removes
-  the files of an earlier run, ``mark_process_dead`` (``child_exit``) the live gauges of a web
-  worker that ended.
+  ``PROMETHEUS_MULTIPROC_DIR`` at a folder on a memory filesystem (``default_multiprocess_dir``),
+  or at ``metrics.dir``; every process started from the master inherits it: web workers by
+  fork, the fork server and its job workers by environment. ``empty_multiprocess_dir``
+  (gunicorn's ``on_starting``, before the first worker forks) removes the files of an earlier
+  run, ``mark_process_dead`` (``child_exit``) the live gauges of a web worker that ended,
+  ``remove_multiprocess_dir`` (``on_exit``) the default folder.
 * Web workers write under their pid. A job worker is a short-lived process: under its pid every
   job would leave files of its own behind and each scrape would read more of them. Instead, at
   its first observation it takes the first free ``job-N`` identity (an exclusive ``flock`` on
@@ -22,34 +23,47 @@ write its values into memory-mapped files in one folder (``PROMETHEUS_MULTIPROC_
 
 Without ``PROMETHEUS_MULTIPROC_DIR`` (the CLI, tests in one process, a Dask worker) the values
 stay in the process's memory and ``/metrics`` shows that process's own.
+
+The processing code records through the neutral hook ``aquamask.processes.telemetry``:
+``init_app`` registers ``SINK`` there, by its dotted path too, so that the job workers (whose
+fork server inherits the environment) record through it as well.
 """
 from __future__ import annotations
 
 import fcntl
-import functools
+import hashlib
 import hmac
 import logging
 import os
+import stat
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, values
-from prometheus_client import multiprocess
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    values,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
 
-from aquamask.processes.errors import Cancelled
+from aquamask.processes import telemetry
+from aquamask.processes.pipeline import methods
 
 LOGGER = logging.getLogger(__name__)
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
-DETECTION_METHODS = ("unet", "ndwi", "mndwi")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 JOB_STATES = ("accepted", "running", "successful", "failed", "dismissed")
 ACCESS = ("open", "token", "viewer", "researcher", "manager")
 MAX_JOB_IDENTITIES = 1024
+SHARED_MEMORY = Path("/dev/shm")
 
 # a synchronous execution may take up to server.timeout (600 s)
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -132,22 +146,45 @@ def _claim_job_identity() -> None:
 
 
 # -- the server's side: the folder, the hooks, /metrics -------------------------------------------
-def settings_of(settings) -> dict[str, Any]:
-    return settings.raw.get("metrics") or {}
+def default_multiprocess_dir(settings) -> Path:
+    """A folder on a memory filesystem, one per user and ``home``. The values are files mapped
+    into every process's memory, and a process that writes a mapped page which a full disk
+    cannot hold is killed by SIGBUS: with the folder under ``home``, a full data disk killed
+    every web worker at once (issue #20.5). ``$XDG_RUNTIME_DIR`` (the user's own tmpfs) where
+    set, else ``/dev/shm``; ``metrics`` under ``home`` on a system with neither."""
+    tag = hashlib.sha256(str(settings.home.resolve()).encode()).hexdigest()[:16]
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_dir():
+        return Path(runtime) / f"aquamask-metrics-{tag}"
+    if SHARED_MEMORY.is_dir():
+        return SHARED_MEMORY / f"aquamask-metrics-{os.getuid()}-{tag}"
+    return settings.path("metrics")
 
 
-def enabled(settings) -> bool:
-    return settings_of(settings).get("enabled", True) is not False
+def _make_private_dir(directory: Path) -> None:
+    """Create ``directory`` for this user alone, and refuse one that another user made (or
+    linked) first: /dev/shm is writable by everyone and the name can be guessed."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = directory.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() \
+            or info.st_mode & 0o077:
+        raise RuntimeError(f"the metrics folder {directory} is not a private folder of this "
+                           f"user: remove it, or set metrics.dir")
 
 
 def prepare_multiprocess(settings) -> Path | None:
-    """Point ``PROMETHEUS_MULTIPROC_DIR`` at ``metrics.dir`` (one the environment already
-    names is kept) and create it; in gunicorn's master, before the app is loaded."""
-    if not enabled(settings):
+    """Point ``PROMETHEUS_MULTIPROC_DIR`` at ``metrics.dir``, else at the default folder (one
+    the environment already names is kept), and create it; in gunicorn's master, before the
+    app is loaded."""
+    if not settings.metrics.enabled:
         return None
-    directory = Path(os.environ.get(ENV)
-                     or settings.path(settings_of(settings).get("dir") or "metrics"))
-    directory.mkdir(parents=True, exist_ok=True)
+    configured = os.environ.get(ENV) or settings.metrics.dir
+    if configured:
+        directory = settings.path(configured)
+        directory.mkdir(parents=True, exist_ok=True)
+    else:
+        directory = default_multiprocess_dir(settings)
+        _make_private_dir(directory)
     os.environ[ENV] = str(directory)
     _install_value_class()
     return directory
@@ -161,6 +198,19 @@ def empty_multiprocess_dir() -> None:
     for path in Path(directory).iterdir():
         if path.suffix in (".db", ".lock") and path.is_file():
             path.unlink(missing_ok=True)
+
+
+def remove_multiprocess_dir(settings) -> None:
+    """At the server's end (gunicorn's on_exit): the default folder and its files, which a
+    memory filesystem would keep until the machine restarts. A configured folder stays."""
+    directory = os.environ.get(ENV)
+    if not directory or Path(directory) != default_multiprocess_dir(settings):
+        return
+    empty_multiprocess_dir()
+    try:
+        Path(directory).rmdir()
+    except OSError:  # something else in it: kept
+        pass
 
 
 def mark_process_dead(pid: int) -> None:
@@ -215,7 +265,7 @@ def scrape_token(settings) -> str | None:
     token = os.environ.get("AQUAMASK__METRICS__TOKEN")
     if token:
         return token.strip()
-    path = settings_of(settings).get("token_file")
+    path = settings.metrics.token_file
     if path:
         try:
             return Path(path).expanduser().read_text(encoding="utf-8").splitlines()[0].strip()
@@ -236,11 +286,12 @@ def init_app(app, settings, store, auth, sweep: Callable[[], int] | None = None)
     jobs are counted."""
     global _server_process
     _server_process = True
-    if not enabled(settings):
+    if not settings.metrics.enabled:
         return
     from flask import Response, g, request
 
-    access = str(settings_of(settings).get("access") or "viewer")
+    telemetry.register(SINK, f"{__name__}:SINK")
+    access = settings.metrics.access
     if access not in ACCESS:
         raise ValueError(f"metrics.access must be one of {', '.join(ACCESS)}, not {access!r}")
     token = scrape_token(settings)
@@ -300,55 +351,29 @@ def init_app(app, settings, store, auth, sweep: Callable[[], int] | None = None)
 
 # -- the job workers' side --------------------------------------------------------------------
 def _method_label(method: Any) -> str:
-    return method if method in DETECTION_METHODS else "other"
+    return method if method in methods.METHODS else "other"
 
 
-def observe_detection(method: str, seconds: float, stage_seconds: dict[str, float],
-                      pixels: int) -> None:
-    """One scene detected (``detection.detect``): wall time, time per stage, pixels."""
-    try:
+class PrometheusSink:
+    """What ``aquamask.processes.telemetry`` reports, as Prometheus values of this process (a
+    job worker's under its ``job-N`` identity)."""
+
+    def detection(self, method: str, seconds: float, stage_seconds: dict[str, float],
+                  pixels: int) -> None:
+        """One scene detected (``detection.detect``): wall time, time per stage, pixels."""
         _claim_job_identity()
         label = _method_label(method)
         INFERENCE.labels(label).observe(seconds)
         for stage, spent in stage_seconds.items():
             INFERENCE_STAGE.labels(label, stage).observe(spent)
         INFERENCE_PIXELS.labels(label).inc(pixels)
-    except Cancelled:  # SIGTERM (dismissal) came meanwhile: the job stops all the same
-        raise
-    except Exception:  # noqa: BLE001 - a metric never fails a job
-        LOGGER.warning("metrics: detection not recorded", exc_info=True)
 
-
-def _observe_job(process: str, method: str, outcome: str, seconds: float) -> None:
-    try:
+    def job(self, process: str, method: str | None, outcome: str, seconds: float) -> None:
+        """A processor's run ended: its duration and its outcome (successful, failed, or
+        dismissed when it was stopped)."""
         _claim_job_identity()
         JOB_DURATION.labels(process, _method_label(method)).observe(seconds)
         JOBS_FINISHED.labels(process, outcome).inc()
-    except Cancelled:  # SIGTERM (dismissal) came meanwhile: the job stops all the same
-        raise
-    except Exception:  # noqa: BLE001 - a metric never fails a job
-        LOGGER.warning("metrics: job not recorded", exc_info=True)
 
 
-def instrument_job(run: Callable) -> Callable:
-    """Decorates a processor's ``run(data, job_id, progress)``, which the job worker calls:
-    its duration and its outcome (successful, failed, or dismissed when it was stopped)."""
-
-    @functools.wraps(run)
-    def timed(self, data: dict[str, Any], job_id: str, progress) -> dict[str, Any]:
-        started, outcome = time.perf_counter(), "failed"
-        try:
-            result = run(self, data, job_id, progress)
-            outcome = "successful"
-            return result
-        except Cancelled:
-            outcome = "dismissed"
-            raise
-        finally:
-            settings = getattr(self, "settings", None)
-            method = (data or {}).get("method") or (
-                settings.get("detection", "method") if settings is not None else None)
-            _observe_job(str(self.metadata.get("id", "unknown")), method, outcome,
-                         time.perf_counter() - started)
-
-    return timed
+SINK = PrometheusSink()

@@ -1,17 +1,17 @@
-"""``/ows``: WMS 1.3.0 and WCS 2.0.1 of the published layers, served by MapServer's CGI.
+"""``/ows``: WMS 1.3.0 / 1.1.1 and WCS 2.0.1 of the published layers, through a strict gateway
+to a pool of persistent MapServer processes.
 
-Each request runs ``mapserv`` once as a subprocess with a minimal CGI environment. The MapServer 8
-configuration file the publisher writes (``MAPSERVER_CONFIG_FILE``) forbids map paths, the
-mapfile is named by this module in ``MS_MAPFILE`` (a request for one product's layer gets that
-layer's own small mapfile, anything else the catalogue's), and this module strips every ``map``
-parameter (and MapServer's ``map.*``/``map_*`` runtime substitutions) from the client's request,
-so a client can neither pick another mapfile nor alter this one.
+Each request is parsed and rebuilt by ``aquamask.server.ows_gateway`` (nothing of the client's
+query reaches MapServer), then answered from the layers its caller may see: their own and the
+public ones (managers: all), read from the job store. A layer of someone else is answered
+exactly as a layer that does not exist. The mapfile of each request is chosen here and named to
+MapServer in ``MS_MAPFILE``: a layer's own small mapfile, a time series', the caller's view
+(capabilities), or a set of the layers named.
 
-The CGI output goes to a temporary file rather than a pipe: the subprocess timeout then covers the
-whole rendering, a slow client cannot stall ``mapserv``, and the status is known before the first
-byte is sent. The body is then streamed from that file. MapServer's own OGC exception documents
-are passed through with its status (``Status:`` header, e.g. 400/404 for WCS 2.0; WMS replies 200
-with a ServiceExceptionReport as the standard asks); a missing binary or a timeout is a 503.
+MapServer runs as FastCGI processes owned by each web worker (``aquamask.server.fastcgi``): a
+GetMap costs MapServer's rendering alone, not its start-up. MapServer's own OGC exception
+documents are passed on (WMS ones, which MapServer sends with 200, as 400); its HTML error pages
+become OGC exceptions without the paths they show; a busy, dead or slow engine is a 503.
 """
 from __future__ import annotations
 
@@ -20,184 +20,119 @@ import logging
 import os
 import re
 import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections import OrderedDict
-from html import escape, unescape
+from dataclasses import dataclass
+from html import unescape
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
-from urllib.parse import parse_qsl, unquote_plus
 
 from flask import Blueprint, Response, request
+
+from aquamask.processes.identity import current_identity
+from aquamask.server.fastcgi import FastCGIError, MapServerPool, PoolBusy
+from aquamask.server.ows_gateway import Limits, OwsError, OwsRequest, parse
 
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_BINARY = "/usr/lib/cgi-bin/mapserv"
-DEFAULT_TIMEOUT_S = 60.0
-# The largest WMS image served. The mapfile's MAXSIZE is raised to the largest coverage so that
-# WCS can return whole Sentinel-2 tiles; WMS images are capped here instead.
-DEFAULT_MAX_IMAGE_SIZE = 4096
 CHUNK = 256 * 1024
 HEADER_LIMIT = 64 * 1024
-XML_TYPES = ("text/xml", "application/xml")
 FORM_TYPE = "application/x-www-form-urlencoded"
+FORM_LIMIT = 64 * 1024
 # Headers of MapServer's CGI output worth passing on; Content-Length is computed here.
 PASSED_HEADERS = {"content-type", "content-disposition", "content-description", "content-id",
-                  "cache-control", "expires", "last-modified", "etag"}
+                  "cache-control", "expires", "last-modified"}
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 def find_mapserv(configured: str | os.PathLike | None = None) -> str:
-    """The mapserv binary: the configured path, else ``mapserv`` on PATH, else Debian's CGI."""
+    """The mapserv binary: the configured path, else ``mapserv`` on PATH, else Debian's."""
     if configured:
         return str(configured)
     return shutil.which("mapserv") or DEFAULT_BINARY
 
 
-def _is_map_key(raw_key: str) -> bool:
-    key = unquote_plus(raw_key).strip().lower()
-    return key == "map" or key.startswith(("map.", "map_", "map["))
-
-
-def sanitize_query(query: bytes | str) -> str:
-    """The query string without ``map`` parameters (nor MapServer's ``map.``/``map_`` runtime
-    substitutions); the other parameters pass byte for byte, in order."""
-    text = query.decode("latin-1") if isinstance(query, bytes) else query
-    kept = []
-    for piece in text.split("&"):
-        if not piece:
-            continue
-        key = piece.split("=", 1)[0]
-        if _is_map_key(key):
-            LOGGER.warning("/ows: dropped client parameter %r", unquote_plus(key)[:64])
-            continue
-        kept.append(piece)
-    return "&".join(kept)
-
-
 def ows_exception(status: int, code: str, message: str) -> Response:
     """An OWS 2.0 exception report (the family WCS 2.0 uses; WMS clients read the text too)."""
-    body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-            '<ows:ExceptionReport xmlns:ows="http://www.opengis.net/ows/2.0" version="2.0.1" '
-            'xml:lang="en">\n'
-            f'  <ows:Exception exceptionCode="{escape(code)}">\n'
-            f"    <ows:ExceptionText>{escape(message)}</ows:ExceptionText>\n"
-            "  </ows:Exception>\n"
-            "</ows:ExceptionReport>\n")
-    return Response(body, status=status, content_type="application/xml; charset=utf-8")
+    return error_response(OwsError(code, message, status=status).about("WCS", "2.0.1"))
 
 
-def wms_exception(code: str, message: str, status: int = 400) -> Response:
-    body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
-            '<ServiceExceptionReport version="1.3.0" xmlns="http://www.opengis.net/ogc">\n'
-            f'  <ServiceException code="{escape(code)}">{escape(message)}</ServiceException>\n'
-            "</ServiceExceptionReport>\n")
-    return Response(body, status=status, content_type="text/xml; charset=utf-8")
-
-
-def oversized_image(query: str, max_size: int) -> Response | None:
-    """A WMS exception when a GetMap/GetFeatureInfo/GetLegendGraphic asks for an image wider
-    or taller than ``max_size``; None otherwise."""
-    params = {k.strip().lower(): v for k, v in parse_qsl(query, keep_blank_values=True)}
-    if params.get("request", "").lower() not in ("getmap", "map", "getfeatureinfo",
-                                                   "feature_info", "getlegendgraphic"):
-        return None
-    for key in ("width", "height"):
-        try:
-            value = int(float(params.get(key, "0")))
-        except ValueError:
-            continue  # MapServer answers malformed sizes itself
-        if value > max_size:
-            return wms_exception("InvalidParameterValue",
-                                 f"{key.upper()}={value} exceeds the largest image served "
-                                 f"({max_size} pixels).")
-    return None
-
-
-# the parameter naming the layers of each request that draws or describes layers
-LAYER_PARAMS = {"getmap": ("layers",), "map": ("layers",),
-                "getfeatureinfo": ("layers", "query_layers"),
-                "feature_info": ("layers", "query_layers"),
-                "getlegendgraphic": ("layer",),
-                "describecoverage": ("coverageid",), "getcoverage": ("coverageid",)}
-
-
-def single_layer(query: str) -> str | None:
-    """The one layer (or coverage) a GetMap, GetFeatureInfo, GetLegendGraphic,
-    DescribeCoverage or GetCoverage names, None when it names several or it is another
-    request."""
-    params = {k.strip().lower(): v for k, v in parse_qsl(query, keep_blank_values=True)}
-    keys = LAYER_PARAMS.get(params.get("request", "").strip().lower())
-    if not keys:
-        return None
-    names = {name.strip() for key in keys for name in params.get(key, "").split(",")}
-    return names.pop() if len(names) == 1 and all(names) else None
-
-
-def is_capabilities(query: str) -> bool:
-    params = {k.strip().lower(): v for k, v in parse_qsl(query, keep_blank_values=True)}
-    return params.get("request", "").strip().lower() in ("getcapabilities", "capabilities")
+def error_response(err: OwsError) -> Response:
+    body, content_type = err.body()
+    return Response(body, status=err.status, content_type=content_type)
 
 
 class CapabilitiesCache:
-    """GetCapabilities answers by query, kept while the catalogue's mapfile is unchanged.
+    """Capabilities answers by view and query, kept while the view's mapfile is unchanged.
 
-    MapServer builds them from every layer (0.7-0.9 s with 1,000 layers here) and clients ask
-    at each connection. The ETag names the mapfile's state and the query, so a client or proxy
-    revalidates with If-None-Match and gets a 304. Per process, a few entries (a document is
-    ~1.6 MB at 1,000 layers), keyed by the parameters whatever their order and case; a publish
-    replaces the mapfile (new inode), which retires every entry."""
+    MapServer builds them from every layer of the view (0.7-0.9 s with 1,000 layers) and
+    clients ask at each connection. The ETag names the mapfile's state and the query, so a
+    client or proxy revalidates with If-None-Match and gets a 304. Per process, a few entries;
+    a new view mapfile (a publish, another owner) is a new key."""
 
-    def __init__(self, mapfile: Path, entries: int = 8) -> None:
-        self.mapfile = mapfile
+    def __init__(self, entries: int = 16) -> None:
         self.entries = entries
         self._answers: OrderedDict[str, tuple[str, int, list[tuple[str, str]], bytes]] = \
             OrderedDict()
         self._lock = threading.Lock()
 
-    def etag(self, query: str) -> str | None:
-        try:
-            stat = self.mapfile.stat()
-        except FileNotFoundError:
-            return None
-        state = f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}\n{query}"
+    @staticmethod
+    def etag(mapfile: Path, query: str) -> str:
+        stat = mapfile.stat()
+        state = f"{mapfile}:{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}\n{query}"
         return hashlib.sha256(state.encode()).hexdigest()[:24]
 
-    def answer(self, query: str, run: Callable[[], Response]) -> Response:
-        query = "&".join(sorted(f"{k.strip().lower()}={v}"
-                                for k, v in parse_qsl(query, keep_blank_values=True)))
-        etag = self.etag(query)
-        if etag is None:
-            return run()
+    def answer(self, mapfile: Path, query: str, run: Callable[[], Response]) -> Response:
+        etag = self.etag(mapfile, query)
         if request.if_none_match.contains(etag):
             response = Response(status=304)
         else:
             with self._lock:
-                hit = self._answers.get(query)
-                if hit is not None and hit[0] == etag:
-                    self._answers.move_to_end(query)
-            if hit is None or hit[0] != etag:
+                hit = self._answers.get(etag)
+                if hit is not None:
+                    self._answers.move_to_end(etag)
+            if hit is None:
                 fresh = run()
                 if fresh.status_code != 200:
                     return fresh
                 try:
-                    body = b"".join(fresh.response)
+                    body = b"".join(fresh.response)  # type: ignore[arg-type]  # bytes here
                 finally:
                     fresh.close()
                 headers = [(k, v) for k, v in fresh.headers.items()
                            if k.lower() != "content-length"]
                 hit = (etag, fresh.status_code, headers, body)
                 with self._lock:
-                    self._answers[query] = hit
-                    self._answers.move_to_end(query)
+                    self._answers[etag] = hit
                     while len(self._answers) > self.entries:
                         self._answers.popitem(last=False)
             response = Response(hit[3], status=hit[1], headers=hit[2])
         response.set_etag(etag)
-        response.headers["Cache-Control"] = "no-cache"  # revalidate: a publish changes it
+        response.headers["Cache-Control"] = "private, no-cache"  # revalidate: a publish changes it
         return response
+
+
+# answers that depend on one layer's mapfile and the query alone: a viewer's tiles, legends
+CACHEABLE = ("GetMap", "GetLegendGraphic")
+TILE_MAX_AGE_S = 60
+
+
+def revalidated(mapfile: Path, query: str, run: Callable[[], Response]) -> Response:
+    """A map tile or legend with an ETag naming the layer's mapfile state and the query: a
+    browser reuses it for a minute, then revalidates it (304) instead of drawing it again.
+    A layer published again gets a new mapfile, hence new ETags."""
+    etag = CapabilitiesCache.etag(mapfile, query)
+    if request.if_none_match.contains(etag):
+        response = Response(status=304)
+    else:
+        response = run()
+        if response.status_code != 200:
+            return response
+    response.set_etag(etag)
+    response.headers["Cache-Control"] = f"private, max-age={TILE_MAX_AGE_S}"
+    return response
 
 
 def _parse_headers(raw: bytes) -> tuple[int | None, list[tuple[str, str]]]:
@@ -224,104 +159,88 @@ def _stream(fh: IO[bytes], start: int) -> Iterator[bytes]:
         fh.close()
 
 
-class MapServCGI:
-    """Runs ``mapserv`` as a CGI program against one MapServer config file: on ``mapfile``, or
-    on the mapfile ``layer_mapfile(name)`` gives for a request naming one layer (None: none)."""
+@dataclass
+class MapServerEngine:
+    """Answers a rebuilt OGC query from one mapfile on this process's MapServer pool."""
 
-    def __init__(self, config_path: Path | str, mapfile: Path | str,
-                 binary: str | os.PathLike | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S, script_name: str = "/ows",
-                 layer_mapfile: Callable[[str], Path | None] | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
-        self.config_path = Path(config_path)
-        self.mapfile = Path(mapfile)
-        self.layer_mapfile = layer_mapfile
-        # GDAL's options for layers on an object store (its endpoint and credentials: in the
-        # environment, never in the mapfile)
-        self.extra_env = dict(extra_env or {})
-        self.binary = find_mapserv(binary)
-        self.timeout = float(timeout)
-        self.script_name = script_name
+    config_path: Path
+    binary: str
+    processes: int
+    timeout: float
+    script_name: str = "/ows"
 
-    def mapfile_for(self, query: str) -> Path:
-        name = single_layer(query) if self.layer_mapfile is not None else None
-        return (self.layer_mapfile(name) if name else None) or self.mapfile
+    def __post_init__(self) -> None:
+        self._pool: MapServerPool | None = None
+        self._lock = threading.Lock()
 
-    def environ(self, method: str, query: str, content_type: str | None = None,
-                content_length: int | None = None) -> dict[str, str]:
-        env = {
-            **self.extra_env,
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "GATEWAY_INTERFACE": "CGI/1.1",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "SERVER_SOFTWARE": "aquamask",
-            "SERVER_NAME": "localhost",
-            "SERVER_PORT": "80",
-            "SCRIPT_NAME": self.script_name,
-            "REQUEST_METHOD": method,
-            "QUERY_STRING": query,
-            "MAPSERVER_CONFIG_FILE": str(self.config_path),
-            "MS_MAPFILE": str(self.mapfile_for(query)),
-        }
-        if content_type is not None:
-            env["CONTENT_TYPE"] = content_type
-            env["CONTENT_LENGTH"] = str(content_length or 0)
-        return env
+    @property
+    def pool(self) -> MapServerPool:
+        # one pool per process: gunicorn forks its web workers after the app is loaded
+        with self._lock:
+            if self._pool is None or self._pool._owner != os.getpid():
+                self._pool = MapServerPool(
+                    self.binary, self.processes,
+                    # the whole environment of MapServer: nothing of the server's own (its
+                    # secrets); the object store's GDAL options are in its config file
+                    {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+                     "MAPSERVER_CONFIG_FILE": str(self.config_path)},
+                    timeout=self.timeout, wait=self.timeout)
+            return self._pool
 
-    def run(self, method: str, query: str, body: bytes | None = None,
-            content_type: str | None = None) -> Response:
-        if not os.access(self.binary, os.X_OK):
+    def available(self) -> bool:
+        return os.access(self.binary, os.X_OK)
+
+    def run(self, query: str, mapfile: Path, ogc: OwsRequest) -> Response:
+        if not self.available():
             LOGGER.error("/ows: the map engine %s is missing or not executable", self.binary)
-            return ows_exception(503, "NoApplicableCode",
-                                 "The map engine (MapServer) is not available on this server.")
-        env = self.environ(method, query, content_type, len(body) if body is not None else None)
-        stdin = tempfile.TemporaryFile()
-        out = tempfile.TemporaryFile()
-        err = tempfile.TemporaryFile()
-        started = time.perf_counter()
+            return error_response(ogc.error("NoApplicableCode", "The map engine (MapServer) "
+                                            "is not available on this server.", status=503))
+        params = {"GATEWAY_INTERFACE": "CGI/1.1", "SERVER_PROTOCOL": "HTTP/1.1",
+                  "SERVER_SOFTWARE": "aquamask", "SERVER_NAME": "localhost",
+                  "SERVER_PORT": "80", "SCRIPT_NAME": self.script_name,
+                  "REQUEST_METHOD": "GET", "QUERY_STRING": query,
+                  "MS_MAPFILE": str(mapfile)}
         try:
-            if body:
-                stdin.write(body)
-                stdin.seek(0)
-            try:
-                proc = subprocess.run([self.binary], stdin=stdin, stdout=out, stderr=err,
-                                      env=env, timeout=self.timeout, check=False)
-            except subprocess.TimeoutExpired:
-                out.close()
-                LOGGER.error("/ows: mapserv took more than %.0f s: %s", self.timeout, query[:300])
-                return ows_exception(503, "NoApplicableCode",
-                                     f"The map engine did not answer within {self.timeout:g} s.")
-            except OSError as exc:
-                out.close()
-                LOGGER.error("/ows: cannot run %s: %s", self.binary, exc)
-                return ows_exception(503, "NoApplicableCode",
-                                     "The map engine (MapServer) could not be started.")
-            err.seek(0)
-            stderr = err.read(4096).decode("utf-8", "replace").strip()
-            if stderr:
-                LOGGER.info("/ows: mapserv stderr: %s", stderr)
-            out.seek(0)
+            answer = self.pool.request(params)
+        except PoolBusy as err:
+            LOGGER.error("/ows: %s", err)
+            return error_response(ogc.error("NoApplicableCode", "The map engine is busy; try "
+                                            "again shortly.", status=503))
+        except (TimeoutError, OSError) as err:  # socket.timeout is a TimeoutError
+            LOGGER.error("/ows: the map engine failed (%s): %s", type(err).__name__,
+                         query[:300])
+            message = (f"The map engine did not answer within {self.timeout:g} s."
+                       if isinstance(err, TimeoutError) else "The map engine failed.")
+            return error_response(ogc.error("NoApplicableCode", message, status=503))
+        except FastCGIError as err:
+            LOGGER.error("/ows: the map engine failed: %s", err)
+            return error_response(ogc.error("NoApplicableCode", "The map engine failed.",
+                                            status=503))
+        out = answer.stdout
+        try:
+            if answer.stderr:
+                LOGGER.info("/ows: mapserv: %s", answer.stderr.decode("utf-8", "replace")
+                            .strip()[:2000])
             head = out.read(HEADER_LIMIT)
             match = _HEADER_END.search(head)
             if match is None:
                 out.close()
-                LOGGER.error("/ows: mapserv exited %s without CGI headers", proc.returncode)
-                return ows_exception(502, "NoApplicableCode",
-                                     "The map engine gave no answer.")
+                LOGGER.error("/ows: mapserv answered without CGI headers")
+                return error_response(ogc.error("NoApplicableCode",
+                                                 "The map engine gave no answer.", status=503))
             status, headers = _parse_headers(head[:match.start()])
             size = out.seek(0, os.SEEK_END) - match.end()
             ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
             if ctype.startswith("text/html"):
-                # MapServer's HTML "MapServer Message" page: a CGI-level error (no service,
-                # empty request, unloadable mapfile). Answer with an OGC exception instead, and
-                # without the paths such pages show.
                 out.seek(match.end())
                 text = out.read(8192).decode("utf-8", "replace")
                 out.close()
-                return self._html_error(status, text)
-            LOGGER.debug("/ows: mapserv %s in %.3f s, %d bytes", status or 200,
-                         time.perf_counter() - started, size)
+                return error_response(self._html_error(status, text, ogc))
+            if ctype.startswith(("text/xml", "application/vnd.ogc.se_xml")) \
+                    and (status or 200) == 200:
+                out.seek(match.end())
+                if b"ServiceExceptionReport" in out.read(1024):
+                    status = 400  # MapServer sends WMS exceptions with 200: a client error
             response = Response(_stream(out, match.end()), status=status or 200,
                                 headers=headers, direct_passthrough=True)
             response.content_length = size
@@ -330,95 +249,192 @@ class MapServCGI:
         except BaseException:
             out.close()
             raise
-        finally:
-            stdin.close()
-            err.close()
 
     @staticmethod
-    def _html_error(status: int | None, html: str) -> Response:
+    def _html_error(status: int | None, html: str, ogc: OwsRequest) -> OwsError:
+        """MapServer's HTML "MapServer Message" page (an error before the OGC layer: a mapfile
+        that cannot be loaded, ...) as an OGC exception without the paths it shows."""
         text = unescape(re.sub(r"<[^>]+>", " ", html))
+        text = re.sub(r"<!--.*?-->", " ", text, flags=re.S)
         text = re.sub(r"\s+", " ", text).replace("MapServer Message", "").strip()
-        if re.search(r"msLoad(Map|Config)|msCGILoadMap|Unable to access file", text):
+        if re.search(r"msLoad(Map|Config)|msCGILoadMap|Unable to access file|Parsing error",
+                     text):
             LOGGER.error("/ows: mapserv cannot load its configuration: %s", text)
-            return ows_exception(500, "NoApplicableCode",
-                                 "The map service is misconfigured; see the server log.")
+            return ogc.error("NoApplicableCode", "The map service is misconfigured; see the "
+                             "server log.", status=500)
         text = re.sub(r"(?<![\w.])/[^\s()'\"]+", "<path>", text)  # no server paths to clients
-        return ows_exception(status if status and status >= 400 else 400,
-                             "InvalidRequest" if "query" in text.lower() else "NoApplicableCode",
-                             text or "Invalid request.")
+        return ogc.error("NoApplicableCode", text or "Invalid request.",
+                         status=status if status and status >= 400 else 400)
 
 
-def ows_blueprint(publisher_factory: Callable[[], object],
-                  binary: str | os.PathLike | None = None,
-                  timeout: float = DEFAULT_TIMEOUT_S, name: str = "aquamask_ows",
-                  max_image_size: int = DEFAULT_MAX_IMAGE_SIZE) -> Blueprint:
-    """A blueprint serving ``GET``/``POST /ows`` for the mapfile of
-    ``publisher_factory()`` (a ``MapServerPublisher``; called once, on the first request)."""
+class LayerAccess:
+    """Which mapfile answers a request, from the layers its caller may see.
+
+    Layer rows are kept per process for ``row_ttl_s`` (a tile request would otherwise spend
+    a third of its time reading the same row): a new layer is seen at once (misses are not
+    kept), an unpublished one for at most that long, while its files are still there."""
+
+    def __init__(self, publisher, row_ttl_s: float = 2.0) -> None:
+        self.publisher = publisher
+        self.store = publisher.store
+        self.row_ttl_s = row_ttl_s
+        self._rows: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
+        self._rows_lock = threading.Lock()
+
+    def _row(self, name: str) -> dict[str, Any] | None:
+        now = time.monotonic()
+        with self._rows_lock:
+            kept = self._rows.get(name)
+            if kept is not None and kept[0] > now:
+                return kept[1]
+        row = self.store.layer_named(name)
+        if row is not None and self.row_ttl_s > 0:
+            with self._rows_lock:
+                self._rows[name] = (now + self.row_ttl_s, row)
+                self._rows.move_to_end(name)
+                while len(self._rows) > 1024:
+                    self._rows.popitem(last=False)
+        return row
+
+    @staticmethod
+    def _caller() -> tuple[str | None, bool]:
+        identity = current_identity.get()
+        if identity is None:
+            return None, False
+        return identity.owner, identity.sees_all_jobs
+
+    def _visible(self, rows: list[dict[str, Any]], owner: str | None, everyone: bool) -> bool:
+        return bool(rows) and all(
+            r["engine"] == self.publisher.name
+            and (everyone or r["public"] or (owner is not None and r["owner"] == owner))
+            for r in rows)
+
+    def mapfile(self, ogc: OwsRequest) -> Path:
+        owner, everyone = self._caller()
+        if ogc.operation == "GetCapabilities":
+            return self.publisher.view_mapfile(owner, everyone)
+        found: list[dict[str, Any]] = []
+        series: dict[str, list[dict[str, Any]]] = {}
+        for name in dict.fromkeys(ogc.layers):
+            if name.startswith("series-"):
+                members = self.store.layers(series=name)
+                ok = ogc.service == "WMS" and self._visible(members, owner, everyone)
+                rows = members
+            else:
+                row = self._row(name)
+                rows = [row] if row else []
+                ok = self._visible(rows, owner, everyone)
+            if not ok:
+                # someone else's layer is answered as one that does not exist
+                if ogc.service == "WCS":
+                    raise ogc.error("NoSuchCoverage", f"no coverage {name!r} here",
+                                    "COVERAGEID", status=404)
+                raise ogc.error("LayerNotDefined", f"no layer {name!r} here",
+                                "LAYER" if ogc.operation == "GetLegendGraphic" else "LAYERS")
+            if name.startswith("series-"):
+                series[name] = rows
+            else:
+                found.extend(rows)
+        self._check_time(ogc, series)
+        if len(ogc.layers) == 1 and len(set(ogc.layers)) == 1:
+            name = ogc.layers[0]
+            if name in series:
+                path = self.publisher.series_mapfile(name)
+                if path is None:
+                    raise ogc.error("LayerNotDefined", f"no layer {name!r} here", "LAYERS")
+                return path
+            return self.publisher.layer_mapfile(found[0])
+        return self.publisher.set_mapfile(found + [{"name": key, "series": key, "facts": {}}
+                                                   for key in series])
+
+    @staticmethod
+    def _check_time(ogc: OwsRequest, series: dict[str, list[dict[str, Any]]]) -> None:
+        """TIME must be one of the series' dates (the dimension says nearestValue 0): an
+        unknown or unparsable one is an InvalidDimensionValue, never the default date's map."""
+        if ogc.time is None or not series:
+            return
+        from aquamask.processes.publishing.names import utc_time
+
+        try:
+            wanted = utc_time(ogc.time)
+        except ValueError:
+            raise ogc.error("InvalidDimensionValue", "TIME is not a valid date-time",
+                            "TIME") from None
+        for name, rows in series.items():
+            times = {utc_time(r["datetime"]) for r in rows if r.get("datetime")}
+            if wanted not in times:
+                raise ogc.error("InvalidDimensionValue",
+                                f"TIME {ogc.time} is not one of the {len(times)} dates of "
+                                f"{name} (see its Dimension in the capabilities)", "TIME")
+
+
+def _client_pairs() -> list[tuple[str, str]] | Response:
+    """The KVP pairs of a GET, or of a POSTed form (bounded); the XML POST binding is not
+    offered."""
+    pairs = list(request.args.items(multi=True))
+    if request.method == "POST":
+        if (request.mimetype or "").lower() != FORM_TYPE:
+            return error_response(OwsError(
+                "OperationNotSupported", "POST to /ows takes a form "
+                "(application/x-www-form-urlencoded) of KVP parameters; the XML encoding is "
+                "not supported", status=415))
+        if (request.content_length or 0) > FORM_LIMIT:
+            return error_response(OwsError("InvalidParameterValue",
+                                           f"forms are limited to {FORM_LIMIT} bytes",
+                                           status=413))
+        pairs += list(request.form.items(multi=True))
+    return pairs
+
+
+def ows_blueprint(settings, name: str = "aquamask_ows") -> Blueprint:
+    """``GET``/``POST /ows`` for ``settings`` (``mapserver.*``, ``server.url``)."""
+    from aquamask.processes.publishing.mapserver import MapServerPublisher
+
     blueprint = Blueprint(name, __name__)
+    limits = Limits(max_image_size=settings.mapserver.max_image_size,
+                    max_coverage_size=settings.mapserver.max_size)
     state: dict[str, Any] = {}
     lock = threading.Lock()
 
-    def cgi() -> MapServCGI:
-        if "cgi" not in state:
+    def parts() -> tuple[LayerAccess, MapServerEngine, CapabilitiesCache]:
+        if "engine" not in state:
             with lock:
-                if "cgi" not in state:
-                    publisher = publisher_factory()
-                    store = getattr(publisher, "results_store", None)
-                    state["capabilities"] = CapabilitiesCache(
-                        publisher.mapfile_path)  # type: ignore[attr-defined]
-                    state["cgi"] = MapServCGI(
-                        publisher.config_path, publisher.mapfile_path,  # type: ignore
-                        binary, timeout, layer_mapfile=publisher.layer_mapfile,  # type: ignore
-                        extra_env=store.cgi_environment() if store is not None else None)
-        return state["cgi"]
+                if "engine" not in state:
+                    publisher = MapServerPublisher.from_settings(settings)
+                    state["access"] = LayerAccess(publisher)
+                    state["capabilities"] = CapabilitiesCache()
+                    state["engine"] = MapServerEngine(
+                        publisher.config_path, find_mapserv(settings.mapserver.binary),
+                        settings.mapserver.processes, settings.mapserver.timeout)
+        return state["access"], state["engine"], state["capabilities"]
 
     @blueprint.route("/ows", methods=["GET", "POST"])
     def ows() -> Response:
-        query = sanitize_query(request.query_string)
-        if request.method == "GET":
-            if not query:
-                query = "SERVICE=WMS&REQUEST=GetCapabilities"
-            if is_capabilities(query):
-                engine = cgi()
-                return state["capabilities"].answer(query, lambda: engine.run("GET", query))
-            return oversized_image(query, max_image_size) or cgi().run("GET", query)
-        mimetype = (request.mimetype or "").lower()
-        if mimetype == FORM_TYPE:
-            form = sanitize_query(request.get_data(cache=False))
-            query = "&".join(p for p in (query, form) if p)
-            return oversized_image(query, max_image_size) or cgi().run("GET", query)
-        if mimetype in XML_TYPES:
-            return cgi().run("POST", query, request.get_data(cache=False),
-                             request.content_type or "text/xml")
-        return ows_exception(415, "InvalidRequest",
-                             "POST to /ows takes an XML request (text/xml) or a form.")
+        pairs = _client_pairs()
+        if isinstance(pairs, Response):
+            return pairs
+        if not pairs:
+            pairs = [("SERVICE", "WMS"), ("REQUEST", "GetCapabilities")]
+        try:
+            ogc = parse(pairs, limits)
+            access, engine, capabilities = parts()
+            mapfile = access.mapfile(ogc)
+        except OwsError as err:
+            return error_response(err)
+        query = ogc.query()
+        if ogc.operation == "GetCapabilities":
+            response = capabilities.answer(mapfile, query,
+                                           lambda: engine.run(query, mapfile, ogc))
+        elif ogc.operation in CACHEABLE and len(set(ogc.layers)) == 1:
+            response = revalidated(mapfile, query, lambda: engine.run(query, mapfile, ogc))
+        else:
+            response = engine.run(query, mapfile, ogc)
+        response.vary.add("Authorization")  # what a caller sees depends on who asks
+        return response
 
     return blueprint
 
 
-def make_ows_blueprint(settings=None, *, workdir: Path | str | None = None,
-                       base_url: str | None = None, binary: str | os.PathLike | None = None,
-                       timeout: float | None = None) -> Blueprint:
-    """``/ows`` for the app: from ``Settings`` (``mapserver.binary``, ``mapserver.timeout``,
-    ``mapserver.max_image_size``, the publisher's ``mapserver.workdir`` and ``server.url``), or
-    from ``workdir``/``base_url``."""
-    from aquamask.processes.publishers.mapserver import MapServerPublisher
-
-    if settings is not None:
-        binary = binary or settings.get("mapserver", "binary")
-        if timeout is None:
-            timeout = settings.get("mapserver", "timeout")
-
-        def factory() -> MapServerPublisher:
-            return MapServerPublisher.from_settings(settings)
-    else:
-        if workdir is None or base_url is None:
-            raise TypeError("make_ows_blueprint needs settings, or workdir and base_url")
-
-        def factory() -> MapServerPublisher:
-            return MapServerPublisher(Path(workdir), base_url)
-
-    max_size = (settings.get("mapserver", "max_image_size") if settings is not None else None)
-    return ows_blueprint(factory, binary=binary,
-                         timeout=float(timeout if timeout is not None else DEFAULT_TIMEOUT_S),
-                         max_image_size=int(max_size or DEFAULT_MAX_IMAGE_SIZE))
+def make_ows_blueprint(settings) -> Blueprint:
+    """``/ows`` for the app."""
+    return ows_blueprint(settings)

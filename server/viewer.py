@@ -29,6 +29,8 @@ from flask import Blueprint, Response, jsonify, redirect, request, send_from_dir
 from markupsafe import escape
 
 from aquamask.processes.settings import Settings
+from aquamask.processes.storage.results import results_store
+from aquamask.server.errors import ogc_exception
 
 LOGGER = logging.getLogger(__name__)
 
@@ -80,7 +82,8 @@ class SceneIndex:
                     yield Path(directory) / name
 
     def scenes(self) -> tuple[list[dict[str, Any]], bool]:
-        found, truncated, seen = [], False, set()
+        found: list[dict[str, Any]] = []
+        truncated, seen = False, set()
         with self._lock:
             for path in self._files():
                 if len(found) >= MAX_SCENES:
@@ -112,11 +115,12 @@ _ACQUIRED: dict[str, str] = {}
 
 def _acquired(results, job_id: str) -> str | None:
     """The acquisition time a result's STAC item records, when it has one. ``results``: the
-    results folder or store (``aquamask.processes.results``)."""
-    from aquamask.processes.products import ITEM_FILE
-    from aquamask.processes.results import LocalResultStore
+    results folder or store (``aquamask.processes.storage.results``)."""
+    from aquamask.processes.pipeline.products import ITEM_FILE
+    from aquamask.processes.storage.results import LocalResultStore
 
-    store = LocalResultStore(results) if isinstance(results, (str, os.PathLike)) else results
+    store = LocalResultStore(Path(results)) if isinstance(results, (str, os.PathLike)) \
+        else results
     if store.remote and job_id in _ACQUIRED:
         return _ACQUIRED[job_id]
     try:
@@ -145,13 +149,6 @@ def result_summary(record: dict[str, Any], results_dir) -> dict[str, Any]:
     }
 
 
-def _ogc_error(status: int, code: str, description: str) -> Response:
-    response = jsonify({"type": code, "code": code, "status": status,
-                        "description": description})
-    response.status_code = status
-    return response
-
-
 def _media_type(response: Response) -> str:
     # pygeoapi replaces a response's headers with a plain dict: look the name up by hand
     for name, value in response.headers.items():
@@ -171,7 +168,7 @@ def _link_landing_page(response: Response, viewer_href: str) -> Response:
         except ValueError:
             return response
         links = document.get("links") if isinstance(document, dict) else None
-        if isinstance(links, list) and not any(l.get("href") == viewer_href for l in links):
+        if isinstance(links, list) and not any(link.get("href") == viewer_href for link in links):
             links.append({"rel": "related", "type": "text/html", "title": "aquamask viewer",
                           "href": viewer_href})
             response.set_data(json.dumps(document, indent=4))
@@ -219,22 +216,20 @@ def viewer_blueprint(settings: Settings) -> Blueprint:
 
     @blueprint.get("/viewer/api/config")
     def config():
-        basemap_url = settings.get("viewer", "basemap_url")
+        viewer = settings.viewer
         basemap = None
-        if basemap_url:
-            kind = settings.get("viewer", "basemap_type") \
-                or ("xyz" if "{z}" in basemap_url else "wms")
-            basemap = {"url": basemap_url, "type": kind,
-                       "layers": settings.get("viewer", "basemap_layers") or "",
-                       "attribution": settings.get("viewer", "basemap_attribution") or ""}
-        auth = settings.raw.get("auth") or {}
+        if viewer.basemap_url:
+            kind = viewer.basemap_type or ("xyz" if "{z}" in viewer.basemap_url else "wms")
+            basemap = {"url": viewer.basemap_url, "type": kind,
+                       "layers": viewer.basemap_layers or "",
+                       "attribution": viewer.basemap_attribution or ""}
         return jsonify({
-            "process": settings.get("viewer", "process") or "water-detection",
-            "series_process": settings.get("viewer", "series_process"),
+            "process": viewer.process,
+            "series_process": viewer.series_process,
             "basemap": basemap,
-            "auth": {"mode": auth.get("mode", "none"),
-                     "login_url": settings.get("viewer", "login_url") or auth.get("login_url")},
-            "poll_ms": int(settings.get("viewer", "poll_ms") or 500),
+            "auth": {"mode": settings.auth.mode,
+                     "login_url": viewer.login_url or settings.auth.login_url},
+            "poll_ms": viewer.poll_ms,
         })
 
     @blueprint.get("/viewer/api/scenes")
@@ -253,13 +248,13 @@ def viewer_blueprint(settings: Settings) -> Blueprint:
         identity = current_identity.get()
         if identity is not None and not identity.has("researcher"):
             # as for /jobs: results are a researcher's (the manager lists the caller's own)
-            return _ogc_error(403, "Forbidden", "listing results needs the researcher role")
+            return ogc_exception(403, "Forbidden", "listing results needs the researcher role")
         try:
             limit = min(max(int(request.args.get("limit", 50)), 1), MAX_RESULTS)
         except ValueError:
-            return _ogc_error(400, "InvalidParameterValue", "limit must be an integer")
+            return ogc_exception(400, "InvalidParameterValue", "limit must be an integer")
         jobs = api_.manager.get_jobs(status=JobStatus.successful, limit=limit)
-        results = [result_summary(r, settings.results_store) for r in jobs["jobs"]]
+        results = [result_summary(r, results_store(settings)) for r in jobs["jobs"]]
         return jsonify({"results": results, "numberMatched": jobs.get("numberMatched"),
                         "numberReturned": len(results)})
 

@@ -1,91 +1,16 @@
 """Fixtures shared by the rooms' tests: the shared data, a georeferenced demo scene, and a real
-aquamask server (gunicorn in a subprocess, real HTTP on loopback)."""
+aquamask server (tests/support/server.py: gunicorn in a subprocess, real HTTP on loopback)."""
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import requests
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("AQUAMASK_SHARED_DATA", REPO.parent / "shared" / "data"))
-SPAIN = SHARED_DATA / "sen1floods11-sample"
-SPAIN_IMAGE = SPAIN / "Spain_7370579_S2Hand.tif"
-SPAIN_LABEL = SPAIN / "Spain_7370579_LabelHand.tif"
+from tests.support.server import SPAIN_IMAGE, Server, start_server
 
-
-def require_spain() -> None:
-    if not SPAIN_IMAGE.exists():
-        pytest.skip(f"the Sen1Floods11 sample is absent ({SPAIN_IMAGE}); "
-                    "set AQUAMASK_SHARED_DATA to the shared data folder")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    url: str
-    home: Path
-    data_root: Path
-    process: subprocess.Popen
-
-    @property
-    def results(self) -> Path:
-        return self.home / "results"
-
-    def execute(self, inputs: dict, asynchronous: bool = False, **kwargs) -> requests.Response:
-        headers = {"Prefer": "respond-async"} if asynchronous else {}
-        return requests.post(f"{self.url}/processes/water-detection/execution",
-                             json={"inputs": inputs}, headers=headers, timeout=300, **kwargs)
-
-    def wait_job(self, job_url: str, timeout: float = 300) -> tuple[dict, list[float]]:
-        """Poll a job until it ends; returns its last status and the progress values seen."""
-        seen: list[float] = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = requests.get(job_url, timeout=10).json()
-            seen.append(status["progress"])
-            if status["status"] not in ("accepted", "running"):
-                return status, seen
-            time.sleep(0.1)
-        raise TimeoutError(job_url)
-
-
-def start_server(home: Path, env_overrides: dict[str, str] | None = None,
-                 workers: int = 2) -> Server:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, AQUAMASK__HOME=str(home), AQUAMASK__SERVER__URL=url,
-               AQUAMASK__SERVER__BIND=f"127.0.0.1:{port}", **(env_overrides or {}))
-    log = open(home / "server.log", "ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "aquamask.server.cli", "serve", "--workers", str(workers)],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited: {(home / 'server.log').read_text()[-3000:]}")
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        raise RuntimeError("server did not start in 90 s")
-    return Server(url=url, home=home, data_root=home / "data", process=process)
-
+# fixtures of the support modules, for every test that names them
+pytest_plugins = ["tests.support.mapserver"]
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory) -> Server:
@@ -107,16 +32,26 @@ def server(tmp_path_factory) -> Server:
 
 
 @pytest.fixture
+def data_files(server):
+    """Files a test puts in the session server's data root, removed after it: the viewer's
+    tests read that folder's scene list."""
+    added: list[Path] = []
+    yield added
+    for path in added:
+        path.unlink(missing_ok=True)
+
+
+@pytest.fixture
 def demo_scene(tmp_path) -> Path:
     from aquamask.processes.demo import make_demo_scene
     return make_demo_scene(tmp_path / "demo-scene.tif")
 
 
-# --- PostgreSQL (tests/postgres.py): one throwaway cluster for the session, started on first use
+# --- PostgreSQL (support/postgres.py): one throwaway cluster for the session, started at first use
 @pytest.fixture(scope="session")
 def postgres_cluster():
     """A real PostgreSQL server (Debian's binaries) in a temporary directory on a free port."""
-    from tests.postgres import running_cluster
+    from tests.support.postgres import running_cluster
     with running_cluster() as cluster:
         yield cluster
 
@@ -135,12 +70,12 @@ def fresh_postgres_url(postgres_cluster):
     postgres_cluster.drop_database(url.rsplit("/", 1)[1])
 
 
-# --- S3 (tests/objectstore.py): moto's S3 server on loopback, the stand-in object store
+# --- S3 (support/objectstore.py): moto's S3 server on loopback, the stand-in object store
 @pytest.fixture(scope="session")
 def s3():
     pytest.importorskip("moto.server", reason="moto (the S3 stand-in) is not installed")
     pytest.importorskip("s3fs")
-    from tests.objectstore import start_s3
+    from tests.support.objectstore import start_s3
 
     standin = start_s3()
     yield standin

@@ -10,8 +10,8 @@ import time
 import pytest
 import requests
 
-from aquamask.processes.jobstore import JobStore
-from tests.conftest import start_server
+from aquamask.processes.storage.jobstore import JobStore
+from tests.support.server import start_server, wait_running
 
 distributed = pytest.importorskip("distributed")
 
@@ -66,7 +66,7 @@ def test_jobs_run_on_the_cluster_workers_and_results_are_served(cluster_server):
     assert mask.status_code == 200 and mask.content[:4] in (b"II*\x00", b"II+\x00")
     assert 0 < results["water_fraction"] < 1
     # the worker plugin loaded the water model once on every worker
-    from aquamask.processes.pipeline import load_model
+    from aquamask.processes.pipeline.methods import load_model
     loaded = client.run(lambda: load_model.cache_info().currsize)
     assert set(loaded.values()) == {1}, loaded
 
@@ -111,14 +111,8 @@ def _start_big_job(srv) -> str:
                           asynchronous=True)
     assert started.status_code == 201, started.text
     url = started.headers["Location"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        status = requests.get(url, timeout=10).json()
-        if status["status"] == "running" and status["progress"] >= 5:
-            return url
-        assert status["status"] in ("accepted", "running"), status
-        time.sleep(0.05)
-    raise TimeoutError("the job did not start")
+    wait_running(url)
+    return url
 
 
 def test_a_killed_worker_fails_its_job_with_the_reason_and_the_server_goes_on(cluster_server):
@@ -157,7 +151,7 @@ def test_dismissing_a_job_running_on_a_worker_stops_it(cluster_server):
 def test_a_series_fans_its_dates_out_as_tasks_on_the_cluster(cluster_server):
     """water-timeseries on the cluster: the job's task hands each date to the workers as a
     task of its own (monitoring.scheduler auto), and the series matches the scenes."""
-    from tests.processes.monitoring_scenes import USABLE, build_scenes
+    from tests.support.monitoring_scenes import USABLE, build_scenes
 
     srv, client = cluster_server
     scenes = build_scenes(srv.home / "scenes")  # skips without the shared Spain chip
@@ -182,8 +176,8 @@ def test_a_large_scene_has_its_blocks_predicted_across_the_workers(cluster_serve
     import numpy as np
     import rasterio
 
-    from aquamask.processes.detection import detect
-    from aquamask.processes.sources.raster import RasterSource
+    from aquamask.processes.pipeline.detection import detect
+    from aquamask.processes.pipeline.sources.raster import RasterSource
 
     srv, client = cluster_server
     done = srv.execute({"image": {"href": "big.tif"}, "method": "ndwi", "probability": False})
@@ -192,7 +186,7 @@ def test_a_large_scene_has_its_blocks_predicted_across_the_workers(cluster_serve
     assert "aquamask-block" in prefixes, prefixes
     served = tmp_path / "served.tif"
     served.write_bytes(requests.get(done.json()["mask"]["href"], timeout=30).content)
-    scene = RasterSource(srv.home / "data", 10**9, []).read({"href": "big.tif"})
+    scene = RasterSource(srv.home / "data", 10**9, []).read("big.tif")
     local = detect(scene, "ndwi", 0.5, tmp_path / "local", with_probability=False)
     scene.close()
     with rasterio.open(served) as a, rasterio.open(local.path) as b:

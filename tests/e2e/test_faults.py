@@ -14,70 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from aquamask.processes.jobstore import JobStore
-from tests.conftest import Server, start_server
-
-NO_LIMIT = {"AQUAMASK__LIMITS__MAX_JOBS_PER_USER": "0"}
-
-
-def job_id_of(url: str) -> str:
-    return url.rstrip("/").split("/")[-1]
-
-
-def kill_server(srv: Server) -> None:
-    """SIGKILL gunicorn and its web workers, as a crash or an OOM kill would: no clean-up."""
-    children = subprocess.run(["pgrep", "-P", str(srv.process.pid)], capture_output=True,
-                              text=True).stdout.split()
-    srv.process.kill()
-    for pid in children:
-        try:
-            os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    srv.process.wait(timeout=30)
-
-
-def wait_running(url: str, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = requests.get(url, timeout=10).json()
-        if status["status"] == "running" and status["progress"] >= 5:
-            return status
-        assert status["status"] in ("accepted", "running"), status
-        time.sleep(0.05)
-    raise TimeoutError(url)
-
-
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory) -> Path:
-    from aquamask.processes.demo import make_demo_scene
-    data = tmp_path_factory.mktemp("fault-scenes")
-    make_demo_scene(data / "demo.tif")
-    make_demo_scene(data / "big.tif", size=2560)  # a U-Net job of several seconds
-    return data
-
-
-def new_home(tmp_path: Path, scenes: Path) -> Path:
-    home = tmp_path / "home"
-    (home / "data").mkdir(parents=True)
-    for scene in scenes.iterdir():
-        os.link(scene, home / "data" / scene.name)
-    return home
-
-
-def fork_servers_by_web_worker(srv: Server) -> dict[int, list[int]]:
-    """Each gunicorn worker's pid -> its multiprocessing fork server processes."""
-    import psutil
-
-    def command(process) -> str:
-        try:
-            return " ".join(process.cmdline())
-        except psutil.Error:  # ended meanwhile
-            return ""
-
-    return {web.pid: [p.pid for p in web.children()
-                      if "multiprocessing.forkserver" in command(p)]
-            for web in psutil.Process(srv.process.pid).children()}
+from aquamask.processes.storage.jobstore import JobStore
+from tests.support.faults import NO_LIMIT, fork_servers_by_web_worker, kill_server, new_home
+from tests.support.server import job_id_of, start_server, wait_running
 
 
 def test_fifty_concurrent_async_executions_on_four_workers(tmp_path, scenes):

@@ -3,7 +3,7 @@ a water time series as an async job with progress, its files, its time-enabled W
 TIME values, two different maps), a change and a frequency with their styled layers, the
 errors refused before any job exists, and a dismissal that takes every date's layer away.
 
-Scenes: eight dates built from the real Sen1Floods11 chip (tests/processes/monitoring_scenes.py)
+Scenes: eight dates built from the real Sen1Floods11 chip (tests/support/monitoring_scenes.py)
 in the server's local source."""
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import rasterio
 import requests
 from PIL import Image
 
-from tests.conftest import start_server
-from tests.processes.monitoring_scenes import USABLE, build_scenes, field_csv
+from tests.support.monitoring_scenes import USABLE, build_scenes, field_csv
+from tests.support.server import start_server
 
 PIXEL_KM2 = 1e-4
 
@@ -34,14 +34,8 @@ def site(tmp_path_factory):
     server.process.wait(timeout=30)
 
 
-def execute(server, process, inputs, asynchronous=False):
-    headers = {"Prefer": "respond-async"} if asynchronous else {}
-    return requests.post(f"{server.url}/processes/{process}/execution",
-                         json={"inputs": inputs}, headers=headers, timeout=300)
 
 
-def job_count(server) -> int:
-    return len(requests.get(f"{server.url}/jobs?limit=1000", timeout=10).json()["jobs"])
 
 
 def png(response) -> np.ndarray:
@@ -72,8 +66,8 @@ def test_a_series_as_a_job_with_progress_files_and_a_time_layer(site):
     areas = {k: scenes.water(k).sum() * PIXEL_KM2 for k in USABLE}
     text, rho = field_csv(scenes, areas)
     started = time.monotonic()
-    response = execute(server, "water-timeseries", series_inputs(scenes, field_data=text),
-                       asynchronous=True)
+    response = server.execute(series_inputs(scenes, field_data=text), asynchronous=True,
+                              process_id="water-timeseries")
     assert response.status_code == 201, response.text
     job_url = response.headers["Location"]
     job_id = job_url.rsplit("/", 1)[1]
@@ -142,9 +136,9 @@ def test_a_series_as_a_job_with_progress_files_and_a_time_layer(site):
 
 def test_change_and_frequency_layers_in_their_styles(site):
     server, scenes = site
-    change = execute(server, "water-change", {"bbox": scenes.bbox, "before": "2023-01-10",
-                                              "after": "2023-02-01/2023-02-28",
-                                              "method": "ndwi"})
+    change = server.execute({"bbox": scenes.bbox, "before": "2023-01-10",
+                             "after": "2023-02-01/2023-02-28", "method": "ndwi"},
+                            process_id="water-change")
     assert change.status_code == 200, change.text
     outputs = change.json()
     assert outputs["after"]["date"] == scenes.dates["d2"].day
@@ -156,7 +150,7 @@ def test_change_and_frequency_layers_in_their_styles(site):
     assert green > 500 and red > 500, "gained and lost water drawn in their colours"
     with rasterio.open(f"/vsicurl/{outputs['change']['href']}") as cog:
         assert cog.tags()["AQUAMASK_STYLE"] == "change" and (cog.read(1) == 1).sum() == gained
-    frequency = execute(server, "water-frequency", series_inputs(scenes))
+    frequency = server.execute(series_inputs(scenes), process_id="water-frequency")
     assert frequency.status_code == 200, frequency.text
     result = frequency.json()
     assert result["observations_used"] == 5
@@ -186,16 +180,16 @@ def test_change_and_frequency_layers_in_their_styles(site):
 ])
 def test_bad_requests_are_refused_before_any_job(site, process, inputs, status, text):
     server, _ = site
-    before = job_count(server)
-    response = execute(server, process, inputs, asynchronous=True)
+    before = server.job_count()
+    response = server.execute(inputs, asynchronous=True, process_id=process)
     assert response.status_code == status, response.text
     assert text in response.json()["description"]
-    assert job_count(server) == before
+    assert server.job_count() == before
 
 
 def test_no_scene_is_a_422_after_the_search(site):
     server, scenes = site
-    response = execute(server, "water-timeseries", series_inputs(
-        scenes, datetime="2020-01-01/2020-06-30"))
+    response = server.execute(series_inputs(scenes, datetime="2020-01-01/2020-06-30"),
+                              process_id="water-timeseries")
     assert response.status_code == 422, response.text
     assert "2020-01-01T00:00:00Z/2020-06-30" in response.text

@@ -4,8 +4,8 @@ folder exists. Jobs upload their COGs and STAC item; the server streams them fro
 /results (range requests too), MapServer draws them from /vsis3/, dismissal deletes the
 objects, and a store that goes down fails the job with a clear message and loses nothing.
 
-The S3 store is moto's S3 server on loopback (tests/objectstore.py): it implements the S3 REST
-API that s3fs and GDAL's /vsis3/ speak, and stands in for S3 because no real object store can
+The S3 store is moto's S3 server on loopback (tests/support/objectstore.py): it implements the S3
+REST API that s3fs and GDAL's /vsis3/ speak, and stands in for S3 because no real object store can
 run here."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import requests
 from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
-from tests.conftest import start_server
+from tests.support.server import job_id_of, start_server
 
 BLUE = np.array([0, 112, 255])
 
@@ -32,7 +32,7 @@ def site(s3, tmp_path_factory):
     make_demo_scene(home / "data" / "demo.tif")
     scenes = None
     try:
-        from tests.processes.monitoring_scenes import build_scenes
+        from tests.support.monitoring_scenes import build_scenes
         scenes = build_scenes(home / "scenes")
     except pytest.skip.Exception:  # the shared chip is absent: the series test skips
         pass
@@ -44,8 +44,6 @@ def site(s3, tmp_path_factory):
     server.process.wait(timeout=30)
 
 
-def job_id_of(response) -> str:
-    return response.json()["mask"]["href"].split("/results/", 1)[1].split("/", 1)[0]
 
 
 def run_async(server, inputs: dict) -> dict:
@@ -64,14 +62,14 @@ def blue_pixels(url: str) -> int:
 
 
 def test_a_sync_result_is_stored_served_and_drawn_from_the_bucket(site, s3, tmp_path):
-    from aquamask.processes.pipeline import detect_to_file
+    from aquamask.processes.pipeline.flow import detect_to_file
     from aquamask.processes.settings import Settings
 
     server, bucket, _ = site
     response = server.execute({"image": {"href": "demo.tif"}, "method": "ndwi"})
     assert response.status_code == 200, response.text
     outputs = response.json()
-    job = job_id_of(response)
+    job = job_id_of(response.json())
     assert s3.keys(bucket, f"results/{job}/") == [
         f"results/{job}/{name}" for name in ("item.json", "mask.tif", "probability.tif")]
     assert not (server.home / "results").exists()  # nothing written to a local results folder
@@ -228,7 +226,7 @@ def test_jobs_on_dask_workers_upload_to_the_bucket(s3, tmp_path_factory):
         status = run_async(server, {"image": {"href": "demo.tif"}, "method": "ndwi"})
         assert status["status"] == "successful", status
         job = status["jobID"]
-        from aquamask.processes.jobstore import JobStore
+        from aquamask.processes.storage.jobstore import JobStore
         record = JobStore(f"sqlite:///{home}/jobs.sqlite").get(job)
         assert record["runner"] == "dask"
         assert record["pid"] in set(client.run(__import__("os").getpid).values())

@@ -1,7 +1,7 @@
 """The server on a PostgreSQL job store: the real server (gunicorn with three web workers,
 loopback HTTP, forked job workers) with jobs.database set to a database on a real PostgreSQL
-server (tests/postgres.py: Debian's binaries, a throwaway cluster). NDWI on the 512 x 512 demo
-scene keeps the compute to a few seconds."""
+server (tests/support/postgres.py: Debian's binaries, a throwaway cluster). NDWI on the
+512 x 512 demo scene keeps the compute to a few seconds."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -9,14 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from aquamask.processes.jobstore import JobStore
-from tests.conftest import Server, start_server
+from aquamask.processes.storage.jobstore import JobStore
+from tests.support.server import Server, job_id_of, start_server
 
 NDWI = {"image": {"href": "demo/demo-scene.tif"}, "method": "ndwi", "probability": False}
 
 
-def job_id_of(outputs: dict) -> str:
-    return outputs["mask"]["href"].split("/")[-2]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import requests
 from PIL import Image
 from pyproj import Transformer
 
-from tests.conftest import REPO
+from tests.support.server import REPO
 
 CHROMIUM = Path(os.environ.get("AQUAMASK_CHROMIUM", "/usr/bin/chromium"))
 BUILT = REPO / "server" / "viewer" / "static" / "viewer.js"
@@ -333,7 +333,7 @@ def place_server(tmp_path_factory):
     """A server of its own whose offline scene folder holds the demo scene on two dates (the
     local source reads the date from the file name)."""
     from aquamask.processes.demo import make_demo_scene
-    from tests.conftest import start_server
+    from tests.support.server import start_server
 
     home = tmp_path_factory.mktemp("viewer-place-home")
     scene = make_demo_scene(home / "data" / DEMO)

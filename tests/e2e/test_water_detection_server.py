@@ -23,7 +23,7 @@ from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
 from aquamask.model.indices import ndwi
-from tests.conftest import SPAIN_IMAGE, SPAIN_LABEL, require_spain
+from tests.support.server import SPAIN_IMAGE, SPAIN_LABEL, require_spain
 
 
 def iou(pred: np.ndarray, label: np.ndarray) -> float:
@@ -144,8 +144,6 @@ def test_async_execution_reports_progress_and_results(server):
     assert status["jobID"] in [j["jobID"] for j in listing["jobs"]]
 
 
-def job_count(server) -> int:
-    return len(requests.get(f"{server.url}/jobs?limit=1000", timeout=10).json()["jobs"])
 
 
 @pytest.mark.parametrize("inputs,status,text", [
@@ -158,13 +156,13 @@ def job_count(server) -> int:
 ])
 def test_bad_inputs_are_ogc_exceptions_and_leave_nothing(server, inputs, status, text):
     before = sorted(p.name for p in server.results.iterdir())
-    jobs_before = job_count(server)
+    jobs_before = server.job_count()
     response = server.execute(inputs)
     assert response.status_code == status, response.text
     body = response.json()
     assert text in body["description"] and body["code"]
     assert sorted(p.name for p in server.results.iterdir()) == before
-    assert job_count(server) == jobs_before
+    assert server.job_count() == jobs_before
 
 
 def test_images_are_checked_before_a_job_exists(server):
@@ -174,17 +172,18 @@ def test_images_are_checked_before_a_job_exists(server):
                        transform=rasterio.transform.from_origin(0, 1, 0.1, 0.1)) as dst:
         dst.write(np.ones((2, 8, 8), np.int16))
     (server.data_root / "junk.tif").write_text("not a raster")
-    jobs_before = job_count(server)
+    jobs_before = server.job_count()
     response = server.execute({"image": {"href": "two-bands.tif"}})
     assert response.status_code == 400, response.text
     assert "2 bands" in response.json()["description"]
     response = server.execute({"image": {"href": "junk.tif"}}, asynchronous=True)
     assert response.status_code == 400 and "cannot be read" in response.json()["description"]
-    assert job_count(server) == jobs_before
+    assert server.job_count() == jobs_before
 
 
-def test_images_over_the_pixel_limit_are_413(server):
+def test_images_over_the_pixel_limit_are_413(server, data_files):
     from aquamask.processes.demo import make_demo_scene
+    data_files.append(server.data_root / "huge.tif")
     make_demo_scene(server.data_root / "huge.tif", size=2400)  # 5.76 Mpx > the 5 Mpx limit
     response = server.execute({"image": {"href": "huge.tif"}})
     assert response.status_code == 413, response.text
@@ -254,7 +253,7 @@ def test_the_probability_output_can_be_left_out(server):
 
 
 def _job_record(server, job_id: str) -> dict:
-    from aquamask.processes.jobstore import JobStore
+    from aquamask.processes.storage.jobstore import JobStore
     return JobStore(f"sqlite:///{server.home}/jobs.sqlite").get(job_id)
 
 

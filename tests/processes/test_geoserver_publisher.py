@@ -24,14 +24,15 @@ import rasterio
 import requests
 from click.testing import CliRunner
 
-from aquamask.processes import publishing
-from aquamask.processes.jobstore import JobStore
-from aquamask.processes.publishers.geoserver import (GeoServerError, GeoServerPublisher,
-                                                     series_key)
-from aquamask.processes.publishers.mapserver import MapServerPublisher, _raster_facts
+from aquamask.processes.publishing import service as publishing
+from aquamask.processes.publishing.geoserver import GeoServerError, GeoServerPublisher
+from aquamask.processes.publishing.mapserver import raster_facts
+from aquamask.processes.publishing.names import derived_id, job_of, series_name
 from aquamask.processes.settings import Settings
-from tests.processes.conftest_mapserver import GRIDS, make_product, write_mask_cog
-from tests.processes.geoserver_standin import SCHEMAS, GeoServerStandIn, SchemaError, check
+from aquamask.processes.storage.jobstore import JobStore, job_store
+from aquamask.processes.storage.results import results_store
+from tests.support.geoserver_standin import SCHEMAS, GeoServerStandIn, SchemaError, check
+from tests.support.mapserver import GRIDS, make_product, write_mask_cog
 
 PASSWORD = "s3cret-Pa55"
 ID1 = "3f2b8c1e-9a47-4d2e-8b1f-0c9d7e6a5b43"
@@ -71,8 +72,11 @@ def env(tmp_path, standin, monkeypatch):
 
 
 def load_settings(**overrides: str) -> Settings:
+    """The settings of the environment, with the job store the server would have created."""
     import os
-    return Settings.load(environ=dict(os.environ, **overrides))
+    settings = Settings.load(environ=dict(os.environ, **overrides))
+    JobStore(settings.database_url)
+    return settings
 
 
 @pytest.fixture
@@ -91,9 +95,35 @@ def product_in_results(settings: Settings, product_id: str, when=WHEN1, crs="EPS
 
 def add_job(settings: Settings, job_id: str, status: str = "successful") -> JobStore:
     store = JobStore(settings.database_url)
-    store.add({"identifier": job_id, "process_id": "water-detection", "status": status,
-               "outputs": {"water_area_km2": 0.4, "layer": {"published": "pending"}}})
+    if store.get(job_id) is None:
+        store.add({"identifier": job_id, "process_id": "water-detection", "status": status,
+                   "outputs": {"water_area_km2": 0.4, "layer": {"published": "pending"}}})
     return store
+
+
+def geoserver_publish(settings: Settings, product, series: str | None = None):
+    """GeoServer's publisher alone, on the layer row publishing would write first."""
+    add_job(settings, job_of(product.id))
+    row = publishing._layer_row(product, settings, series=series, engine="geoserver",
+                                state="pending")
+    job_store(settings).put_layer(row)
+    return GeoServerPublisher.from_settings(settings).publish(product, row)
+
+
+def geoserver_unpublish(settings: Settings, product_id: str) -> None:
+    row = job_store(settings).layer(product_id) or {"product_id": product_id,
+                                                   "name": f"water-{product_id}"}
+    GeoServerPublisher.from_settings(settings).unpublish(row)
+
+
+def row(settings: Settings, product_id: str) -> dict | None:
+    return job_store(settings).layer(product_id)
+
+
+def embedded(settings: Settings, product_id: str) -> bool:
+    """Whether the embedded engine serves the product's layer."""
+    found = row(settings, product_id)
+    return found is not None and found["engine"] == "embedded"
 
 
 def body_json(request) -> dict:
@@ -103,8 +133,8 @@ def body_json(request) -> dict:
 # -- publishing to GeoServer ---------------------------------------------------------------------
 def test_full_publish(settings, standin):
     product = product_in_results(settings, ID1)
-    publisher = GeoServerPublisher.from_settings(settings)
-    layer = publisher.publish(product)
+    series = series_name("monitoring-job")
+    layer = geoserver_publish(settings, product, series)
 
     # workspace and style, created because they were missing
     assert standin.workspaces == {"aquamask"}
@@ -119,7 +149,7 @@ def test_full_publish(settings, standin):
     assert len(upload) == 1 and upload[0].status == 201 and upload[0].content_type == "image/tiff"
     # the coverage's metadata, as sent (and checked against CoverageInfo by the stand-in)
     coverage = store.coverages[name]
-    facts = _raster_facts(product.mask_cog)
+    facts = raster_facts(product.mask_cog)
     assert coverage["title"] == product.title
     assert ID1 in coverage["abstract"] and "2024-05-01T10:30:00+00:00" in coverage["abstract"]
     assert "water" in coverage["keywords"]["string"]
@@ -131,8 +161,7 @@ def test_full_publish(settings, standin):
     assert [latlon[k] for k in ("minx", "miny", "maxx", "maxy")] == \
         pytest.approx(list(product.bbox_wgs84))
     assert standin.layers[f"aquamask:{name}"]["defaultStyle"] == {"name": "aquamask:water"}
-    # the area's time series: a mosaic with the granule named by its time, TIME enabled
-    series = series_key(facts)
+    # the job's time series: a mosaic with the granule named by its time, TIME enabled
     mosaic = standin.stores[("aquamask", series)]
     assert mosaic.type == "ImageMosaic"
     assert [g["location"] for g in mosaic.granules] == [f"20240501T103000_{ID1}.tif"]
@@ -152,13 +181,13 @@ def test_full_publish(settings, standin):
 
 def test_republish_is_idempotent(settings, standin):
     product = product_in_results(settings, ID1)
-    publisher = GeoServerPublisher.from_settings(settings)
-    first = publisher.publish(product)
+    series = series_name("monitoring-job")
+    first = geoserver_publish(settings, product, series)
     before = {k: len(standin.calls(m, p)) for k, (m, p) in {
         "workspace": ("POST", r"/workspaces$"), "style": ("POST", r"/styles$"),
         "upload": ("PUT", r"file\.geotiff$"), "mosaic": ("PUT", r"file\.imagemosaic$"),
         "harvest": ("POST", r"file\.imagemosaic$")}.items()}
-    second = GeoServerPublisher.from_settings(settings).publish(product)
+    second = geoserver_publish(settings, product, series)
     after = {k: len(standin.calls(m, p)) for k, (m, p) in {
         "workspace": ("POST", r"/workspaces$"), "style": ("POST", r"/styles$"),
         "upload": ("PUT", r"file\.geotiff$"), "mosaic": ("PUT", r"file\.imagemosaic$"),
@@ -167,51 +196,50 @@ def test_republish_is_idempotent(settings, standin):
                                "harvest": 0}
     assert first == second
     assert len(standin.stores) == 2 and len(standin.layers) == 2
-    assert len(standin.stores[("aquamask", series_key(_raster_facts(product.mask_cog)))]
-               .granules) == 1
+    assert len(standin.stores[("aquamask", series)].granules) == 1
 
 
-def test_time_series_of_one_area(settings, standin):
-    publisher = GeoServerPublisher.from_settings(settings)
-    first = product_in_results(settings, ID1, WHEN1)
-    second = product_in_results(settings, ID2, WHEN2)
-    elsewhere = product_in_results(settings, ID3, WHEN2, crs="EPSG:4326")
-    for product in (first, second, elsewhere):
-        publisher.publish(product)
-    series = series_key(_raster_facts(first.mask_cog))
-    other = series_key(_raster_facts(elsewhere.mask_cog))
-    assert series != other and publisher.series_of(ID2) == series
+def test_a_time_series_is_one_jobs_dates(settings, standin):
+    job, other_job = "series-job", "another-job"
+    first = product_in_results(settings, derived_id(job, "d1"), WHEN1)
+    second = product_in_results(settings, derived_id(job, "d2"), WHEN2)
+    elsewhere = product_in_results(settings, derived_id(other_job, "d1"), WHEN2,
+                                   crs="EPSG:4326")
+    series, other = series_name(job), series_name(other_job)
+    geoserver_publish(settings, first, series)
+    geoserver_publish(settings, second, series)
+    geoserver_publish(settings, elsewhere, other)
     mosaic = standin.stores[("aquamask", series)]
     assert sorted(g["time"][:19] for g in mosaic.granules) == ["2024-05-01T10:30:00",
                                                                "2024-06-03T10:40:00"]
     assert [r.status for r in standin.calls("POST", rf"{series}/file\.imagemosaic$")] == [202]
     assert len(standin.stores[("aquamask", other)].granules) == 1
-    url = publisher.series_getmap_url(series, list(first.bbox_wgs84), "2024-06-03T10:40:00Z")
+    publisher = GeoServerPublisher.from_settings(settings)
+    when = "2024-06-03T10:40:00Z"
+    url = publisher.series_urls(series, list(first.bbox_wgs84), [when])[when]
     assert parse_qs(urlsplit(url).query)["TIME"] == ["2024-06-03T10:40:00Z"]
     # removing one date keeps the mosaic; removing the last removes it, files and all
-    publisher.unpublish(ID1)
-    assert [g["location"] for g in mosaic.granules] == [f"20240603T104000_{ID2}.tif"]
+    geoserver_unpublish(settings, first.id)
+    assert [g["location"] for g in mosaic.granules] == [f"20240603T104000_{second.id}.tif"]
     granule_file = mosaic.granules[0]["file"]
-    publisher.unpublish(ID2)
+    geoserver_unpublish(settings, second.id)
     assert ("aquamask", series) not in standin.stores and not granule_file.exists()
     assert ("aquamask", other) in standin.stores
 
 
 def test_unpublish_deletes_store_layer_and_files(settings, standin):
     product = product_in_results(settings, ID1, when=None)
-    publisher = GeoServerPublisher.from_settings(settings)
-    publisher.publish(product)
+    geoserver_publish(settings, product)
     name = f"water-{ID1}"
     uploaded = standin.stores[("aquamask", name)].files[0]
-    assert uploaded.exists() and len(standin.stores) == 1  # no date: no time series
-    publisher.unpublish(ID1)
+    assert uploaded.exists() and len(standin.stores) == 1  # no series: no mosaic
+    geoserver_unpublish(settings, ID1)
     assert standin.stores == {} and standin.layers == {} and not uploaded.exists()
     delete = standin.calls("DELETE", rf"coveragestores/{name}$")[0]
     assert delete.query == {"recurse": "true", "purge": "all"} and delete.status == 200
     assert product.mask_cog.exists()  # aquamask's own file is the manager's to remove
-    publisher.unpublish(ID1)  # again: GeoServer answers 404, nothing to do
+    geoserver_unpublish(settings, ID1)  # again: GeoServer answers 404, nothing to do
     assert standin.calls("DELETE")[-1].status == 404
-    assert not publisher.is_published(ID1)
 
 
 def test_external_store_references_the_shared_path(standin, tmp_path, monkeypatch, env):
@@ -219,12 +247,11 @@ def test_external_store_references_the_shared_path(standin, tmp_path, monkeypatc
                              AQUAMASK__GEOSERVER__SHARED_RESULTS_DIR="/srv/results/")
     settings.ensure_dirs()
     product = product_in_results(settings, ID1, when=None)
-    publisher = GeoServerPublisher.from_settings(settings)
-    publisher.publish(product)
+    geoserver_publish(settings, product)
     put = standin.calls("PUT", r"external\.geotiff$")
     assert len(put) == 1 and put[0].body == f"/srv/results/{ID1}/mask.tif".encode()
     assert put[0].content_type == "text/plain"
-    publisher.unpublish(ID1)
+    geoserver_unpublish(settings, ID1)
     assert standin.calls("DELETE")[-1].query["purge"] == "metadata"
     assert product.mask_cog.exists()
     with pytest.raises(ValueError, match="shared_results_dir"):
@@ -245,8 +272,6 @@ def test_bad_configuration_is_a_clear_error(env, overrides, message):
 def test_invalid_product_ids_never_reach_geoserver(settings, standin):
     product = product_in_results(settings, ID1)
     product.id = "../../etc"
-    with pytest.raises(ValueError):
-        GeoServerPublisher.from_settings(settings).publish(product)
     with pytest.raises(ValueError):
         publishing.publish(product, settings)
     assert standin.requests == []
@@ -281,9 +306,9 @@ def test_fault_falls_back_to_embedded_then_retry_switches(fault, env, standin, m
     assert time.monotonic() - started < 5
     # served locally at once, marked pending, retry started
     assert layer.publisher == "pending" and layer.wms_url == "http://127.0.0.1:5000/ows"
-    assert MapServerPublisher.from_settings(settings).is_published(ID1)
+    assert embedded(settings, ID1)
     assert spawned == [ID1]
-    state = publishing.read_state(ID1, settings)
+    state = row(settings, ID1)
     assert state["state"] == "pending" and state["attempts"] == 1
     expected = {"unreachable": "unreachable", "401": "HTTP 401", "500": "HTTP 500",
                 "slow": "timeout"}[fault]
@@ -304,8 +329,8 @@ def test_fault_falls_back_to_embedded_then_retry_switches(fault, env, standin, m
     assert outputs["water_area_km2"] == 0.4  # the rest of the outputs kept
     assert outputs["layer"]["published"] == "geoserver"
     assert outputs["layer"]["wms"] == f"{standin.url}/aquamask/wms"
-    assert not MapServerPublisher.from_settings(settings).is_published(ID1)
-    assert publishing.read_state(ID1, settings)["state"] == "geoserver"
+    assert not embedded(settings, ID1)
+    assert row(settings, ID1)["engine"] == "geoserver"
     # published once: one store, one granule, one upload
     assert len(standin.calls("PUT", r"file\.geotiff$")) == 1
     assert len([s for s in standin.stores.values() if s.type == "GeoTIFF"]) == 1
@@ -329,12 +354,13 @@ def test_retries_are_bounded_then_the_layer_stays_embedded(env, standin, monkeyp
     assert slept == [1, 2, 4]
     # 1 first try + 3 retries, each stopped at its first request (the workspace lookup)
     assert len(standin.calls("GET", r"/workspaces/aquamask$")) == 4
-    state = publishing.read_state(ID1, settings)
-    assert state["state"] == "embedded" and state["attempts"] == 4
+    state = row(settings, ID1)
+    assert state["engine"] == "embedded" and state["state"] == "published"
+    assert state["attempts"] == 4
     layer = store.get(ID1)["outputs"]["layer"]
     assert layer["published"] == "embedded" and "HTTP 500" in layer["publish_error"]
     assert layer["wms"] == "http://127.0.0.1:5000/ows"
-    assert MapServerPublisher.from_settings(settings).is_published(ID1)
+    assert embedded(settings, ID1)
 
 
 def test_partial_publish_is_completed_not_duplicated(env, standin, monkeypatch):
@@ -343,8 +369,9 @@ def test_partial_publish_is_completed_not_duplicated(env, standin, monkeypatch):
     standin.fail(500, count=1, match=r"^PUT .*/coverages/")
     settings = load_settings()
     settings.ensure_dirs()
-    publishing.publish(product_in_results(settings, ID1), settings)
-    assert publishing.read_state(ID1, settings)["state"] == "pending"
+    publishing.publish(product_in_results(settings, ID1), settings,
+                       series=series_name("monitoring-job"))
+    assert row(settings, ID1)["state"] == "pending"
     add_job(settings, ID1)
     assert publishing.retry(ID1, settings, sleep=lambda s: None) == "geoserver"
     assert len(standin.calls("PUT", r"file\.geotiff$")) == 1
@@ -358,7 +385,7 @@ def test_style_whose_upload_failed_half_way_is_uploaded_again(env, standin, monk
     settings = load_settings()
     settings.ensure_dirs()
     publishing.publish(product_in_results(settings, ID1), settings)
-    assert publishing.read_state(ID1, settings)["state"] == "pending"
+    assert row(settings, ID1)["state"] == "pending"
     assert ("aquamask", "water") not in standin.styles  # the empty entry was removed
     add_job(settings, ID1)
     assert publishing.retry(ID1, settings, sleep=lambda s: None) == "geoserver"
@@ -376,8 +403,7 @@ def test_dismissed_while_pending_is_never_published(env, standin, monkeypatch):
     calls = len(standin.requests)
     assert publishing.retry(ID1, settings, sleep=lambda s: None) == "none"
     assert len(standin.requests) == calls and standin.stores == {}
-    assert not MapServerPublisher.from_settings(settings).is_published(ID1)
-    assert publishing.read_state(ID1, settings) is None
+    assert row(settings, ID1) is None
 
 
 def test_unpublish_while_geoserver_is_down_is_retried(env, standin, monkeypatch):
@@ -385,14 +411,16 @@ def test_unpublish_while_geoserver_is_down_is_retried(env, standin, monkeypatch)
     monkeypatch.setattr(publishing, "spawn_retrier", lambda pid, s: spawned.append(pid))
     settings = load_settings()
     settings.ensure_dirs()
-    publishing.publish(product_in_results(settings, ID1), settings)
+    publishing.publish(product_in_results(settings, ID1), settings,
+                       series=series_name("monitoring-job"))
     assert len(standin.stores) == 2
     standin.fail(500)
     assert publishing.unpublish(ID1, settings) == "unpublish-pending" and spawned == [ID1]
-    assert publishing.read_state(ID1, settings)["state"] == "unpublish-pending"
+    assert row(settings, ID1)["state"] == "unpublish-pending"
+    assert not embedded(settings, ID1)  # not served here meanwhile
     standin.heal()
     assert publishing.retry(ID1, settings, sleep=lambda s: None) == "none"
-    assert standin.stores == {} and publishing.read_state(ID1, settings) is None
+    assert standin.stores == {} and row(settings, ID1) is None
 
 
 def test_the_real_retry_process_switches_the_job(env, standin, monkeypatch):
@@ -406,8 +434,11 @@ def test_the_real_retry_process_switches_the_job(env, standin, monkeypatch):
     standin.fail(500)
     layer = publishing.publish(product, settings)
     assert layer.publisher == "pending"
-    pid = publishing.read_state(ID1, settings)["retrier_pid"]
-    assert pid and publishing._retrier_alive(pid, ID1)
+    pid = row(settings, ID1)["retrier_pid"]
+    started = time.monotonic()  # its command line shows once Python has started
+    while not publishing.retrier_alive(pid, ID1) and time.monotonic() - started < 5:
+        time.sleep(0.05)
+    assert pid and publishing.retrier_alive(pid, ID1)
     store.update(ID1, {"status": "successful",
                        "outputs": {"layer": publishing.layer_output(layer)}})
     standin.heal()
@@ -441,16 +472,14 @@ def test_credentials_never_appear_in_logs_state_or_outputs(env, standin, monkeyp
         settings = load_settings(AQUAMASK__GEOSERVER__TIMEOUT_S="0.3" if fault == "slow"
                                  else "2")
         layer = publishing.publish(product_in_results(settings, ID1), settings)
-        output = publishing.layer_output(layer, (publishing.read_state(ID1, settings) or {})
-                                         .get("last_error"))
+        output = publishing.layer_output(layer, (row(settings, ID1) or {}).get("last_error"))
         store.update(ID1, {"outputs": {"layer": output}})
         texts.append(json.dumps(store.get(ID1)))
         for path in settings.home.rglob("*"):
             if path.is_file() and path.suffix in (".json", ".log", ".map", ".conf"):
                 texts.append(path.read_text(errors="replace"))
         try:
-            GeoServerPublisher.from_settings(settings).publish(
-                product_in_results(settings, ID1))
+            geoserver_publish(settings, product_in_results(settings, ID1))
         except GeoServerError as err:
             texts.append(str(err) + repr(err))
     texts.append(repr(GeoServerPublisher.from_settings(settings)))
@@ -483,12 +512,13 @@ def test_without_geoserver_everything_is_embedded(tmp_path, monkeypatch):
     monkeypatch.delenv("AQUAMASK__GEOSERVER__URL", raising=False)
     settings = Settings.load(environ={"AQUAMASK__HOME": str(tmp_path)})
     settings.ensure_dirs()
+    JobStore(settings.database_url)
     product = product_in_results(settings, ID1)
     layer = publishing.publish(product, settings)
     assert layer.publisher == "embedded" and layer.as_output()["published"] == "embedded"
-    assert publishing.read_state(ID1, settings)["state"] == "embedded"
+    assert row(settings, ID1)["engine"] == "embedded"
     assert publishing.unpublish(ID1, settings) == "none"
-    assert not MapServerPublisher.from_settings(settings).is_published(ID1)
+    assert row(settings, ID1) is None
 
 
 # -- the operators' commands ---------------------------------------------------------------------
@@ -564,46 +594,51 @@ def test_water_sld_is_sld_1_0():
 
 # -- the embedded engine's time series: the same TIME dimension without GeoServer -----------------
 def test_embedded_time_series_steps_through_dates(tmp_path):
-    """Real MapServer through the /ows blueprint: two dates of one area, WMS TIME= picks one."""
+    """Real MapServer through /ows: two dates of one job's series, WMS TIME= picks one, a
+    TIME that is not one of its dates is an InvalidDimensionValue (never the default map)."""
     import numpy as np
 
-    from tests.processes.conftest_mapserver import (BASE_URL, BLUE, SIZE, image_pixel,
-                                                    ows_app, png_rgba)
+    from tests.support.mapserver import (
+        BLUE,
+        SIZE,
+        MaskFile,
+        catalogue_at,
+        image_pixel,
+        ows_app,
+        png_rgba,
+    )
 
-    publisher = MapServerPublisher(tmp_path / "mapserver", BASE_URL)
-    client = ows_app(publisher).test_client()
-    first = product_in_results(Settings({"home": str(tmp_path), "paths": {"results": "results"}}),
-                               ID1, WHEN1)
+    catalogue = catalogue_at(tmp_path)
+    client = ows_app(catalogue).test_client()
+    job = "series-job"
+    series = series_name(job)
+    first = write_mask_cog(tmp_path / "d1" / "mask.tif", "EPSG:32630")
     # the second date: water moved to the lower-left block of the same grid
     transform = GRIDS["EPSG:32630"]
-    second_path = tmp_path / "results" / ID2 / "mask.tif"
+    second_path = tmp_path / "d2" / "mask.tif"
     second_path.parent.mkdir(parents=True)
     classes = np.zeros((SIZE, SIZE), np.uint8)
     classes[160:192, 16:48] = 1
     with rasterio.open(second_path, "w", driver="GTiff", width=SIZE, height=SIZE, count=1,
                        dtype="uint8", crs="EPSG:32630", transform=transform, nodata=255) as dst:
         dst.write(classes, 1)
-    second = make_product(write_mask_cog(tmp_path / "unused" / "mask.tif"), ID2)
-    second.mask_cog, second.datetime = second_path, WHEN2
-    publisher.publish(first)
-    publisher.publish(second)
-    series = publisher.series_of(ID1)
-    assert series == publisher.series_of(ID2) == series_key(_raster_facts(first.mask_cog))
-
+    second = MaskFile(second_path, "EPSG:32630", transform, classes)
+    d1, d2 = derived_id(job, "d1"), derived_id(job, "d2")
+    catalogue.publish(first, d1, when=WHEN1, series=series)
+    catalogue.publish(second, d2, when=WHEN2, series=series)
     caps = client.get("/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities").data.decode()
     assert f"<Name>{series}</Name>" in caps and f"{series}-index" not in caps
     assert ('<Dimension name="time" units="ISO8601" default="2024-06-03T10:40:00Z"'
             in caps and "2024-05-01T10:30:00Z,2024-06-03T10:40:00Z</Dimension>" in caps)
 
-    left, bottom, right, top = _raster_facts(first.mask_cog)["extent"]
+    left, bottom, right, top = raster_facts(first.path)["extent"]
     bbox = (left, bottom, right, top)
+    base = (f"/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS={series}&STYLES="
+            f"&CRS=EPSG:32630&BBOX={left},{bottom},{right},{top}&WIDTH={SIZE}"
+            f"&HEIGHT={SIZE}&FORMAT=image/png&TRANSPARENT=TRUE")
 
     def pixel(time: str | None, row: int, col: int) -> list[int]:
-        query = (f"/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS={series}&STYLES="
-                 f"&CRS=EPSG:32630&BBOX={left},{bottom},{right},{top}&WIDTH={SIZE}"
-                 f"&HEIGHT={SIZE}&FORMAT=image/png&TRANSPARENT=TRUE"
-                 + (f"&TIME={time}" if time else ""))
-        response = client.get(query)
+        response = client.get(base + (f"&TIME={time}" if time else ""))
         assert response.status_code == 200 and response.mimetype == "image/png"
         x, y = transform * (col + 0.5, row + 0.5)
         r, c = image_pixel(bbox, SIZE, SIZE, x, y)
@@ -615,13 +650,17 @@ def test_embedded_time_series_steps_through_dates(tmp_path):
     assert pixel("2024-06-03T10:40:00Z", *water2)[:3] == list(BLUE)
     assert pixel("2024-06-03T10:40:00Z", *water1)[3] == 0
     assert pixel(None, *water2)[:3] == list(BLUE)  # default: the latest date
+    for bad in ("2024-05-02T10:30:00Z", "2030-01-01", "yesterday", "2024-13-45T99:00:00Z"):
+        refused = client.get(base + f"&TIME={bad}")
+        assert refused.status_code == 400, bad
+        assert b"InvalidDimensionValue" in refused.data, (bad, refused.data)
     # unpublishing a date removes it from the dimension; the last one removes the layer
-    publisher.unpublish(ID2)
+    catalogue.unpublish(d2)
     caps = client.get("/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities").data.decode()
     assert "2024-05-01T10:30:00Z</Dimension>" in caps and "2024-06-03" not in caps
-    publisher.unpublish(ID1)
+    catalogue.unpublish(d1)
     caps = client.get("/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities").data.decode()
-    assert series not in caps and not list(publisher.series_dir.glob("*.geojson"))
+    assert series not in caps
 
 
 # -- the whole path: server, worker, retry process, dismissal ------------------------------------
@@ -630,7 +669,7 @@ def test_server_job_pending_then_switched_then_dismissed(tmp_path, standin):
     GeoServer fails -> the job succeeds as `pending` on the embedded engine -> the background
     retry switches it to GeoServer -> dismissing the job deletes the GeoServer store."""
     from aquamask.processes.demo import make_demo_scene
-    from tests.conftest import start_server
+    from tests.support.server import start_server
 
     home = tmp_path / "server-home"
     make_demo_scene(home / "data" / "demo" / "demo-scene.tif")
@@ -668,14 +707,14 @@ def test_server_job_pending_then_switched_then_dismissed(tmp_path, standin):
     assert "HTTP 500" in log and PASSWORD not in log
 
 
-# -- results on an object store (paths.results s3://...; moto's S3 server, tests/objectstore.py)
+# -- results on an object store (paths.results s3://...; moto's S3 server, support/objectstore.py)
 def test_a_result_on_an_object_store_is_uploaded_as_a_copy(settings, standin, s3, tmp_path,
                                                            monkeypatch):
     bucket = s3.new_bucket()
     for key, value in s3.environment(bucket).items():
         monkeypatch.setenv(key, value)
     remote = load_settings()
-    store = remote.results_store
+    store = results_store(remote)
     staging = store.staging(ID1)
     cog = write_mask_cog(staging / "mask.tif", "EPSG:32630")
     data = cog.path.read_bytes()
@@ -683,8 +722,9 @@ def test_a_result_on_an_object_store_is_uploaded_as_a_copy(settings, standin, s3
     store.commit(ID1, staging)
     product = dataclasses.replace(product, directory=Path(store.gdal_path(ID1)),
                                   mask_cog=Path(store.gdal_path(ID1, "mask.tif")))
+    JobStore(remote.database_url)
+    geoserver_publish(remote, product)
     publisher = GeoServerPublisher.from_settings(remote)
-    publisher.publish(product)
     uploaded = standin.stores[("aquamask", f"water-{ID1}")]
     assert uploaded.files[0].read_bytes() == data  # the object's bytes, fetched for upload
     assert not list(publisher.workdir.glob(".copy-*"))  # the local copy is gone

@@ -1,5 +1,5 @@
 """The SQL job store: records, guarded updates, paging, and concurrent writers, each against a
-real SQLite file (WAL) and a real PostgreSQL server (tests/postgres.py: Debian's binaries, a
+real SQLite file (WAL) and a real PostgreSQL server (tests/support/postgres.py: Debian's binaries, a
 throwaway cluster, a new database per test)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from aquamask.processes.jobstore import JobStore, jobs, metadata
+from aquamask.processes.storage.jobstore import JobStore, jobs, metadata
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -138,3 +138,41 @@ def test_a_creation_race_lost_on_postgresql_is_retried(fresh_postgres_url):
         p.join(60)
         assert p.exitcode == 0
     engine.dispose()
+
+
+def _write_and_exit(url: str, i: int) -> None:
+    JobStore(url, create=False).add(record(1000 + i))
+
+
+def test_forked_children_never_corrupt_the_parents_sqlite_store(tmp_path):
+    """gunicorn forks web workers from a master that used the store: the master's pooled
+    connections are closed before every fork, so a child's exit cannot checkpoint or remove
+    the WAL under the parent (it did: "database disk image is malformed")."""
+    url = f"sqlite:///{tmp_path}/jobs.sqlite"
+    store = JobStore(url)
+    ctx = mp.get_context("fork")
+    for i in range(20):
+        store.add(record(i))
+        assert store.get(f"job-{i:04d}") is not None  # a pooled connection is open now
+        child = ctx.Process(target=_write_and_exit, args=(url, i))
+        child.start()
+        store.update(f"job-{i:04d}", {"progress": 50})
+        child.join(30)
+        assert child.exitcode == 0
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA integrity_check")).scalar_one() == "ok"
+    assert store.list()[1] == 40
+
+
+def test_a_deleted_sqlite_file_is_reported_not_silently_recreated(tmp_path):
+    url = f"sqlite:///{tmp_path}/jobs.sqlite"
+    JobStore(url).add(record(1))
+    worker_side = JobStore(url, create=False, retry_s=1)
+    assert worker_side.get("job-0001") is not None
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"jobs.sqlite{suffix}").unlink(missing_ok=True)
+    from aquamask.processes.storage.jobstore import StoreUnavailable
+    with pytest.raises(StoreUnavailable, match="missing"):
+        worker_side.get("job-0001")
+    assert not (tmp_path / "jobs.sqlite").exists()
+    assert "missing" in worker_side.check()

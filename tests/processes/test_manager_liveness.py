@@ -9,10 +9,11 @@ import sys
 import time
 
 import pytest
+from pygeoapi.util import get_current_datetime
 
-from aquamask.processes.executors import process_start
-from aquamask.processes.manager import AquamaskManager
-from aquamask.processes.worker import HOST
+from aquamask.processes.jobs.manager import AquamaskManager
+from aquamask.processes.jobs.worker import HOST
+from aquamask.processes.procfs import process_start
 
 
 @pytest.fixture
@@ -27,9 +28,10 @@ def manager(url: str) -> AquamaskManager:
 
 
 def add(m: AquamaskManager, job_id: str, **fields) -> None:
+    now = get_current_datetime()
     m.store.add({"identifier": job_id, "process_id": "water-detection", "type": "process",
-                 "status": "running", "progress": 40, "created": "2026-01-01T00:00:00Z",
-                 "started": "2026-01-01T00:00:00Z", **fields})
+                 "status": "running", "progress": 40, "created": now, "started": now,
+                 "submitted": True, **fields})
 
 
 def test_a_worker_elsewhere_without_heartbeat_is_failed_and_a_beating_one_is_not(store_url,

@@ -1,6 +1,6 @@
-"""Monitoring (processes/monitoring.py): a time series, a change and a frequency over a local
-source of eight dated scenes built from the real Sen1Floods11 chip (monitoring_scenes.py), each
-number checked against what the scenes were built to give (NDWI water: green >= NIR)."""
+"""Monitoring (processes/monitoring/): a time series, a change and a frequency over a local source
+of eight dated scenes built from the real Sen1Floods11 chip (tests/support/monitoring_scenes.py),
+each number checked against what the scenes were built to give (NDWI water: green >= NIR)."""
 from __future__ import annotations
 
 import csv
@@ -12,13 +12,20 @@ import pytest
 import rasterio
 from PIL import Image
 
-from aquamask.processes import monitoring, publishing
 from aquamask.processes.errors import Cancelled, InvalidInput, MissingInput, TooLarge
-from aquamask.processes.publishers.mapserver import MapServerPublisher
+from aquamask.processes.monitoring.change import run_change
+from aquamask.processes.monitoring.charts import CHART_SIZE
+from aquamask.processes.monitoring.frequency import run_frequency
+from aquamask.processes.monitoring.parallel import run_parallel
+from aquamask.processes.monitoring.timeseries import run_timeseries
+from aquamask.processes.ogc import water_change, water_frequency, water_timeseries
+from aquamask.processes.ogc.outputs import result_links
+from aquamask.processes.pipeline import flow
+from aquamask.processes.publishing import service as publishing
 from aquamask.processes.settings import Settings
-from aquamask.processes import water_change, water_frequency, water_timeseries
-from tests.processes.conftest_mapserver import mapfile_text
-from tests.processes.monitoring_scenes import (DATES, GAIN, USABLE, build_scenes, field_csv)
+from aquamask.processes.storage.jobstore import JobStore, job_store
+from tests.support.mapserver import view_text
+from tests.support.monitoring_scenes import DATES, GAIN, USABLE, build_scenes, field_csv
 
 PIXEL_KM2 = 1e-4  # a 10 m UTM pixel; the ellipsoidal area differs by < 0.05 % here
 JOB = "0f6c1c1e-5b7a-11ef-9d3a-0242ac120002"
@@ -40,7 +47,24 @@ def settings_for(home, scenes, **extra) -> Settings:
     environ.update({f"AQUAMASK__{k.upper()}": str(v) for k, v in extra.items()})
     settings = Settings.load(environ=environ)
     settings.ensure_dirs()
+    JobStore(settings.database_url)  # as the server creates it
     return settings
+
+
+def run_series(request, settings: Settings, job_id: str, progress) -> dict:
+    """water-timeseries' run, its outputs linked as its processor links them."""
+    return run_timeseries(request, settings, job_id, progress, result_links(
+        settings.url, job_id, water_timeseries.WaterTimeseriesProcessor.RESULT_FILES))
+
+
+def run_change_of(request, settings: Settings, job_id: str, progress) -> dict:
+    return run_change(request, settings, job_id, progress, result_links(
+        settings.url, job_id, water_change.WaterChangeProcessor.RESULT_FILES))
+
+
+def run_frequency_of(request, settings: Settings, job_id: str, progress) -> dict:
+    return run_frequency(request, settings, job_id, progress, result_links(
+        settings.url, job_id, water_frequency.WaterFrequencyProcessor.RESULT_FILES))
 
 
 def expected_areas(scenes) -> dict[str, float]:
@@ -59,8 +83,7 @@ def series(scenes, home):
     text, rho = field_csv(scenes, expected_areas(scenes))
     request = water_timeseries.parse_inputs(inputs(scenes, field_data=text), settings)
     seen = []
-    outputs = monitoring.run_timeseries(request, settings, JOB,
-                                        lambda pct, msg: seen.append((pct, msg)))
+    outputs = run_series(request, settings, JOB, lambda pct, msg: seen.append((pct, msg)))
     return {"outputs": outputs, "settings": settings, "progress": seen, "rho": rho,
             "csv": text}
 
@@ -127,7 +150,7 @@ def test_files_csv_json_chart(series, scenes):
     assert document["layer"]["name"] == outputs["layer"]["name"]
     for name in ("timeseries.png", "field_validation.png"):
         with Image.open(folder / name) as image:
-            assert image.format == "PNG" and image.size == monitoring.CHART_SIZE
+            assert image.format == "PNG" and image.size == CHART_SIZE
             colours = image.convert("RGB").getcolors(1 << 20)
             assert len(colours) > 20, "a drawn chart, not a blank image"
     assert not list(settings.results_dir.glob(f".*{JOB}*")), "no staging or work left"
@@ -157,10 +180,11 @@ def test_dates_are_one_time_enabled_layer(series, scenes):
     assert layer["published"] == "embedded" and layer["dimension"] == "time"
     assert set(layer["getmap_by_time"]) == set(times)
     assert f"TIME={times[0]}" in layer["getmap_by_time"][times[0]]
-    publisher = MapServerPublisher.from_settings(series["settings"])
-    ids = sorted(e["id"] for e in publisher.layers())
+    rows = job_store(series["settings"]).layers(job_id=JOB)
+    ids = sorted(r["product_id"] for r in rows)
     assert ids == [f"{JOB}--t{t.replace('-', '').replace(':', '').rstrip('Z')}" for t in times]
-    mapfile = mapfile_text(publisher)
+    assert {r["series"] for r in rows} == {layer["name"]} == {f"series-{JOB}"}
+    mapfile = view_text(series["settings"])
     assert f'"wms_timeextent" "{",".join(times)}"' in mapfile
     rows = {r["date"]: r for r in series["outputs"]["timeseries"]}
     assert rows[scenes.dates["d2"].day]["layer_time"] == times[1]
@@ -170,7 +194,7 @@ def test_dates_are_one_time_enabled_layer(series, scenes):
 def test_same_request_same_numbers(series, scenes, home):
     settings = series["settings"]
     request = water_timeseries.parse_inputs(inputs(scenes, field_data=series["csv"]), settings)
-    again = monitoring.run_timeseries(request, settings, "repeat", lambda pct, msg: None)
+    again = run_series(request, settings, "repeat", lambda pct, msg: None)
     strip = ("layer",)
     first = [{k: v for k, v in r.items() if k not in strip} for r in
              series["outputs"]["timeseries"]]
@@ -188,15 +212,12 @@ def test_unpublish_removes_every_date(scenes, home):
     settings = settings_for(home, scenes)
     request = water_timeseries.parse_inputs(
         inputs(scenes, datetime="2023-01-01/2023-02-28"), settings)
-    monitoring.run_timeseries(request, settings, "gone", lambda pct, msg: None)
-    publisher = MapServerPublisher.from_settings(settings)
-    ours = [e["id"] for e in publisher.layers() if e["id"].startswith("gone--")]
-    assert len(ours) == 2
-    assert len(list(publishing.state_dir(settings).glob("gone--*.json"))) == 2
+    run_series(request, settings, "gone", lambda pct, msg: None)
+    assert len(job_store(settings).layers(job_id="gone")) == 2
+    assert "water-gone--" in view_text(settings)
     publishing.unpublish("gone", settings)
-    assert not [e for e in publisher.layers() if e["id"].startswith("gone--")]
-    assert not list(publishing.state_dir(settings).glob("gone--*.json"))
-    assert "gone--" not in mapfile_text(publisher)
+    assert not job_store(settings).layers(job_id="gone")
+    assert "gone--" not in view_text(settings) and "series-gone" not in view_text(settings)
 
 
 @pytest.mark.parametrize("scheduler", ["threads", "synchronous"])
@@ -213,12 +234,12 @@ def test_a_dismissed_series_stops_and_leaves_nothing(scenes, tmp_path, scheduler
         raise Cancelled()
 
     if scheduler == "synchronous":  # the dates run in this thread: a dismissal lands in one
-        monkeypatch.setattr(monitoring, "detect", dismissed)
+        monkeypatch.setattr(flow, "detect", dismissed)  # each date detects through the flow
     with pytest.raises(Cancelled):
-        monitoring.run_timeseries(request, settings, "stopped", progress)
+        run_series(request, settings, "stopped", progress)
     assert not (settings.results_dir / "stopped").exists()
     assert not list(settings.results_dir.glob(".*stopped*"))
-    assert not MapServerPublisher.from_settings(settings).layers()
+    assert not job_store(settings).layers()
 
 
 def test_change_between_two_dates(scenes, home):
@@ -226,7 +247,7 @@ def test_change_between_two_dates(scenes, home):
     request = water_change.parse_inputs(
         {"bbox": scenes.bbox, "before": "2023-01-10", "after": "2023-02-01/2023-02-20",
          "method": "ndwi"}, settings)
-    outputs = monitoring.run_change(request, settings, "change-job", lambda pct, msg: None)
+    outputs = run_change_of(request, settings, "change-job", lambda pct, msg: None)
     before, after = scenes.water("d1"), scenes.water("d2")
     valid = scenes.valid("d1") & scenes.valid("d2")
     expected = {"dry": (valid & ~before & ~after).sum(), "gained": (valid & ~before & after).sum(),
@@ -249,23 +270,21 @@ def test_change_between_two_dates(scenes, home):
     gain_in_place = classes[rows.start - row0:rows.stop - row0, cols.start - col0:cols.stop - col0]
     assert np.isin(gain_in_place, (1, 3)).all(), "the planted lake is gained (or was water)"
     assert outputs["layer"]["name"] == "water-change-job"
-    entry = next(e for e in MapServerPublisher.from_settings(settings).layers()
-                 if e["id"] == "change-job")
-    assert entry["style"] == "change" and entry["datetime"] is None
-    mapfile = mapfile_text(MapServerPublisher.from_settings(settings))
+    entry = job_store(settings).layer("change-job")
+    assert entry["facts"]["style"] == "change" and entry["datetime"] is None
+    mapfile = view_text(settings)
     assert 'NAME "Water gained"' in mapfile and 'PROCESSING "NODATA=OFF"' in mapfile
     item = json.loads((folder / "item.json").read_text())
     assert item["properties"]["aquamask:change_pixels"] == {k: int(v) for k, v in expected.items()}
     publishing.unpublish("change-job", settings)
-    assert "water-change-job" not in mapfile_text(
-        MapServerPublisher.from_settings(settings))
+    assert "water-change-job" not in view_text(settings)
 
 
 def test_frequency_over_the_interval(scenes, home):
     settings = settings_for(home, scenes)
     # min_valid_fraction 0.2 keeps the cloudy d3: its clouds are simply not observations
     request = water_frequency.parse_inputs(inputs(scenes, min_valid_fraction=0.2), settings)
-    outputs = monitoring.run_frequency(request, settings, "freq-job", lambda pct, msg: None)
+    outputs = run_frequency_of(request, settings, "freq-job", lambda pct, msg: None)
     used = ("d1", "d2", "d3", "d5", "d7", "d8")
     assert outputs["observations_used"] == 6
     assert [r["date"] for r in outputs["dates"] if r["status"] == "ok"] == \
@@ -290,7 +309,7 @@ def test_frequency_over_the_interval(scenes, home):
     assert sum(c["area_km2"] for c in stats["classes"]) == pytest.approx(
         stats["ever_wet_area_km2"], rel=1e-6)
     assert outputs["layer"]["name"] == "water-freq-job"
-    mapfile = mapfile_text(MapServerPublisher.from_settings(settings))
+    mapfile = view_text(settings)
     assert 'EXPRESSION ([pixel] > 75 AND [pixel] <= 100)' in mapfile
     publishing.unpublish("freq-job", settings)
 
@@ -302,7 +321,7 @@ def test_point_and_radius_masks_the_disc(scenes, tmp_path):
     request = water_timeseries.parse_inputs(
         {"point": centre, "radius_m": 1500, "datetime": "2023-01-10", "method": "ndwi"},
         settings)
-    outputs = monitoring.run_timeseries(request, settings, "disc", lambda pct, msg: None)
+    outputs = run_series(request, settings, "disc", lambda pct, msg: None)
     row = outputs["timeseries"][0]
     assert row["status"] == "ok"
     # the disc's pixels are valid, the rest of its bounding grid is not
@@ -358,13 +377,13 @@ def test_every_request_of_a_series_is_checked_with_the_server_limits(scenes, tmp
     settings = settings_for(tmp_path, scenes, monitoring__max_dates=3)
     request = water_frequency.parse_inputs(inputs(scenes), settings)
     with pytest.raises(TooLarge, match="at most 3 in one request"):
-        monitoring.run_frequency(request, settings, "too-many", lambda pct, msg: None)
+        run_frequency_of(request, settings, "too-many", lambda pct, msg: None)
     assert not list(settings.results_dir.glob("*too-many*"))
     nothing = water_frequency.parse_inputs(inputs(scenes, datetime="2020-01-01/2020-12-31"),
                                            settings)
     from aquamask.processes.errors import NoScene
     with pytest.raises(NoScene, match="2020-01-01T00:00:00Z/2020-12-31"):
-        monitoring.run_frequency(nothing, settings, "none", lambda pct, msg: None)
+        run_frequency_of(nothing, settings, "none", lambda pct, msg: None)
 
 
 # -- the parallel runner -------------------------------------------------------------------------
@@ -384,25 +403,21 @@ def test_dates_run_in_parallel_but_never_more_than_configured():
         return i * i
 
     done = []
-    config = monitoring.MonitoringConfig(scheduler="threads", max_parallel_dates=3)
-    results = monitoring.run_parallel([lambda i=i: task(i) for i in range(9)], config,
-                                      lambda i, r: done.append(i))
+    results = run_parallel([lambda i=i: task(i) for i in range(9)],
+                           lambda i, r: done.append(i), scheduler="threads", workers=3)
     assert results == [i * i for i in range(9)] and sorted(done) == list(range(9))
     assert peak[0] == 3
     peak[0] = 0
-    serial = monitoring.MonitoringConfig(scheduler="synchronous", max_parallel_dates=3)
-    assert monitoring.run_parallel([lambda i=i: task(i) for i in range(4)], serial,
-                                   lambda i, r: None) == [0, 1, 4, 9]
+    assert run_parallel([lambda i=i: task(i) for i in range(4)], lambda i, r: None,
+                        scheduler="synchronous", workers=3) == [0, 1, 4, 9]
     assert peak[0] == 1
 
 
 def test_the_scheduler_setting_is_checked(scenes, tmp_path):
     with pytest.raises(ValueError, match="monitoring.scheduler must be"):
-        monitoring.MonitoringConfig.from_settings(
-            settings_for(tmp_path, scenes, monitoring__scheduler="processes"))
-    with pytest.raises(ValueError, match="max_parallel_dates must be at least 1"):
-        monitoring.MonitoringConfig.from_settings(
-            settings_for(tmp_path, scenes, monitoring__max_parallel_dates=0))
-    config = monitoring.MonitoringConfig.from_settings(
-        settings_for(tmp_path, scenes, monitoring__scheduler="tcp://127.0.0.1:8786"))
-    assert config.scheduler == "tcp://127.0.0.1:8786"
+        settings_for(tmp_path, scenes, monitoring__scheduler="processes")
+    with pytest.raises(ValueError, match="monitoring.max_parallel_dates: input should be "
+                                         "greater than or equal to 1"):
+        settings_for(tmp_path, scenes, monitoring__max_parallel_dates=0)
+    config = settings_for(tmp_path, scenes, monitoring__scheduler="tcp://127.0.0.1:8786")
+    assert config.monitoring.scheduler == "tcp://127.0.0.1:8786"

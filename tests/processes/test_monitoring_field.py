@@ -1,4 +1,4 @@
-"""Field validation (processes/field_validation.py): the CSV checks that name the line and the
+"""Field validation (processes/monitoring/insitu.py): the CSV checks that name the line and the
 column, date matching with a tolerance, and Pearson/Spearman against values worked by hand."""
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from aquamask.processes.errors import Forbidden, InvalidInput, TooLarge
-from aquamask.processes.field_validation import (match, parse_field_csv, pearson, ranks,
-                                                 read_field_input, spearman, validate_series)
+from aquamask.processes.monitoring.insitu import (
+    match,
+    parse_field_csv,
+    pearson,
+    ranks,
+    read_field_input,
+    spearman,
+    validate_series,
+)
 
 GOOD = "date,value,unit\n2023-01-10,1.5,m\n2023-02-09T10:00:00Z,2.0,m\n"
 

@@ -12,11 +12,11 @@ import pytest
 import rasterio
 from rasterio.transform import from_origin
 
-from aquamask.processes import monitoring
-from aquamask.processes.publishers.mapserver import (CHANGE_CLASSES, FREQUENCY_CLASSES,
-                                                     MapServerPublisher)
+from aquamask.processes.pipeline.products import to_cog
+from aquamask.processes.publishing import service as publishing
+from aquamask.processes.publishing.styles import CHANGE_CLASSES, FREQUENCY_CLASSES
 from aquamask.processes.types import MaskStats, Product
-from tests.processes.conftest_mapserver import BASE_URL, ows_app, png_rgba
+from tests.support.mapserver import catalogue_at, ows_app, png_rgba
 
 SLD = "{http://www.opengis.net/sld}"
 SIZE = 200
@@ -57,7 +57,7 @@ def _write(path, array, dtype, nodata, style):
                        dtype=dtype, crs="EPSG:32630", transform=TRANSFORM, nodata=nodata) as dst:
         dst.write(array.astype(dtype), 1)
         dst.update_tags(AQUAMASK_STYLE=style)
-    monitoring.to_cog(raw, path, nodata, "nearest")
+    to_cog(raw, path, nodata=nodata, resampling="nearest")
     raw.unlink()
     return path
 
@@ -73,17 +73,19 @@ def _product(path, product_id):
 
 @pytest.fixture
 def published(tmp_path):
-    publisher = MapServerPublisher(tmp_path / "mapserver", BASE_URL)
+    catalogue = catalogue_at(tmp_path / "home")
     change = np.repeat(np.array(CHANGE_VALUES, np.uint8), SIZE // 5)[None, :].repeat(SIZE, 0)
     frequency = np.repeat(np.array(FREQUENCY_VALUES, np.uint8), SIZE // 5)[None, :] \
         .repeat(SIZE, 0)
     frequency[150:, :] = 255
     frequency[120:150, :] = 0
-    publisher.publish(_product(_write(tmp_path / "c" / "change.tif", change, "uint8", 255,
-                                      "change"), "change-1"))
-    publisher.publish(_product(_write(tmp_path / "f" / "frequency.tif", frequency, "uint8",
-                                      255, "frequency"), "freq-1"))
-    return publisher
+    for product in (_product(_write(tmp_path / "c" / "change.tif", change, "uint8", 255,
+                                    "change"), "change-1"),
+                    _product(_write(tmp_path / "f" / "frequency.tif", frequency, "uint8", 255,
+                                    "frequency"), "freq-1")):
+        catalogue.add_job(product.id)
+        publishing.publish_embedded(product, catalogue.settings)
+    return catalogue
 
 
 def getmap(client, layer):
@@ -125,10 +127,12 @@ def test_frequency_coverage_keeps_the_percentages(published):
 
 
 def test_a_cog_of_an_unknown_style_is_refused(tmp_path):
-    publisher = MapServerPublisher(tmp_path / "mapserver", BASE_URL)
+    catalogue = catalogue_at(tmp_path / "home")
+    catalogue.add_job("odd")
     path = _write(tmp_path / "x.tif", np.zeros((SIZE, SIZE)), "uint8", 255, "sparkles")
     with pytest.raises(ValueError, match="unknown AQUAMASK_STYLE 'sparkles'"):
-        publisher.publish(_product(path, "odd"))
+        publishing.publish_embedded(_product(path, "odd"), catalogue.settings)
     wrong = _write(tmp_path / "y.tif", np.zeros((SIZE, SIZE)), "float32", -1, "frequency")
     with pytest.raises(ValueError, match="not a uint8 frequency raster"):
-        publisher.publish(_product(wrong, "odd"))
+        publishing.publish_embedded(_product(wrong, "odd"), catalogue.settings)
+    assert catalogue.names() == []

@@ -1,6 +1,6 @@
-"""Results on an object store (processes/results.py): s3fs writes, GDAL's /vsis3/ and the store
-read, against moto's S3 server over loopback HTTP (tests/objectstore.py: moto implements the S3
-REST API and stands in for S3 because no real object store can run here)."""
+"""Results on an object store (processes/storage/results.py): s3fs writes, GDAL's /vsis3/ and
+the store read, against moto's S3 server over loopback HTTP (tests/support/objectstore.py: moto
+implements the S3 REST API and stands in for S3 because no real object store can run here)."""
 from __future__ import annotations
 
 import json
@@ -11,10 +11,14 @@ import numpy as np
 import pytest
 import rasterio
 
-from aquamask.processes.results import (FsspecResultStore, LocalResultStore, ResultStoreError,
-                                        gdal_options_for, results_store)
 from aquamask.processes.settings import Settings
-from tests.processes.conftest_mapserver import mapfile_text
+from aquamask.processes.storage.results import (
+    FsspecResultStore,
+    LocalResultStore,
+    ResultStoreError,
+    gdal_options_for,
+    results_store,
+)
 
 
 def write_result(folder: Path, size: int = 64) -> None:
@@ -179,14 +183,14 @@ def test_gdal_options_from_the_fsspec_options():
 
 def test_settings_pick_the_store_and_keep_secrets_in_the_environment(tmp_path):
     local = Settings.load(environ={"AQUAMASK__HOME": str(tmp_path)})
-    assert isinstance(local.results_store, LocalResultStore)
+    assert isinstance(results_store(local), LocalResultStore)
     assert local.results_dir == tmp_path / "results" and local.results_url is None
     remote = Settings.load(environ={
         "AQUAMASK__HOME": str(tmp_path), "AQUAMASK__PATHS__RESULTS": "s3://bucket/some/prefix",
         "AQUAMASK__STORAGE__OPTIONS__ENDPOINT_URL": "http://127.0.0.1:9000",
         "AQUAMASK__STORAGE__OPTIONS__KEY": "K", "AQUAMASK__STORAGE__OPTIONS__SECRET": "S",
         "AQUAMASK__STORAGE__GDAL__AWS_VIRTUAL_HOSTING": "TRUE"})
-    store = remote.results_store
+    store = results_store(remote)
     assert isinstance(store, FsspecResultStore) and store is results_store(remote)
     assert remote.results_url == "s3://bucket/some/prefix"
     assert remote.results_dir == tmp_path / "staging"  # where jobs stage their files
@@ -217,15 +221,18 @@ def test_the_folder_store_is_todays_behaviour(tmp_path):
 def test_a_water_mask_written_to_the_object_store_is_published_from_vsis3(
         s3, store, tmp_path, demo_scene):
     """The pipeline's product: the COGs committed, their /vsis3/ paths in the mapfile."""
-    from aquamask.processes.pipeline import source_from_settings
-    from aquamask.processes.detection import detect
-    from aquamask.processes.products import write_product
-    from aquamask.processes.publishers.mapserver import MapServerPublisher
     import datetime as dt
+
+    from aquamask.processes.pipeline.detection import detect
+    from aquamask.processes.pipeline.products import write_product
+    from aquamask.processes.pipeline.sources.raster import RasterSource
+    from aquamask.processes.publishing.mapserver import MapServerPublisher, product_facts
+    from aquamask.processes.publishing.names import layer_name
+    from aquamask.processes.storage.jobstore import JobStore
 
     settings = Settings.load(environ={"AQUAMASK__HOME": str(tmp_path),
                                       "AQUAMASK__PATHS__DATA_ROOT": str(demo_scene.parent)})
-    scene = source_from_settings(settings).read({"href": demo_scene.name})
+    scene = RasterSource.from_settings(settings).read(demo_scene.name)
     work = store.work_dir("job-5")
     mask = detect(scene, "ndwi", 0.5, work)
     product = write_product("job-5", mask, scene, {"method": "ndwi"}, store,
@@ -235,11 +242,16 @@ def test_a_water_mask_written_to_the_object_store_is_published_from_vsis3(
     assert s3.keys(bucket_of(store), "results/job-5/") == [
         f"results/job-5/{name}" for name in ("item.json", "mask.tif", "probability.tif")]
     assert store.exists("job-5", "item.json")
-    publisher = MapServerPublisher(tmp_path / "mapserver", "http://127.0.0.1:1", store)
-    layer = publisher.publish(product)
-    mapfile = mapfile_text(publisher)
-    assert f'DATA "/vsis3/{store.root}/job-5/mask.tif"' in mapfile
-    assert "AWS_SECRET_ACCESS_KEY" not in mapfile and "aquamask-test-secret" not in mapfile
+    jobs = JobStore(f"sqlite:///{tmp_path}/jobs.sqlite")
+    publisher = MapServerPublisher(tmp_path / "mapserver", "http://127.0.0.1:1", jobs, store)
+    row = {"product_id": "job-5", "name": layer_name("job-5"),
+           "facts": product_facts(product, store)}
+    layer = publisher.publish(product, row)
+    block = (publisher.workdir / "layers" / "water-job-5.layer").read_text()
+    assert f'DATA "/vsis3/{store.root}/job-5/mask.tif"' in block
+    assert "AWS_SECRET_ACCESS_KEY" not in block and "aquamask-test-secret" not in block
+    # the store's credentials reach MapServer through its config file, readable by us alone
+    assert publisher.config_path.stat().st_mode & 0o077 == 0
     assert layer.name == "water-job-5"
 
 

@@ -1,9 +1,9 @@
 """The ``local`` source (the offline default): a static STAC catalog or a folder of dated
 GeoTIFFs under ``{home}/scenes``, and the whole place-and-date journey through the real server.
 
-Material: tiles built from the real Sen1Floods11 chip in ../shared/data (see standins.py),
-written by pystac as a self-contained static catalog (relative asset hrefs) or as one 6-band +
-SCL GeoTIFF stack with the acquisition time in its name, in tmp dirs.
+Material: tiles built from the real Sen1Floods11 chip in ../shared/data (see
+tests/support/standins.py), written by pystac as a self-contained static catalog (relative asset
+hrefs) or as one 6-band + SCL GeoTIFF stack with the acquisition time in its name, in tmp dirs.
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ import rasterio
 import requests
 from rasterio.windows import Window
 
+from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import NoScene
+from aquamask.processes.pipeline.sources import place_source
+from aquamask.processes.pipeline.sources.query import PlaceQuery, parse_bbox, parse_datetime
 from aquamask.processes.settings import Settings
-from aquamask.processes.sources import place_source
-from aquamask.processes.sources.query import PlaceQuery, parse_bbox, parse_datetime
-from aquamask.processes.types import DETECTION_BANDS
-from tests.conftest import start_server
-from tests.processes.standins import BANDS, build_tile, stac_item
+from tests.support.server import start_server
+from tests.support.standins import BANDS, build_tile, stac_item
 
 BBOX = [-0.04, 38.085, -0.005, 38.11]
 B03 = DETECTION_BANDS.index("B03")
@@ -74,7 +74,7 @@ def test_a_static_catalog_is_searched_and_read(tiles, tmp_path):
     assert found[0].assets["B02"].offset == -1000.0  # raster:bands of the item
     assert [i.id for i in source.search(query(cloud=10))] == ["30SYJ"]
     assert source.search(query(when="2023-07-20")) [0].id == "30SYJc"
-    scene = source.read({"query": query()})
+    scene = source.read(query())
     bands = scene.read(Window(0, 0, scene.width, scene.height))
     scene.close()
     assert scene.source_ids[0].startswith("S2B_MSIL2A_20230801")
@@ -107,7 +107,7 @@ def test_a_folder_of_dated_geotiffs(tiles, tmp_path):
     assert [(i.id, i.cloud_cover, i.datetime.isoformat()) for i in found] == [
         (path.stem, 3.5, "2023-08-01T10:56:19+00:00")]
     assert found[0].radiometry == "BOA_ADD_OFFSET tag" and "SCL" in found[0].assets
-    scene = source.read({"query": query()})
+    scene = source.read(query())
     bands = scene.read(Window(0, 0, scene.width, scene.height))
     scene.close()
     assert 300 < np.nanmean(bands[B03]) < 3000
@@ -116,7 +116,7 @@ def test_a_folder_of_dated_geotiffs(tiles, tmp_path):
 def test_nothing_on_those_dates(tiles, tmp_path):
     catalog(tmp_path / "scenes", [(tiles["clear"], "2023-08-01T10:56:19+00:00", 4.0)])
     with pytest.raises(NoScene, match="2023-09-01T00:00:00Z/2023-09-02T23:59:59"):
-        place_source(settings_for(tmp_path)).read({"query": query(when="2023-09-01/2023-09-02")})
+        place_source(settings_for(tmp_path)).read(query(when="2023-09-01/2023-09-02"))
 
 
 def test_search_command_lists_scenes(tiles, tmp_path):

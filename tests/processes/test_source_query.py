@@ -6,11 +6,11 @@ import datetime as dt
 import pytest
 
 from aquamask.processes.errors import InvalidInput, MissingInput, TooLarge
+from aquamask.processes.ogc.water_detection import parse_inputs
+from aquamask.processes.pipeline.sources import scl
+from aquamask.processes.pipeline.sources.grid import grid_for, utm_crs
+from aquamask.processes.pipeline.sources.query import area_km2, parse_bbox, parse_datetime
 from aquamask.processes.settings import Settings
-from aquamask.processes.sources import scl
-from aquamask.processes.sources.grid import grid_for, utm_crs
-from aquamask.processes.sources.query import area_km2, parse_bbox, parse_datetime
-from aquamask.processes.water_detection import parse_inputs
 
 UTC = dt.timezone.utc
 BBOX = [-1.2, 38.0, -1.1, 38.1]

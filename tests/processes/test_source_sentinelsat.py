@@ -1,6 +1,6 @@
 """The ``sentinelsat`` source against a DHuS stand-in on loopback (real HTTP, Basic auth).
 
-Stand-in (tests/processes/standins.py): the DHuS OpenSearch JSON feed (``/dhus/search?q=...
+Stand-in (tests/support/standins.py): the DHuS OpenSearch JSON feed (``/dhus/search?q=...
 &format=json``) and OData v1 product entries, online flag and ``$value`` download (with
 Content-Disposition and byte ranges) in the documented DHuS shapes that sentinelsat itself
 parses; the product is a SAFE-structured zip the test builds (MTD_MSIL2A.xml with baseline
@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from rasterio.windows import Window
 
+from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import UpstreamError
+from aquamask.processes.pipeline.sources import place_source
+from aquamask.processes.pipeline.sources.grid import grid_for
+from aquamask.processes.pipeline.sources.query import PlaceQuery, parse_bbox, parse_datetime
+from aquamask.processes.pipeline.sources.sentinelsat_ import safe_assets
 from aquamask.processes.settings import Settings
-from aquamask.processes.sources import place_source
-from aquamask.processes.sources.grid import grid_for
-from aquamask.processes.sources.query import PlaceQuery, parse_bbox, parse_datetime
-from aquamask.processes.sources.sentinelsat_ import safe_assets
-from aquamask.processes.types import DETECTION_BANDS
-from tests.processes.standins import Dhus, DhusProduct, Loopback, build_tile, safe_zip
+from tests.support.standins import Dhus, DhusProduct, Loopback, build_tile, safe_zip
 
 TITLE = "S2B_MSIL2A_20230801T105619_N0509_R094_T30SYJ_20230801T134512"
 UUID = "8a2c5f3e-1d4b-4c7a-9f0e-2b6d8e1a3c55"
@@ -100,7 +100,7 @@ def test_download_resumes_checks_the_checksum_and_reads_from_the_zip(hub, settin
     products.mkdir(parents=True)
     half = len(hub["data"]) // 2
     (products / f"{TITLE}.zip.incomplete").write_bytes(hub["data"][:half])
-    scene = place_source(settings(), "hub").read({"query": query()})
+    scene = place_source(settings(), "hub").read(query())
     try:
         bands = scene.read(Window(0, 0, scene.width, scene.height))
     finally:
@@ -124,7 +124,7 @@ def test_download_resumes_checks_the_checksum_and_reads_from_the_zip(hub, settin
     assert np.allclose(bands[B03][ok], truth[ok], atol=0.01)
     # the product is reused from the cache without asking the hub again
     hub["server"].log.clear()
-    scene = place_source(settings(), "hub").read({"query": query()})
+    scene = place_source(settings(), "hub").read(query())
     scene.close()
     assert not hub["server"].requests(r"\$value", "GET")
 

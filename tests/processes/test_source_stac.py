@@ -1,6 +1,6 @@
 """The ``stac`` source against a STAC API stand-in on loopback (real HTTP).
 
-Stand-in (see tests/processes/standins.py): a STAC API - Item Search v1.0.0 server (landing page
+Stand-in (see tests/support/standins.py): a STAC API - Item Search v1.0.0 server (landing page
 with conformance classes, POST /search with bbox/intersects/datetime/collections/query), whose
 items copy the shape of a recorded Earth Search v1 ``sentinel-2-l2a`` search response, and whose
 COG assets are tiles the test builds from the real Sen1Floods11 chip in ../shared/data,
@@ -21,18 +21,17 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from rasterio.windows import Window
 
-from aquamask.processes.detection import detect
+from aquamask.processes.constants import DETECTION_BANDS, INVALID
 from aquamask.processes.errors import NoScene, UpstreamError
-from aquamask.processes.products import write_product
+from aquamask.processes.pipeline.detection import detect
+from aquamask.processes.pipeline.products import write_product
+from aquamask.processes.pipeline.sources import place_source
+from aquamask.processes.pipeline.sources import scl as scl_classes
+from aquamask.processes.pipeline.sources.bands import radiometry
+from aquamask.processes.pipeline.sources.grid import grid_for
+from aquamask.processes.pipeline.sources.query import PlaceQuery, parse_bbox, parse_datetime
 from aquamask.processes.settings import Settings
-from aquamask.processes.sources import place_source
-from aquamask.processes.sources import scl as scl_classes
-from aquamask.processes.sources.bands import radiometry
-from aquamask.processes.sources.grid import grid_for
-from aquamask.processes.sources.query import PlaceQuery, parse_bbox, parse_datetime
-from aquamask.processes.types import DETECTION_BANDS, INVALID
-from tests.processes.standins import (CONFORMANCE, PLACE, Loopback, StacApi, build_tile,
-                                      stac_item)
+from tests.support.standins import CONFORMANCE, PLACE, Loopback, StacApi, build_tile, stac_item
 
 WHEN = "2023-08-01T10:56:19.024000+00:00"
 B03 = DETECTION_BANDS.index("B03")
@@ -155,7 +154,7 @@ def test_a_polygon_is_searched_with_intersects(stac):
     stac["api"].items = [stac["item"]("west")]
     polygon = {"type": "Polygon", "coordinates": [[[-0.03, 38.09], [-0.01, 38.09],
                                                    [-0.02, 38.11], [-0.03, 38.09]]]}
-    from aquamask.processes.sources.query import parse_geometry
+    from aquamask.processes.pipeline.sources.query import parse_geometry
     found = place_source(stac["settings"](), "standin").search(
         query(geometry=parse_geometry(polygon)))
     assert stac["api"].searches[-1]["intersects"]["type"] == "Polygon"
@@ -164,7 +163,7 @@ def test_a_polygon_is_searched_with_intersects(stac):
 
 def test_a_place_across_two_utm_zones_reads_both_tiles(stac):
     stac["api"].items = [stac["item"]("west", cloud=5.0), stac["item"]("east", cloud=12.0)]
-    scene = place_source(stac["settings"](cache=False), "standin").read({"query": query()})
+    scene = place_source(stac["settings"](cache=False), "standin").read(query())
     try:
         grid = grid_for(query().geometry)
         assert scene.profile["crs"] == grid.crs and grid.crs.to_epsg() == 32631  # centre 0°E
@@ -191,8 +190,7 @@ def test_a_small_place_reads_only_the_tiles_under_it(stac):
     """Range requests for the COG blocks under the place, not the whole file."""
     stac["api"].items = [stac["item"]("west")]
     bbox = (-0.045, 38.10, -0.043, 38.102)  # ~170 x 220 m in a 5 x 5 km tile
-    scene = place_source(stac["settings"](cache=False), "standin").read(
-        {"query": query(bbox=bbox)})
+    scene = place_source(stac["settings"](cache=False), "standin").read(query(bbox=bbox))
     assert np.isfinite(read_all(scene)).mean() > 0.9
     scene.close()
     for band in ("B02", "B08"):  # 10 m bands: 4 blocks of 256 px each
@@ -209,8 +207,7 @@ def test_scl_marks_clouds_invalid_and_the_detector_says_255(stac, tmp_path):
     stac["api"].items = [stac["item"]("cloudy", cloud=8.0)]
     # inside the west tile, in its own zone: the grid is aligned with the tile's pixels
     bbox = (-0.04, 38.085, -0.005, 38.11)
-    scene = place_source(stac["settings"](cache=False), "standin").read(
-        {"query": query(bbox=bbox)})
+    scene = place_source(stac["settings"](cache=False), "standin").read(query(bbox=bbox))
     grid = grid_for(query(bbox=bbox).geometry)
     assert grid.crs.to_epsg() == 32630
     tile = stac["tiles"]["cloudy"]
@@ -261,8 +258,7 @@ def test_offset_is_applied_once_end_to_end(stac):
     values = {}
     for name, applied in (("west", False), ("applied", True)):
         stac["api"].items = [stac["item"](name, boa_offset_applied=applied)]
-        scene = place_source(stac["settings"](cache=False), "standin").read(
-            {"query": query(bbox=bbox)})
+        scene = place_source(stac["settings"](cache=False), "standin").read(query(bbox=bbox))
         values[name] = read_all(scene)
         scene.close()
     assert np.nanmean(values["west"][B03]) > 300  # not 1000 too low, not 1000 too high
@@ -272,8 +268,7 @@ def test_offset_is_applied_once_end_to_end(stac):
 def test_same_day_mosaic_takes_each_pixel_from_the_clearest_scene(stac, tmp_path):
     stac["api"].items = [stac["item"]("cloudy", cloud=3.0), stac["item"]("twin", cloud=10.0)]
     bbox = (-0.04, 38.085, -0.005, 38.11)
-    scene = place_source(stac["settings"](cache=False), "standin").read(
-        {"query": query(bbox=bbox)})
+    scene = place_source(stac["settings"](cache=False), "standin").read(query(bbox=bbox))
     grid = grid_for(query(bbox=bbox).geometry)
     bands = read_all(scene)
     assert [s["id"] for s in scene.source_items] == ["30SYJc", "30SYJt"], "least cloudy first"
@@ -308,8 +303,7 @@ def test_least_cloudy_date_wins_over_a_range(stac):
                          stac["item"]("twin", when="2023-08-05T10:56:19+00:00", cloud=2.0),
                          stac["item"]("applied", when="2023-08-09T10:56:19+00:00", cloud=9.0)]
     bbox = (-0.04, 38.085, -0.005, 38.11)
-    scene = place_source(stac["settings"](cache=False), "standin").read(
-        {"query": query(bbox=bbox)})
+    scene = place_source(stac["settings"](cache=False), "standin").read(query(bbox=bbox))
     assert [s["id"] for s in scene.source_items] == ["30SYJt"]
     assert scene.acquired.date() == dt.date(2023, 8, 5)
     scene.close()
@@ -320,7 +314,7 @@ def test_windows_are_cached_on_disk_and_checked(stac, tmp_path):
     bbox = (-0.04, 38.085, -0.005, 38.11)
 
     def read(settings):
-        scene = place_source(settings, "standin").read({"query": query(bbox=bbox)})
+        scene = place_source(settings, "standin").read(query(bbox=bbox))
         try:
             return read_all(scene), len(stac["server"].requests(r"\.tif$"))
         finally:
@@ -351,8 +345,7 @@ def test_retries_on_503_for_search_and_for_cog_ranges(stac):
     stac["server"].fail(r"^/search", [503, 503])
     stac["server"].fail(r"/30SYJ/B03\.tif$", [503])
     bbox = (-0.04, 38.085, -0.005, 38.11)
-    scene = place_source(stac["settings"](cache=False), "standin").read(
-        {"query": query(bbox=bbox)})
+    scene = place_source(stac["settings"](cache=False), "standin").read(query(bbox=bbox))
     bands = read_all(scene)
     scene.close()
     assert [r.status for r in stac["server"].requests(r"^/search")] == [503, 503, 200]
@@ -372,7 +365,7 @@ def test_no_scene_is_a_clear_4xx_naming_place_dates_and_cloud_limit(stac):
     stac["api"].items = [stac["item"]("west", when="2023-06-01T10:56:19+00:00")]
     with pytest.raises(NoScene) as info:
         place_source(stac["settings"](), "standin").read(
-            {"query": query(when="2023-08-01/2023-08-03", cloud=20)})
+            query(when="2023-08-01/2023-08-03", cloud=20))
     message = str(info.value.message)
     assert int(info.value.http_status_code) == 422
     assert "-0.02000, 38.09000, 0.02000, 38.11000" in message
@@ -382,8 +375,10 @@ def test_no_scene_is_a_clear_4xx_naming_place_dates_and_cloud_limit(stac):
 
 def test_planetary_computer_assets_are_signed_before_reading(stac, monkeypatch):
     import planetary_computer
-    from planetary_computer import sas, settings as pc_settings
-    from tests.processes.standins import json_response
+    from planetary_computer import sas
+    from planetary_computer import settings as pc_settings
+
+    from tests.support.standins import json_response
 
     tokens = []
 

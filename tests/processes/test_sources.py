@@ -9,10 +9,15 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import Forbidden, InvalidInput, TooLarge
-from aquamask.processes.sources.raster import (SENTINEL2_13, RasterSource, band_indexes,
-                                               canonical_band, read_window)
-from aquamask.processes.types import DETECTION_BANDS
+from aquamask.processes.pipeline.sources.raster import (
+    SENTINEL2_13,
+    RasterSource,
+    band_indexes,
+    canonical_band,
+    read_window,
+)
 
 
 def write_raster(path, count, descriptions=None, crs="EPSG:32630", size=16, nodata=0):
@@ -60,7 +65,7 @@ def test_unknown_layout_says_what_to_do():
 
 def test_reads_detection_bands_of_a_13_band_stack(tmp_path):
     write_raster(tmp_path / "s2.tif", 13, SENTINEL2_13)
-    scene = RasterSource(tmp_path, 10**6, ["https"]).read({"href": "s2.tif"})
+    scene = RasterSource(tmp_path, 10**6, ["https"]).read("s2.tif")
     bands = scene.read(Window(0, 0, 4, 4))
     assert bands.shape == (6, 4, 4)
     # values are 500 + 100 * (0-based band index): B02 is band 2, B11 band 12, B12 band 13
@@ -77,29 +82,29 @@ def test_paths_outside_the_data_root_are_refused(tmp_path):
     source = RasterSource(root, 10**6, ["https"])
     for href in ("../secret.tif", str(outside), "link.tif", "file:///etc/passwd"):
         with pytest.raises(Forbidden, match="outside the data root"):
-            source.read({"href": href})
+            source.read(href)
 
 
 def test_missing_unreadable_and_unsupported_inputs(tmp_path):
     (tmp_path / "junk.tif").write_text("not a raster")
     source = RasterSource(tmp_path, 10**6, ["https"])
     with pytest.raises(InvalidInput, match="no such file"):
-        source.read({"href": "nope.tif"})
+        source.read("nope.tif")
     with pytest.raises(InvalidInput, match="cannot be read as a raster"):
-        source.read({"href": "junk.tif"})
+        source.read("junk.tif")
     with pytest.raises(InvalidInput, match="unsupported scheme"):
-        source.read({"href": "ftp://example.org/a.tif"})
+        source.read("ftp://example.org/a.tif")
     with pytest.raises(Forbidden, match="scheme 'http'"):
-        source.read({"href": "http://example.org/a.tif"})
+        source.read("http://example.org/a.tif")
 
 
 def test_limits_and_georeferencing_are_checked(tmp_path):
     write_raster(tmp_path / "big.tif", 6, size=64)
     with pytest.raises(TooLarge, match="4,096 pixels"):
-        RasterSource(tmp_path, 1000, []).read({"href": "big.tif"})
+        RasterSource(tmp_path, 1000, []).read("big.tif")
     write_raster(tmp_path / "nocrs.tif", 6, crs=None)
     with pytest.raises(InvalidInput, match="no coordinate reference system"):
-        RasterSource(tmp_path, 10**6, []).read({"href": "nocrs.tif"})
+        RasterSource(tmp_path, 10**6, []).read("nocrs.tif")
 
 
 def test_read_window_pads_outside_and_masks_nodata(tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from aquamask.processes.errors import InvalidInput, MissingInput, TooLarge
+from aquamask.processes.ogc.water_detection import parse_inputs
 from aquamask.processes.settings import Settings
-from aquamask.processes.water_detection import parse_inputs
 
 
 @pytest.fixture
@@ -38,8 +38,8 @@ def test_environment_overrides_the_file(tmp_path):
     settings = Settings.load(environ={"AQUAMASK__HOME": str(tmp_path),
                                       "AQUAMASK__JOBS__MAX_RUNNING": "7",
                                       "AQUAMASK__LIMITS__HREF_SCHEMES": "[https]"})
-    assert settings.get("jobs", "max_running") == 7
-    assert settings.get("limits", "href_schemes") == ["https"]
+    assert settings.jobs.max_running == 7
+    assert settings.limits.href_schemes == ["https"]
     assert settings.database_url == f"sqlite:///{tmp_path}/jobs.sqlite"
     assert settings.data_root == tmp_path / "data"
 

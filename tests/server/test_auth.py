@@ -21,7 +21,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.conftest import start_server
+from tests.support.server import start_server
 
 VO = "urn:mace:egi.eu:group:vo.example.org"
 VIEWER = f"{VO}:role=member#aai.egi.eu"
@@ -98,7 +98,7 @@ def secured(issuer, tmp_path_factory):
     server = start_server(home, {
         "AQUAMASK__AUTH__MODE": "oidc", "AQUAMASK__AUTH__ISSUER": issuer.url,
         "AQUAMASK__AUTH__ANONYMOUS": "nobody", "AQUAMASK__AUTH__JWKS_REFRESH_COOLDOWN_S": "0",
-        "AQUAMASK__AUTH__ROLES__VIEWER": json.dumps([VIEWER.split("#")[0]]),
+        "AQUAMASK__AUTH__ROLES__VIEWER": json.dumps([VIEWER]),
         "AQUAMASK__AUTH__ROLES__RESEARCHER": json.dumps([RESEARCHER]),
         "AQUAMASK__AUTH__ROLES__MANAGER": json.dumps(["aquamask-managers"]),
         "AQUAMASK__DETECTION__METHOD": "ndwi"}, workers=1)
@@ -129,13 +129,22 @@ def test_no_token_is_401_with_a_bearer_challenge(secured):
 
 
 def test_viewer_reads_but_cannot_execute(secured, issuer):
-    token = issuer.token(sub="vera", entitlements=[f"{VO}:role=member#other.authority"])
+    token = issuer.token(sub="vera", entitlements=[VIEWER])
     assert call(secured, "GET", "/processes", token).status_code == 200
     assert call(secured, "GET", "/ows?SERVICE=WMS&REQUEST=GetCapabilities",
                 token).status_code == 200
     response = execute(secured, token)
     assert response.status_code == 403 and "researcher" in response.json()["description"]
     assert call(secured, "GET", "/jobs", token).status_code == 403
+
+
+def test_an_entitlement_from_another_authority_grants_nothing(secured, issuer):
+    """#15.10: the configured entitlement names its authority; the same group asserted by
+    another authority (which anyone running an IdP can mint) is another entitlement."""
+    for forged in (f"{VO}:role=member#other.authority", f"{VO}:role=member",
+                   f"{VO}:researchers:role=member#evil.example.org"):
+        token = issuer.token(sub="mallory", entitlements=[forged])
+        assert call(secured, "GET", "/processes", token).status_code == 403, forged
 
 
 def test_jobs_belong_to_their_creator(secured, issuer):

@@ -14,7 +14,7 @@ import requests
 from flask import Flask, redirect, send_file
 from werkzeug.serving import make_server
 
-from tests.conftest import free_port
+from tests.support.server import free_port
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
 
 def test_jobs_beyond_the_per_user_limit_are_429(tmp_path):
     from aquamask.processes.demo import make_demo_scene
-    from tests.conftest import start_server
+    from tests.support.server import start_server
 
     make_demo_scene(tmp_path / "data" / "scene.tif", size=1024)
     limited = start_server(tmp_path, {"AQUAMASK__LIMITS__MAX_JOBS_PER_USER": "1",
@@ -179,3 +179,16 @@ def test_job_list_offsets(server):
         response = requests.get(f"{server.url}/jobs?f=json&offset={bad}", timeout=10)
         assert response.status_code == 400 and "offset" in response.json()["description"]
     assert b"NoneType" not in log.read_bytes()[before:]
+
+
+@pytest.mark.parametrize("process", ["water-detection", "water-timeseries"])
+def test_deeply_nested_json_is_a_400_not_a_500(server, process):
+    """#15.9: a geometry nested 5,000 deep made the JSON parser raise RecursionError (a 500)."""
+    deep = "[" * 5000 + "]" * 5000
+    body = ('{"inputs": {"geometry": {"type": "Polygon", "coordinates": ' + deep + '}, '
+            '"datetime": "2023-07-01"}}')
+    response = requests.post(f"{server.url}/processes/{process}/execution", data=body,
+                             headers={"Content-Type": "application/json"}, timeout=60)
+    assert response.status_code == 400, response.text[:300]
+    assert "nested" in response.json()["description"]
+    assert requests.get(f"{server.url}/health/live", timeout=10).status_code == 200

@@ -1,6 +1,6 @@
 """/metrics and /health against real servers: gunicorn in a subprocess (several web workers),
 job worker processes forked from the fork server, real HTTP on loopback, and the GeoServer
-stand-in (tests/processes/geoserver_standin.py) for GeoServer's side of /health."""
+stand-in (tests/support/geoserver_standin.py) for GeoServer's side of /health."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,10 @@ import requests
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import start_server
-from tests.processes.geoserver_standin import GeoServerStandIn
+from aquamask.processes.settings import Settings
+from aquamask.server.metrics import default_multiprocess_dir
+from tests.support.geoserver_standin import GeoServerStandIn
+from tests.support.server import start_server
 
 LATENCY = "aquamask_http_request_duration_seconds"
 PROCESS_ROUTE = "/processes/<process_id>"
@@ -70,7 +72,8 @@ def ndwi_detections_in_job_files(metrics_dir: Path) -> float:
 
 
 def test_metrics_sum_every_web_worker_and_job_worker(server):
-    metrics_dir = server.home / "metrics"
+    metrics_dir = default_multiprocess_dir(Settings.load(environ={
+        "AQUAMASK__HOME": str(server.home)}))
     before = scrape(server.url)
     in_job_files = ndwi_detections_in_job_files(metrics_dir)
     assert before.value("aquamask_job_store_up") == 1

@@ -9,11 +9,9 @@ import TopoJSON from "ol/format/TopoJSON.js";
 import { fromExtent } from "ol/geom/Polygon.js";
 import Draw, { createBox } from "ol/interaction/Draw.js";
 import Graticule from "ol/layer/Graticule.js";
-import ImageLayer from "ol/layer/Image.js";
 import TileLayer from "ol/layer/Tile.js";
 import VectorLayer from "ol/layer/Vector.js";
 import { fromLonLat, toLonLat, transformExtent } from "ol/proj.js";
-import ImageWMS from "ol/source/ImageWMS.js";
 import TileWMS from "ol/source/TileWMS.js";
 import VectorSource from "ol/source/Vector.js";
 import XYZ from "ol/source/XYZ.js";
@@ -82,7 +80,9 @@ export function createMap(target, { onDrawn, onSceneClicked, onLayerError, authH
   });
   const drawn = new VectorSource();
   const drawnLayer = new VectorLayer({ source: drawn, style: DRAWN, zIndex: 30 });
-  const resultLayer = new ImageLayer({ zIndex: 10, opacity: 0.85 });
+  // the result as 256 px WMS tiles on the view's tile grid: a pan or zoom fetches only the
+  // tiles it has not seen, which the browser keeps (the server sends ETags and max-age)
+  const resultLayer = new TileLayer({ zIndex: 10, opacity: 0.85 });
 
   const map = new Map({
     target,
@@ -199,7 +199,7 @@ export function createMap(target, { onDrawn, onSceneClicked, onLayerError, authH
 
   // -- the result layer --------------------------------------------------------------------
   let shownKey = null;
-  function loadWithToken(image, src) {
+  function loadWithToken(tile, src) {
     fetch(src, { headers: authHeaders() })
       .then((response) => {
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
@@ -207,11 +207,11 @@ export function createMap(target, { onDrawn, onSceneClicked, onLayerError, authH
       })
       .then((blob) => {
         const url = URL.createObjectURL(blob);
-        const img = image.getImage();
+        const img = tile.getImage();
         img.addEventListener("load", () => URL.revokeObjectURL(url), { once: true });
         img.src = url;
       })
-      .catch(() => { image.getImage().src = "data:,"; });
+      .catch(() => { tile.getImage().src = "data:,"; });
   }
 
   function showLayer(layer, time, opacity) {
@@ -223,12 +223,17 @@ export function createMap(target, { onDrawn, onSceneClicked, onLayerError, authH
     const params = { LAYERS: layer.name, FORMAT: "image/png", TRANSPARENT: true,
                      VERSION: "1.3.0" };
     if (time) params.TIME = time;
-    const options = { url: wmsUrl, params, ratio: 1, interpolate: false };
-    if (hasToken()) options.imageLoadFunction = loadWithToken;
-    const source = new ImageWMS(options);
-    source.on("imageloadstart", () => setLayerState("loading"));
-    source.on("imageloadend", () => { setLayerState("loaded"); pendingShown = true; });
-    source.on("imageloaderror", () => {
+    const options = { url: wmsUrl, params, interpolate: false, transition: 0 };
+    if (hasToken()) options.tileLoadFunction = loadWithToken;
+    const source = new TileWMS(options);
+    let loading = 0;  // tiles on their way: "loaded" once the last of them has come
+    source.on("tileloadstart", () => { loading += 1; setLayerState("loading"); });
+    source.on("tileloadend", () => {
+      loading = Math.max(0, loading - 1);
+      if (loading === 0) { setLayerState("loaded"); pendingShown = true; }
+    });
+    source.on("tileloaderror", () => {
+      loading = Math.max(0, loading - 1);
       setLayerState("error");
       onLayerError(`The map server did not draw the layer ${layer.name}.`);
     });

@@ -1,0 +1,1 @@
+"""Monitoring: water over a place through time (water-timeseries, -change, -frequency)."""

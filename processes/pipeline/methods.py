@@ -1,0 +1,117 @@
+"""The detection methods, one registry (as titiler's ``algorithm`` registry and torchgeo's model
+API): each method's name, description, per-block predictor, halo and default threshold. The
+predictor, the process descriptions (the ``method`` enum the viewer reads), the CLI's choices
+and the metric labels all come from here, so a method is added by one ``register`` call.
+
+A method that needs the water model gets it loaded once per process (``load_model``), checked
+against the bands the sources read (``DETECTION_BANDS``): weights trained on other bands are a
+configuration error, not a silent mix-up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from aquamask.model.indices import mndwi, ndwi
+from aquamask.processes.constants import DETECTION_BANDS
+from aquamask.processes.errors import ConfigError
+
+if TYPE_CHECKING:
+    from aquamask.model.inference import WaterModel
+    from aquamask.processes.settings import Settings
+
+Predict = Callable[[np.ndarray], np.ndarray]
+"""Bands (len(DETECTION_BANDS), h, w) of reflectance x 10000 -> water probability (h, w)."""
+_BAND = {name: i for i, name in enumerate(DETECTION_BANDS)}
+
+
+@dataclass(frozen=True)
+class Method:
+    """``build(model)`` gives the per-block predictor (``model`` is None unless
+    ``needs_model``); ``halo``: context pixels each block is read with, None for the model's
+    own (``WaterModel.halo``)."""
+
+    name: str
+    description: str
+    build: Callable[["WaterModel | None"], Predict]
+    needs_model: bool = False
+    halo: int | None = 0
+    default_threshold: float = 0.5
+
+    def predictor(self, model: "WaterModel | None") -> tuple[Predict, int]:
+        """The per-block function and the halo it needs."""
+        if self.needs_model and model is None:
+            raise ValueError(f"the {self.name} method needs a loaded WaterModel")
+        halo = self.halo if self.halo is not None else int(model.halo)  # type: ignore[union-attr]
+        return self.build(model), halo
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    METHODS[method.name] = method
+    return method
+
+
+def get(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}") from None
+
+
+def names() -> tuple[str, ...]:
+    return tuple(METHODS)
+
+
+def described() -> str:
+    """The methods in words, for process descriptions and the CLI's help."""
+    return ", ".join(f"{m.name} ({m.description})" for m in METHODS.values())
+
+
+def index_probability(index: np.ndarray) -> np.ndarray:
+    """Map a normalised difference index in [-1, 1] onto [0, 1], so that the ``threshold``
+    input means the same for every method: 0.5 is the customary index > 0 rule."""
+    return np.clip((index + 1.0) / 2.0, 0.0, 1.0).astype(np.float32)
+
+
+def _index(index: Callable[[np.ndarray, np.ndarray], np.ndarray], a: str, b: str
+           ) -> Callable[["WaterModel | None"], Predict]:
+    return lambda _model: (lambda bands: index_probability(index(bands[_BAND[a]],
+                                                                 bands[_BAND[b]])))
+
+
+register(Method("unet", "the trained model", build=lambda model: model.predict,  # type: ignore[union-attr]
+                needs_model=True, halo=None))
+register(Method("ndwi", "spectral index > 0", build=_index(ndwi, "B03", "B08")))
+register(Method("mndwi", "spectral index > 0", build=_index(mndwi, "B03", "B11")))
+
+
+@lru_cache(maxsize=2)
+def load_model(weights: str | None, device: str | None) -> "WaterModel":
+    """The U-Net, loaded once per process (job workers run many blocks, the CLI one scene)."""
+    from aquamask.model.inference import WaterModel  # torch is imported only when needed
+
+    model = WaterModel.load(weights, device=None if device in (None, "auto") else device)
+    if tuple(model.bands) != DETECTION_BANDS:
+        raise ConfigError(f"detection.weights: the model reads the bands {model.bands}, the "
+                          f"sources give {DETECTION_BANDS}")
+    return model
+
+
+def model_for(method: str, settings: "Settings") -> "WaterModel | None":
+    """The loaded model ``method`` needs (``detection.weights`` on ``detection.device``)."""
+    if not get(method).needs_model:
+        return None
+    return load_model(settings.detection.weights, settings.detection.device)
+
+
+def threshold_for(method: str, settings: "Settings") -> float:
+    """The threshold a request that gives none uses: ``detection.threshold``, else the
+    method's own."""
+    configured = settings.detection.threshold
+    return get(method).default_threshold if configured is None else configured
