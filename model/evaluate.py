@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from aquamask.model.datasets import (IGNORE, Chips128Dataset, Sen1Floods11Dataset,
-                                     chips128_ids, chips128_split)
-from aquamask.model.indices import (index_histogram, mndwi, ndwi,
-                                    otsu_threshold_from_histogram)
+from aquamask.model.datasets import (
+    IGNORE,
+    Chips128Dataset,
+    Sen1Floods11Dataset,
+    chips128_ids,
+    chips128_split,
+)
+from aquamask.model.indices import index_histogram, mndwi, ndwi, otsu_threshold_from_histogram
 
 METHODS = ("unet", "unet-fast", "ndwi", "mndwi", "otsu-mndwi")
 # the shipped model each model method loads by default
@@ -212,7 +216,8 @@ def evaluate(data_dir: Path, layout: str, methods: Sequence[str] | None = None, 
     scales = {m: scale or layout_scale(layout, mod, zoom) for m, mod in models.items()}
     for ds, unit_models in units:
         for i, name in enumerate(ds.names()):
-            bands, label = _zoom(*ds[i], zoom)
+            bands, label = ds[i]
+            bands, label = _zoom(bands, label, zoom)
             if toa:
                 bands = to_toa(bands)
             valid = label != IGNORE
@@ -232,11 +237,11 @@ def evaluate(data_dir: Path, layout: str, methods: Sequence[str] | None = None, 
         tp, fp, fn = (int(v) for v in counts[m])
         results[m] = {**_scores(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn,
                       "per_chip_iou": per_chip[m]}
-    report = {"data_dir": str(data_dir), "layout": layout, "split": split, "zoom": zoom,
-              "refine": refine, "toa": toa,
-              "chips": names, "valid_pixels": valid_px, "methods": results,
-              "models": {m: {"path": str(mod.path), **mod.info(), "scale": scales[m]}
-                         for m, mod in models.items()}}
+    report: dict[str, Any] = {
+        "data_dir": str(data_dir), "layout": layout, "split": split, "zoom": zoom,
+        "refine": refine, "toa": toa, "chips": names, "valid_pixels": valid_px, "methods": results,
+        "models": {m: {"path": str(mod.path), **mod.info(), "scale": scales[m]}
+                   for m, mod in models.items()}}
     if "unet" in report["models"]:
         report["model"] = report["models"]["unet"]          # the report's earlier key
     return report
@@ -352,6 +357,7 @@ def write_worst_chips_png(report: dict, path: Path, n: int = 6,
     info = report.get("models", {}).get(method, {})
     model = _load_model(info["path"], None) if method in MODEL_METHODS else None
     root = Path(report["data_dir"])
+    ds: Chips128Dataset | Sen1Floods11Dataset
     if report["layout"] == "chips128":
         ds = Chips128Dataset(root, [int(k) for _, k in worst])
     else:

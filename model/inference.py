@@ -13,11 +13,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import re
 import warnings
 from pathlib import Path
-
-import os
 
 import numpy as np
 import torch
@@ -172,7 +171,8 @@ class WaterModel:
         self.device = device or torch.device("cpu")
         self.net = net.to(self.device).eval()
         if self.device.type == "cpu":                 # ~1.6x faster convolutions on CPU
-            self.net = self.net.to(memory_format=torch.channels_last)
+            # torch's stub of Module.to lacks memory_format
+            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.meta = meta
         self.path = path
         self.name: str = str(meta.get("name", DEFAULT_NAME))
@@ -337,7 +337,7 @@ class WaterModel:
         _, h, w = bands.shape
         if h == 0 or w == 0:
             return np.zeros((h, w), dtype=np.float32)
-        use_refine = bool(self.refine) if refine is None else bool(refine and self.refine)
+        use_refine = self.refine if refine is None or refine else None
         with torch.inference_mode():
             x, nodata, feats, s = self._inputs(bands, scale)
             if nodata is not None and bool(nodata.all()):
@@ -347,10 +347,10 @@ class WaterModel:
             if s == 1:
                 prob = torch.sigmoid(z * inv_t)
             elif use_refine:
-                guide = guide_bands(x, self.refine["guides"])
+                guide = guide_bands(x, use_refine["guides"])
                 guide_coarse, _ = masked_mean_pool(guide, s, has_nan=nodata is not None)
                 prob = guided_upsample(torch.sigmoid(z * inv_t), guide_coarse, guide, s,
-                                       int(self.refine["radius"]), float(self.refine["eps"]))
+                                       int(use_refine["radius"]), float(use_refine["eps"]))
             else:
                 z = F.interpolate(z[None, None], scale_factor=s, mode="bilinear",
                                   align_corners=False)[0, 0, :h, :w]

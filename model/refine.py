@@ -15,7 +15,7 @@ All window statistics are computed at the coarse resolution; only the bilinear u
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ GUIDES = ("ndwi", "mndwi")
 # the refinement new weights carry (``refine`` in the weights file): both indices as the guide,
 # 3 x 3 coarse cells per window, ridge 0.01 (windows whose guide varies by less than ~0.1 keep
 # the network's probability)
-DEFAULT_REFINE = {"guides": ["ndwi", "mndwi"], "radius": 1, "eps": 0.01}
+DEFAULT_REFINE: dict[str, Any] = {"guides": ["ndwi", "mndwi"], "radius": 1, "eps": 0.01}
 # B03, B08, B11 in the six-band order of the model
 _GREEN, _NIR, _SWIR1 = 1, 3, 4
 

@@ -4,8 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from aquamask.model.inference import (WEIGHTS_DIR, WaterModel, default_weights, resolve_weights,
-                                      select_device, shipped_models)
+from aquamask.model.inference import (
+    WEIGHTS_DIR,
+    WaterModel,
+    default_weights,
+    resolve_weights,
+    select_device,
+    shipped_models,
+)
 from tests.model.conftest import synthetic_scene
 
 
