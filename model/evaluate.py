@@ -341,7 +341,8 @@ def write_masks_png(data_dir: Path, layout: str, report: dict, path: Path,
     rows = [np.concatenate([pad(p) for p in panels[i:i + cols]], axis=1)
             for i in range(0, len(panels), cols)]
     path = Path(path)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    # a 64-colour palette keeps the picture a few hundred KB (the RGB panel dithers slightly)
+    Image.fromarray(np.concatenate(rows, axis=0)).quantize(64).save(path, optimize=True)
     return path
 
 
@@ -374,7 +375,8 @@ def write_worst_chips_png(report: dict, path: Path, n: int = 6,
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows]
     path = Path(path)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    # a 64-colour palette keeps the picture a few hundred KB (the RGB panel dithers slightly)
+    Image.fromarray(np.concatenate(rows, axis=0)).quantize(64).save(path, optimize=True)
     return path
 
 
