@@ -11,11 +11,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from aquamask.model.indices import mndwi, ndwi
+from aquamask.model.indices import (
+    INDEX_BINS,
+    index_histogram,
+    mndwi,
+    ndwi,
+    otsu_threshold_from_histogram,
+    threshold_probability,
+)
 from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import ConfigError
 
@@ -32,17 +39,21 @@ _BAND = {name: i for i, name in enumerate(DETECTION_BANDS)}
 class Method:
     """``build(model)`` gives the per-block predictor (``model`` is None unless
     ``needs_model``); ``halo``: context pixels each block is read with, None for the model's
-    own (``WaterModel.halo``)."""
+    own (``WaterModel.halo``). A scene-level method has ``fit`` instead: a first pass over
+    the scene's blocks (no halo) gives its predictor."""
 
     name: str
     description: str
-    build: Callable[["WaterModel | None"], Predict]
+    build: Callable[["WaterModel | None"], Predict] | None = None
     needs_model: bool = False
     halo: int | None = 0
     default_threshold: float = 0.5
+    fit: Callable[[Iterable[np.ndarray]], Predict] | None = None
 
     def predictor(self, model: "WaterModel | None") -> tuple[Predict, int]:
         """The per-block function and the halo it needs."""
+        if self.build is None:
+            raise ValueError(f"the {self.name} method is fitted to a whole scene (fit)")
         if self.needs_model and model is None:
             raise ValueError(f"the {self.name} method needs a loaded WaterModel")
         halo = self.halo if self.halo is not None else int(model.halo)  # type: ignore[union-attr]
@@ -89,6 +100,25 @@ register(Method("unet", "the trained model", build=lambda model: model.predict, 
                 needs_model=True, halo=None))
 register(Method("ndwi", "spectral index > 0", build=_index(ndwi, "B03", "B08")))
 register(Method("mndwi", "spectral index > 0", build=_index(mndwi, "B03", "B11")))
+
+
+def _scene_mndwi(bands: np.ndarray) -> np.ndarray:
+    return mndwi(bands[_BAND["B03"]], bands[_BAND["B11"]])
+
+
+def _fit_otsu_mndwi(blocks: Iterable[np.ndarray]) -> Predict:
+    """MNDWI above Otsu's threshold of the whole scene's histogram (block histograms add up,
+    so memory stays bounded); a scene without valid pixels falls back to 0."""
+    counts = np.zeros(INDEX_BINS, np.int64)
+    for bands in blocks:
+        counts += index_histogram(_scene_mndwi(bands))
+    t = otsu_threshold_from_histogram(counts)
+    t = t if np.isfinite(t) else 0.0
+    return lambda bands: threshold_probability(_scene_mndwi(bands), t)
+
+
+register(Method("otsu-mndwi", "spectral index > the scene's own Otsu threshold",
+                fit=_fit_otsu_mndwi))
 
 
 @lru_cache(maxsize=2)

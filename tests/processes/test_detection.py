@@ -6,7 +6,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from aquamask.model.indices import mndwi
+from aquamask.model.indices import index_histogram, mndwi, otsu_threshold_from_histogram
 from aquamask.processes.pipeline.detection import detect
 from aquamask.processes.pipeline.methods import index_probability
 from aquamask.processes.pipeline.sources.raster import RasterSource
@@ -38,6 +38,18 @@ def test_blocks_and_threads_change_nothing(scene, tmp_path):
                                                       rel=1e-4)
     assert progress == sorted(progress) and progress[-1] == 100 and len(progress) == 9
     assert set(timings) == {"read", "predict", "write"} and all(v >= 0 for v in timings.values())
+
+
+def test_otsu_mndwi_thresholds_every_block_at_the_whole_scenes_otsu(scene, tmp_path):
+    mask = detect(scene, "otsu-mndwi", 0.5, tmp_path / "w", block=200)
+    whole = scene.read(Window(0, 0, scene.width, scene.height))
+    index = mndwi(whole[1], whole[4])
+    t = otsu_threshold_from_histogram(index_histogram(index))
+    assert -0.5 < t < 0.5                                 # the demo scene is bimodal
+    with rasterio.open(mask.path) as classes:
+        got = classes.read(1)
+    assert np.array_equal(got == 1, index >= t)
+    assert np.array_equal(got == 255, np.isnan(index))
 
 
 def test_an_error_in_the_middle_stops_the_stream_and_surfaces(scene, tmp_path):

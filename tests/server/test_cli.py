@@ -33,6 +33,16 @@ def test_detect_writes_a_mask_cog_and_shows_progress(demo_scene, tmp_path):
     assert not list(out.parent.glob(".aquamask-*")), "no work files left behind"
 
 
+def test_detect_with_the_scenes_own_otsu_threshold(demo_scene, tmp_path):
+    out = tmp_path / "mask.tif"
+    result = aquamask("detect", str(demo_scene), "--out", str(out), "--method", "otsu-mndwi")
+    assert result.returncode == 0, result.stderr
+    with rasterio.open(out) as mask:
+        water = mask.read(1) == 1
+    label = demo_truth() == 1
+    assert (water & label).sum() / (water | label).sum() > 0.9
+
+
 def test_detect_reports_bad_input_without_a_traceback(tmp_path):
     bad = tmp_path / "not-a-raster.tif"
     bad.write_text("hello")
