@@ -80,20 +80,44 @@ def _version_key(path: Path) -> tuple[int, ...]:
     return tuple(int(g) for g in m.groups()) if m else (-1,)
 
 
-def default_weights(name: str = DEFAULT_NAME) -> Path:
-    """The newest shipped weights file of ``name`` (its highest semantic version)."""
-    found = sorted(WEIGHTS_DIR.glob(f"{name}-*.pt"), key=_version_key)
+def default_weights(name: str = DEFAULT_NAME, folder: Path = WEIGHTS_DIR) -> Path:
+    """The newest weights file of ``name`` in ``folder`` (its highest semantic version)."""
+    found = sorted(folder.glob(f"{name}-*.pt"), key=_version_key)
     found = [p for p in found if re.fullmatch(rf"{re.escape(name)}-\d+\.\d+\.\d+\.pt", p.name)]
     if not found:
-        raise FileNotFoundError(f"no {name}-X.Y.Z.pt weights in {WEIGHTS_DIR}")
+        raise FileNotFoundError(f"no {name}-X.Y.Z.pt weights in {folder}")
     return found[-1]
 
 
-def shipped_models() -> list[str]:
-    """Names of the models shipped in ``WEIGHTS_DIR`` (each loadable by name)."""
-    names = {m.group(1) for p in WEIGHTS_DIR.glob("*.pt")
+def shipped_models(folder: Path = WEIGHTS_DIR) -> list[str]:
+    """Names of the models in ``folder`` (default: the shipped ones; each loadable by name)."""
+    names = {m.group(1) for p in folder.glob("*.pt")
              if (m := re.fullmatch(r"(.+)-\d+\.\d+\.\d+\.pt", p.name))}
     return sorted(names)
+
+
+# a model's name or name-version: a file name in an allow-listed folder, never a path
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def find_model(name: str | None, extra: Path | str | None = None) -> Path:
+    """The weights file of a model named (never a path): ``name-X.Y.Z`` exactly, or the
+    newest version of ``name``; looked up in the shipped ``WEIGHTS_DIR``, then in ``extra``
+    (an operator's folder). None: the newest default model. LookupError if none matches."""
+    name = name or DEFAULT_NAME
+    if not MODEL_NAME.fullmatch(name):
+        raise LookupError(f"{name!r} is not a model name (name or name-X.Y.Z, not a path)")
+    folders = [WEIGHTS_DIR, *([Path(extra)] if extra else [])]
+    for folder in folders:
+        if (folder / f"{name}.pt").is_file():
+            return folder / f"{name}.pt"
+        try:
+            return default_weights(name, folder)
+        except FileNotFoundError:
+            pass
+    known = sorted({n for f in folders if f.is_dir() for n in shipped_models(f)})
+    raise LookupError(f"no model {name!r} in {', '.join(map(str, folders))} "
+                      f"(models there: {', '.join(known)})")
 
 
 def resolve_weights(weights: str | Path | None) -> Path:
@@ -104,11 +128,10 @@ def resolve_weights(weights: str | Path | None) -> Path:
         return default_weights()
     text = str(weights)
     if not any(sep in text for sep in ("/", "\\")) and not Path(text).exists():
-        stem = text[:-3] if text.endswith(".pt") else text
-        if (WEIGHTS_DIR / f"{stem}.pt").exists():
-            return WEIGHTS_DIR / f"{stem}.pt"
-        if stem in shipped_models():
-            return default_weights(stem)
+        try:
+            return find_model(text[:-3] if text.endswith(".pt") else text)
+        except LookupError:
+            pass
     return Path(weights)
 
 

@@ -30,16 +30,18 @@ PREFETCH = 2  # blocks read ahead of the one being predicted
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How a Dask worker finds the model of a fanned-out block: the weights and device the
-    job's settings name (``methods.load_model`` caches it per worker process)."""
+    """How a Dask worker finds the model of a fanned-out block: the model, weights folder and
+    device the job's settings name (``methods.load_model`` caches it per worker process)."""
 
-    weights: str | None
+    model: str | None
     device: str | None
+    weights_dir: str | None = None
 
 
 def predict_block(method: str, spec: ModelSpec | None, bands: np.ndarray) -> np.ndarray:
     """One block's probability, as a task on a Dask worker."""
-    model = methods.load_model(spec.weights, spec.device) if spec is not None else None
+    model = (methods.load_model(spec.model, spec.device, spec.weights_dir)
+             if spec is not None else None)
     return methods.get(method).predictor(model)[0](bands)
 
 

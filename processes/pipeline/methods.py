@@ -9,6 +9,7 @@ configuration error, not a silent mix-up.
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Callable, Iterable
@@ -121,23 +122,51 @@ register(Method("otsu-mndwi", "spectral index > the scene's own Otsu threshold",
                 fit=_fit_otsu_mndwi))
 
 
-@lru_cache(maxsize=2)
-def load_model(weights: str | None, device: str | None) -> "WaterModel":
-    """The U-Net, loaded once per process (job workers run many blocks, the CLI one scene)."""
-    from aquamask.model.inference import WaterModel  # torch is imported only when needed
-
-    model = WaterModel.load(weights, device=None if device in (None, "auto") else device)
+def _checked(model: "WaterModel", key: str) -> "WaterModel":
     if tuple(model.bands) != DETECTION_BANDS:
-        raise ConfigError(f"detection.weights: the model reads the bands {model.bands}, the "
-                          f"sources give {DETECTION_BANDS}")
+        raise ConfigError(f"{key}: the model reads the bands {model.bands}, the sources give "
+                          f"{DETECTION_BANDS}")
     return model
 
 
+def _device(device: str | None) -> str | None:
+    return None if device in (None, "auto") else device
+
+
+@lru_cache(maxsize=2)
+def load_model(model: str | None, device: str | None, weights_dir: str | None = None
+               ) -> "WaterModel":
+    """The U-Net ``model`` names (shipped, or in ``weights_dir``; by name, never a path),
+    loaded once per process (job workers run many blocks, the CLI one scene)."""
+    from aquamask.model.inference import WaterModel, find_model  # torch only when needed
+
+    try:
+        path = find_model(model, weights_dir)
+    except LookupError as err:
+        raise ConfigError(f"detection.model: {err}") from None
+    return _checked(WaterModel.load(path, device=_device(device)), "detection.model")
+
+
+def load_weights_file(weights: str, device: str | None) -> "WaterModel":
+    """Any weights file the CLI's user names (``aquamask train`` writes them), or a shipped
+    model's name; a file that is not aquamask weights is the user's error, told in one line."""
+    from aquamask.model.inference import WaterModel
+
+    try:
+        model = WaterModel.load(weights, device=_device(device))
+    # torch.load's failures on a foreign file: unpickling, zip, missing keys, shapes
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError,
+            pickle.UnpicklingError) as err:
+        raise ConfigError(f"--weights {weights}: not aquamask weights ({err})") from None
+    return _checked(model, f"--weights {weights}")
+
+
 def model_for(method: str, settings: "Settings") -> "WaterModel | None":
-    """The loaded model ``method`` needs (``detection.weights`` on ``detection.device``)."""
+    """The loaded model ``method`` needs (``detection.model`` on ``detection.device``)."""
     if not get(method).needs_model:
         return None
-    return load_model(settings.detection.weights, settings.detection.device)
+    d = settings.detection
+    return load_model(d.model, d.device, d.weights_dir)
 
 
 def threshold_for(method: str, settings: "Settings") -> float:

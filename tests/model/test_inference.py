@@ -211,6 +211,20 @@ def test_precision_choice_and_env_override(monkeypatch):
         WaterModel.load(device="cpu", precision="int4")
 
 
+def test_models_are_found_by_name_only(tmp_path):
+    from aquamask.model.inference import find_model
+    assert find_model(None) == find_model("unet-s2-water") == default_weights()
+    assert find_model("unet-s2-water-1.1.0") == WEIGHTS_DIR / "unet-s2-water-1.1.0.pt"
+    (tmp_path / "lake-0.1.0.pt").write_bytes(b"")
+    (tmp_path / "lake-0.2.0.pt").write_bytes(b"")
+    assert find_model("lake", tmp_path) == tmp_path / "lake-0.2.0.pt"
+    with pytest.raises(LookupError, match="no model"):
+        find_model("lake")                              # not shipped, and no folder given
+    for path in ("../weights/unet-s2-water", "/etc/passwd", "a/b", ".hidden"):
+        with pytest.raises(LookupError, match="not a model name"):
+            find_model(path, tmp_path)
+
+
 def test_old_weights_still_load():
     # 1.1.0 predates scale and refine: they default to the network at full resolution
     m = WaterModel.load(WEIGHTS_DIR / "unet-s2-water-1.1.0.pt", device="cpu")

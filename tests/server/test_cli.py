@@ -43,6 +43,31 @@ def test_detect_with_the_scenes_own_otsu_threshold(demo_scene, tmp_path):
     assert (water & label).sum() / (water | label).sum() > 0.9
 
 
+def test_detect_with_the_users_own_weights(demo_scene, tmp_path):
+    from aquamask.model.inference import WEIGHTS_DIR
+    mine = tmp_path / "my-model.pt"                     # as `aquamask train --out` writes
+    mine.write_bytes((WEIGHTS_DIR / "unet-s2-water-1.1.0.pt").read_bytes())
+    out = tmp_path / "mask.tif"
+    result = aquamask("detect", str(demo_scene), "--out", str(out), "--weights", str(mine),
+                      "--no-probability")
+    assert result.returncode == 0, result.stderr
+    with rasterio.open(out) as mask:
+        water = mask.read(1) == 1
+    label = demo_truth() == 1
+    assert (water & label).sum() / (water | label).sum() > 0.8
+
+
+def test_detect_refuses_a_bad_weights_file_in_one_line(demo_scene, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not weights")
+    for args in (["--weights", str(bad)], ["--weights", str(tmp_path / "missing.pt")],
+                 ["--weights", str(bad), "--method", "ndwi"]):
+        result = aquamask("detect", str(demo_scene), "--out", str(tmp_path / "m.tif"), *args)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: --weights") and "Traceback" not in result.stderr
+    assert not (tmp_path / "m.tif").exists()
+
+
 def test_detect_reports_bad_input_without_a_traceback(tmp_path):
     bad = tmp_path / "not-a-raster.tif"
     bad.write_text("hello")
