@@ -97,8 +97,22 @@ def _index(index: Callable[[np.ndarray, np.ndarray], np.ndarray], a: str, b: str
                                                                  bands[_BAND[b]])))
 
 
-register(Method("unet", "the trained model", build=lambda model: model.predict,  # type: ignore[union-attr]
-                needs_model=True, halo=None))
+def _unet(model: "WaterModel | None") -> Predict:
+    """The model's probability with its calibrated cut (``model.threshold``, fitted on
+    out-of-fold logits) moved to 0.5 by a logit shift, so that the pipeline's threshold 0.5
+    is the cut the model was evaluated at."""
+    assert model is not None
+    shift = float(np.log(model.threshold / (1.0 - model.threshold)))
+    if shift == 0.0:
+        return model.predict
+
+    def predict(bands: np.ndarray) -> np.ndarray:
+        p = np.clip(model.predict(bands), 1e-7, 1.0 - 1e-7)
+        return (1.0 / (1.0 + (1.0 - p) / p * np.exp(shift))).astype(np.float32)
+    return predict
+
+
+register(Method("unet", "the trained model", build=_unet, needs_model=True, halo=None))
 register(Method("ndwi", "spectral index > 0", build=_index(ndwi, "B03", "B08")))
 register(Method("mndwi", "spectral index > 0", build=_index(mndwi, "B03", "B11")))
 

@@ -110,3 +110,17 @@ def test_only_the_cogs_reach_the_disk_and_the_rasters_in_between_are_freed(
     with pytest.raises(RuntimeError):
         detect(scene, "ndwi", 0.5, tmp_path / "x", block=128, progress=failing)
     assert not exists(str(folders[0] / "classes.raw.tif"))
+
+
+def test_unet_cuts_at_the_models_calibrated_threshold_when_asked_for_0_5():
+    from aquamask.processes.pipeline import methods
+    from tests.model.conftest import synthetic_scene
+    model = methods.load_model(None, "cpu")
+    assert model.threshold != 0.5                        # 2.0.0's out-of-fold cut
+    bands = synthetic_scene(96, 96)[0]
+    shifted = methods.get("unet").predictor(model)[0](bands)
+    raw = model.predict(bands)
+    assert np.array_equal(np.isnan(shifted), np.isnan(raw))
+    near = np.abs(raw - model.threshold) < 1e-5          # float rounding at the cut itself
+    assert np.array_equal((shifted >= 0.5)[~near], (raw >= model.threshold)[~near])
+    assert np.all(np.diff(shifted.ravel()[np.argsort(raw.ravel())]) >= -1e-6)  # monotone
