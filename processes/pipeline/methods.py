@@ -171,7 +171,8 @@ def load_weights_file(weights: str, device: str | None) -> "WaterModel":
     # torch.load's failures on a foreign file: unpickling, zip, missing keys, shapes
     except (OSError, RuntimeError, ValueError, KeyError, TypeError,
             pickle.UnpicklingError) as err:
-        raise ConfigError(f"--weights {weights}: not aquamask weights ({err})") from None
+        raise ConfigError(f"--weights {weights}: cannot be loaded as aquamask weights "
+                          f"({err})") from None
     return _checked(model, f"--weights {weights}")
 
 
