@@ -89,7 +89,8 @@ class JobsSettings:
 class DetectionSettings:
     method: str
     threshold: Fraction | None  # None: the method's own default
-    weights: str | None
+    model: str | None  # a model's name or name-version (never a path); None: the default
+    weights_dir: str | None  # the operator's own weights, beside the shipped ones
     device: str | None
     fan_out_pixels: Size
 

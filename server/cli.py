@@ -92,8 +92,10 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 @click.option("--bands", help='band indexes as JSON, e.g. \'{"B02": 1, ...}\'')
 @click.option("--probability/--no-probability", default=True, show_default=True,
               help="also write the water probability COG beside the mask")
+@click.option("--weights", help="the unet model: a weights file (e.g. one `aquamask train` "
+              "wrote) or a shipped model's name [default: detection.model]")
 def detect(image: str, out: Path, method: str, threshold: float, bands: str | None,
-           probability: bool) -> None:
+           probability: bool, weights: str | None) -> None:
     """Detect water in IMAGE without a server and write the mask COG."""
     from aquamask.processes.pipeline.flow import detect_to_file
 
@@ -101,12 +103,20 @@ def detect(image: str, out: Path, method: str, threshold: float, bands: str | No
         mapping = json.loads(bands) if bands else None
     except json.JSONDecodeError as err:
         fail(f"--bands is not valid JSON: {err}")
+    if weights is not None and not methods.get(method).needs_model:
+        fail(f"--weights is for the unet method, not {method}")
+    settings = Settings.load()
     try:
+        # before the scene is read: a bad weights file fails at once
+        model = (methods.load_weights_file(weights, settings.detection.device)
+                 if weights is not None else None)
         with progress_bar(f"detecting water ({method})") as update:
-            mask = detect_to_file(image, out, Settings.load(), method, threshold, mapping,
-                                  progress=update, with_probability=probability)
+            mask = detect_to_file(image, out, settings, method, threshold, mapping,
+                                  progress=update, with_probability=probability, model=model)
     except AquamaskError as err:
         fail(err.message)
+    except ConfigError as err:
+        fail(str(err))
     stats = mask.stats
     written = f"{out} and {out.with_suffix('.probability.tif')}" if probability else str(out)
     click.echo(f"wrote {written}\n"

@@ -45,16 +45,18 @@ def _below_compute() -> None:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How a Dask worker finds the model of a fanned-out block: the weights and device the
-    job's settings name (``methods.load_model`` caches it per worker process)."""
+    """How a Dask worker finds the model of a fanned-out block: the model, weights folder and
+    device the job's settings name (``methods.load_model`` caches it per worker process)."""
 
-    weights: str | None
+    model: str | None
     device: str | None
+    weights_dir: str | None = None
 
 
 def predict_block(method: str, spec: ModelSpec | None, bands: np.ndarray) -> np.ndarray:
     """One block's probability, as a task on a Dask worker."""
-    model = methods.load_model(spec.weights, spec.device) if spec is not None else None
+    model = (methods.load_model(spec.model, spec.device, spec.weights_dir)
+             if spec is not None else None)
     return methods.get(method).predictor(model)[0](bands)
 
 
@@ -124,13 +126,20 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
     waiting for them).
     """
     started = time.perf_counter()
-    predict, halo = methods.get(method).predictor(model)
+    chosen = methods.get(method)
+    if chosen.fit is not None:
+        # index arithmetic is cheap: the fitted predictor runs here, not on a cluster
+        predict, halo, fan_out = chosen.fit(
+            scene.read(w) for w in windows(scene.width, scene.height, block)), 0, None
+    else:
+        predict, halo = chosen.predictor(model)
+    fit_seconds = time.perf_counter() - started
     folder = intermediate_folder(workdir, scene.width * scene.height, with_probability)
     # not the COGs' names: a caller may write those into the same work folder
     classes_path = folder / "classes.raw.tif"
     probability_path = folder / "probability.raw.tif"
     timings = stage_seconds if stage_seconds is not None else {}
-    timings.update(read=0.0, predict=0.0, write=0.0)
+    timings.update(read=fit_seconds, predict=0.0, write=0.0)  # a fit's pass is reading
     try:
         stats = _detect_into(scene, classes_path, probability_path if with_probability
                              else None, predict, halo, method, threshold, block, progress,

@@ -67,7 +67,8 @@ def block_fan_out(settings: Settings, pixels: int, method: str) -> Iterator[Bloc
     except ValueError:  # not a Dask task
         yield None
         return
-    spec = ModelSpec(settings.detection.weights, settings.detection.device) \
+    spec = ModelSpec(settings.detection.model, settings.detection.device,
+                     settings.detection.weights_dir) \
         if methods.get(method).needs_model else None
     with worker_client() as client:
         threads = sum(client.nthreads().values())
@@ -128,17 +129,18 @@ def _detection_progress(progress: ProgressCallback) -> ProgressCallback:
 def detect_to_file(href: str, out: Path, settings: Settings, method: str = "unet",
                    threshold: float = 0.5, bands: dict[str, int] | None = None,
                    progress: ProgressCallback = no_progress,
-                   with_probability: bool = True) -> Mask:
+                   with_probability: bool = True, model: "WaterModel | None" = None) -> Mask:
     """The CLI's detection: one mask COG at ``out`` (and ``out``'s .probability.tif), no server.
 
     Local paths are read as given (the data-root rule protects the server, not the CLI user).
+    ``model``: the CLI user's own weights (``--weights``), else the configured model.
     """
     out = out.resolve()
     source = RasterSource(Path("/"), settings.limits.max_pixels, ["http", "https"])
     if "://" not in href:
         href = str(Path(href).expanduser().resolve())
     scene = source.read(href, bands)
-    model = methods.model_for(method, settings)
+    model = model or methods.model_for(method, settings)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".aquamask-", dir=out.parent))
     try:
