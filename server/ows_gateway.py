@@ -24,13 +24,14 @@ from html import escape
 from typing import Iterable, Sequence
 from urllib.parse import quote
 
+from aquamask.processes.publishing.mapserver import INFO_FORMATS
+
 WMS_VERSIONS = ("1.3.0", "1.1.1")
 WCS_VERSION = "2.0.1"
 WMS_OPERATIONS = ("GetCapabilities", "GetMap", "GetFeatureInfo", "GetLegendGraphic")
 WCS_OPERATIONS = ("GetCapabilities", "DescribeCoverage", "GetCoverage")
 # what the embedded engine draws and describes (config/mapfile.j2 declares the same)
 MAP_FORMATS = ("image/png",)
-INFO_FORMATS = ("text/plain", "application/vnd.ogc.gml")
 COVERAGE_FORMATS = ("image/tiff",)
 EXCEPTION_FORMATS = {
     "1.3.0": {"XML": "XML", "INIMAGE": "INIMAGE", "BLANK": "BLANK"},
