@@ -104,7 +104,7 @@ def test_a_series_as_a_job_with_progress_files_and_a_time_layer(site):
     validation = requests.get(results["field_validation"]["chart"]["href"], timeout=10)
     assert Image.open(io.BytesIO(validation.content)).size == (1200, 600)
     # one WMS layer with a TIME dimension: two dates, two different maps
-    layer = results["layer"]
+    layer = results["layer"]["value"]
     times = [scenes.dates[k].time for k in USABLE]
     assert layer["times"] == times
     caps = requests.get(f"{server.url}/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities",
@@ -144,7 +144,7 @@ def test_change_and_frequency_layers_in_their_styles(site):
     assert outputs["after"]["date"] == scenes.dates["d2"].day
     gained = (scenes.water("d2") & ~scenes.water("d1") & scenes.valid("d1")).sum()
     assert outputs["pixels"]["gained"] == gained
-    image = png(requests.get(outputs["layer"]["getmap"], timeout=30))
+    image = png(requests.get(outputs["layer"]["value"]["getmap"], timeout=30))
     green = ((image[..., :3] == (26, 152, 80)).all(-1)).sum()
     red = ((image[..., :3] == (215, 48, 39)).all(-1)).sum()
     assert green > 500 and red > 500, "gained and lost water drawn in their colours"
@@ -154,10 +154,10 @@ def test_change_and_frequency_layers_in_their_styles(site):
     assert frequency.status_code == 200, frequency.text
     result = frequency.json()
     assert result["observations_used"] == 5
-    image = png(requests.get(result["layer"]["getmap"], timeout=30))
+    image = png(requests.get(result["layer"]["value"]["getmap"], timeout=30))
     darkest = ((image[..., :3] == (8, 48, 107)).all(-1)).sum()
     assert darkest > 1000, "always-wet water in the darkest blue"
-    legend = requests.get(result["layer"]["legend"], timeout=30)
+    legend = requests.get(result["layer"]["value"]["legend"], timeout=30)
     assert legend.status_code == 200 and legend.headers["Content-Type"] == "image/png"
 
 
