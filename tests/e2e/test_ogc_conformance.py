@@ -332,6 +332,10 @@ def test_get_feature_info_in_every_advertised_format(site, detection):
     server, _ = site
     name = detection["layer"]["value"]["name"]
     wms = WebMapService(f"{server.url}/ows", version="1.3.0")
+    # a title that says what the layer is: process, method, input and when it ran
+    title = wms.contents[name].title
+    assert title.startswith("Water detection (ndwi): demo.tif, run 20"), title
+    assert title.endswith(" UTC") and name not in title
     formats = wms.getOperationByName("GetFeatureInfo").formatOptions
     assert sorted(formats) == sorted(INFO_FORMATS)
     with rasterio.open(f"/vsicurl/{detection['mask']['href']}") as mask:
