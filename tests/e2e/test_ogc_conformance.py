@@ -143,6 +143,13 @@ def test_landing_page_and_conformance(site):
     for name in ("core", "ogc-process-description", "json", "oas30", "job-list", "dismiss",
                  "callback"):
         assert CONF + name in classes["conformsTo"], name
+    # OGC API - Common's classes, as pygeoapi declares them: an OpenAPI 3.0 document, HTML
+    # pages, and collections (none here: the layers are WMS/WCS)
+    assert get(server.url + "/openapi?f=json").json()["openapi"].startswith("3.0")
+    for path in ("/", "/processes", "/jobs"):
+        page = get(server.url + path + "?f=html")
+        assert page.headers["Content-Type"].startswith("text/html"), path
+    assert get(server.url + "/collections?f=json").json()["collections"] == []
 
 
 def test_process_list_descriptions_and_paging(site):
