@@ -430,3 +430,18 @@ def test_wcs_capabilities_give_each_coverage_a_wgs84_box(site, detection):
         box = rasterio.warp.transform_bounds(cog.crs, "EPSG:4326", *cog.bounds)
     assert (west, south, east, north) == pytest.approx(box, abs=1e-6)
 
+
+
+def test_not_found_is_logged_without_a_traceback(site):
+    server, _ = site
+    log = server.home / "server.log"
+    before = log.read_text().count("Traceback")
+    missing = "0b1ec7ed-0000-4000-8000-000000000404"
+    for path in (f"/jobs/{missing}", f"/jobs/{missing}/results", f"/processes/{missing}",
+                 f"/collections/{missing}", f"/results/{missing}/mask.tif"):
+        assert requests.get(server.url + path, timeout=30).status_code == 404, path
+    time.sleep(0.5)  # the log is written by the server's processes
+    text = log.read_text()
+    assert text.count("Traceback") == before
+    assert not [line for line in text.splitlines() if " ERROR " in line and missing in line]
+    assert [line for line in text.splitlines() if "INFO" in line and missing in line]
