@@ -467,6 +467,9 @@ def _wcs(p: _Params, raw_operation: str, raw_version: str, limits: Limits) -> Ow
     params = [("SERVICE", "WCS"), ("VERSION", WCS_VERSION), ("REQUEST", operation),
               ("COVERAGEID", ",".join(ids))]
     if operation == "DescribeCoverage":
+        # GDAL's WCS driver (3.6, Debian 12's, under QGIS) asks for FORMAT=text/xml: the XML
+        # it answers in anyway; accepted with that value only, not passed on
+        _choice(p, "FORMAT", ("text/xml", "application/xml"))
         p.refuse_others(operation)
         return OwsRequest("WCS", WCS_VERSION, operation, tuple(params), tuple(ids))
     if len(ids) != 1:

@@ -14,6 +14,8 @@ MapServer behind /ows) over loopback.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -28,6 +30,7 @@ import requests
 from owslib.ogcapi.processes import Processes
 from owslib.wms import WebMapService
 from pyproj import Transformer
+from rasterio.vrt import WarpedVRT
 
 from tests.support.ogc_schemas import assert_valid, require_schemas
 from tests.support.server import start_server
@@ -82,6 +85,9 @@ def site(tmp_path_factory):
                          driver="COG")
     whole = (home / "cog.tif").read_bytes()
     (data / "broken.tif").write_bytes(whole[:len(whole) // 3])
+    # the demo scene in lon/lat: a coverage whose steps (~9e-05 degrees) need every digit
+    with rasterio.open(data / "demo.tif") as demo, WarpedVRT(demo, crs="EPSG:4326") as vrt:
+        rasterio.shutil.copy(vrt, data / "geo.tif", driver="GTiff")
     receiver = Receiver()
     # one job at a time, so that a second waits (accepted); loopback callbacks by IP only
     server = start_server(home, {"AQUAMASK__JOBS__MAX_RUNNING": "1",
@@ -98,6 +104,17 @@ def detection(site):
     server, _ = site
     response = requests.post(f"{server.url}/processes/water-detection/execution",
                              json={"inputs": FAST, "response": "document"}, timeout=120)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def geographic(site):
+    """The same detection on the scene in EPSG:4326."""
+    server, _ = site
+    response = requests.post(f"{server.url}/processes/water-detection/execution",
+                             json={"inputs": {**FAST, "image": {"href": "geo.tif"}},
+                                   "response": "document"}, timeout=120)
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -385,13 +402,15 @@ def pixel_value(answer: bytes, info_format: str) -> int:
     return int(float(line.split("=")[1].strip().strip("'")))
 
 
-def test_gdal_wcs_driver_reads_the_cog_grid_and_nodata(site, detection, tmp_path):
+@pytest.mark.parametrize("job", ["detection", "geographic"])
+def test_gdal_wcs_driver_reads_the_cog_grid_and_nodata(site, job, request, tmp_path):
     """GDAL's WCS client puts the coverage on the COG's grid (DescribeCoverage's origin and
     offsets are exact) and reads its pixels. GDAL (3.10 here) takes a band's NoData only from
     a ``swe:nilValues/swe:NilValue`` the SWE schema does not have, not from the standard
     ``swe:nilValues/swe:NilValues/swe:nilValue`` MapServer writes, so NoData is checked where a
     client finds it: in the description, and in the GeoTIFF GetCoverage answers."""
     server, _ = site
+    detection = request.getfixturevalue(job)
     name = detection["layer"]["value"]["name"]
     source = f"WCS:{server.url}/ows?version=2.0.1&coverage={name}"
     with rasterio.Env(GDAL_HTTP_TIMEOUT="30"), rasterio.open(
@@ -405,6 +424,14 @@ def test_gdal_wcs_driver_reads_the_cog_grid_and_nodata(site, detection, tmp_path
         assert a.a == pytest.approx(b.a, rel=1e-6) and a.e == pytest.approx(b.e, rel=1e-6)
         assert np.array_equal(wcs.read(1), cog.read(1))
         assert cog.nodata == 255
+    system_gdal = shutil.which("gdalinfo")
+    if system_gdal:  # the system's GDAL too (3.6 on Debian 12, QGIS's)
+        found = subprocess.run([system_gdal, "-json", "-oo", f"CACHE={tmp_path / 'cache-36'}",
+                                source], capture_output=True, text=True, timeout=60)
+        assert found.returncode == 0, found.stderr
+        origin_x, step_x, _, origin_y, _, step_y = json.loads(found.stdout)["geoTransform"]
+        assert abs(origin_x - b.c) < 0.01 * abs(b.a) and abs(origin_y - b.f) < 0.01 * abs(b.e)
+        assert step_x == pytest.approx(b.a, rel=1e-6) and step_y == pytest.approx(b.e, rel=1e-6)
     ows = f"{server.url}/ows?SERVICE=WCS&VERSION=2.0.1"
     described = ET.fromstring(get(f"{ows}&REQUEST=DescribeCoverage&COVERAGEID={name}").content)
     nils = [e.text for e in described.iter("{http://www.opengis.net/swe/2.0}nilValue")]
