@@ -326,6 +326,11 @@ def test_failed_job_and_exceptions(site):
     assert_exception(get(f"{server.url}/jobs/no-such-job", 404), 404, "no-such-job")
     assert_exception(requests.delete(f"{server.url}/jobs/no-such-job", timeout=30), 404,
                      "no-such-job")
+    assert_exception(requests.post(f"{server.url}/processes/nope/execution",
+                                   json={"inputs": FAST}, timeout=30), 404, "no-such-process")
+    assert_exception(requests.post(f"{server.url}/processes/water-detection/execution",
+                                   json={"inputs": FAST, "response": "multipart"},
+                                   timeout=30), 400)
     bad = requests.post(f"{server.url}/processes/water-detection/execution",
                         data=b"{not json", headers={"Content-Type": "application/json"},
                         timeout=30)
