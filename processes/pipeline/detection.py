@@ -6,6 +6,8 @@ than dask: the blocks must be written in order into two open GDAL datasets, and 
 work fits in one process."""
 from __future__ import annotations
 
+import os
+import threading
 import time
 import uuid
 from collections import deque
@@ -26,6 +28,19 @@ from aquamask.processes.pipeline.blocks import BLOCK, gtiff_profile, windows
 from aquamask.processes.types import Mask, MaskStats, ProgressCallback, Scene
 
 PREFETCH = 2  # blocks read ahead of the one being predicted
+# niceness added to the reader and writer threads: on few cores they would preempt one of
+# torch's intra-op threads, and every parallel operator then waits for the one preempted; run
+# below them, they fill the cores' idle moments (PREFETCH blocks ahead) instead
+IO_NICENESS = 5
+
+
+def _below_compute() -> None:
+    """Thread initializer: this thread's scheduling priority lowered (Linux: per thread)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + IO_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at the same priority
+        pass
 
 
 @dataclass(frozen=True)
@@ -180,8 +195,10 @@ def _detect_into(scene: Scene, classes_path: Path, probability_path: Path | None
             areas_km2["valid"] += float(np.sum(areas, where=valid))
             timings["write"] += time.perf_counter() - start
 
-        with ThreadPoolExecutor(1, thread_name_prefix="aquamask-read") as reader, \
-                ThreadPoolExecutor(1, thread_name_prefix="aquamask-write") as writer:
+        with ThreadPoolExecutor(1, thread_name_prefix="aquamask-read",
+                                initializer=_below_compute) as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="aquamask-write",
+                                   initializer=_below_compute) as writer:
             reads = deque(reader.submit(read, w) for w in blocks[:PREFETCH])
             next_read = len(reads)
             # blocks whose prediction is under way: one here, several on a cluster

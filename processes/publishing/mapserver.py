@@ -98,16 +98,32 @@ def _write(path: Path, text: str, durable: bool = False, mode: int = 0o644) -> N
     write_atomic(path, text, durable=durable, mode=mode)
 
 
+# files found whole, by path: (inode, mtime, size) when they were read. Every derived file is
+# replaced by a rename (a new inode), so an unchanged signature is the same whole file, and a
+# GetMap's check costs one stat instead of an open and two reads
+_FOUND_INTACT: dict[Path, tuple[int, int, int]] = {}
+
+
 def _intact(path: Path) -> bool:
     """Whether a derived file is there whole: of this format and ending with the marker."""
     try:
+        info = os.stat(path)
+        signature = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if _FOUND_INTACT.get(path) == signature:
+            return True
         with open(path, "rb") as fh:
             head = fh.read(len(FORMAT) + 2)
-            fh.seek(max(0, os.fstat(fh.fileno()).st_size - len(END_MARKER)))
+            fh.seek(max(0, info.st_size - len(END_MARKER)))
             tail = fh.read()
     except FileNotFoundError:
+        _FOUND_INTACT.pop(path, None)
         return False
-    return head == f"# {FORMAT}".encode() and tail == END_MARKER.encode()
+    whole = head == f"# {FORMAT}".encode() and tail == END_MARKER.encode()
+    if whole:
+        if len(_FOUND_INTACT) > 4096:
+            _FOUND_INTACT.clear()
+        _FOUND_INTACT[path] = signature
+    return whole
 
 
 @lru_cache(maxsize=1)

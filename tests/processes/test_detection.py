@@ -98,3 +98,22 @@ def test_only_the_cogs_reach_the_disk_and_the_rasters_in_between_are_freed(
     with pytest.raises(RuntimeError):
         detect(scene, "ndwi", 0.5, tmp_path / "x", block=128, progress=failing)
     assert not exists(str(folders[0] / "classes.raw.tif"))
+
+
+def test_reads_run_below_the_prediction_s_priority(scene, tmp_path):
+    """The reader thread yields the cores to the model's threads (Linux per-thread niceness)."""
+    import dataclasses
+    import os
+    import threading
+
+    seen: list[int] = []
+    read = scene.read
+
+    def noting_read(window):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return read(window)
+
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    detect(dataclasses.replace(scene, read=noting_read), "ndwi", 0.5, tmp_path / "w",
+           with_probability=False)
+    assert seen and all(nice > here for nice in seen), (here, seen)
