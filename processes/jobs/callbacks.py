@@ -12,15 +12,17 @@ the job (a worker process waits for its callbacks, at most ``TIMEOUT_S``, before
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import threading
 import time
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from aquamask.processes.errors import Forbidden
 from aquamask.processes.pipeline.sources.http import HttpPolicy
 from aquamask.processes.pipeline.sources.remote import checked_session
-from aquamask.processes.pipeline.sources.urls import HrefPolicy
+from aquamask.processes.pipeline.sources.urls import HrefPolicy, is_public
 from aquamask.processes.settings import Settings
 
 LOGGER = logging.getLogger(__name__)
@@ -38,11 +40,21 @@ def policy(settings: Settings) -> HrefPolicy:
 
 
 def check(subscriber: Mapping[str, str], settings: Settings) -> None:
-    """Refuse, before a job exists, a callback URL that could never be sent (its scheme,
-    syntax, credentials); its address is checked when it is sent."""
+    """Refuse, before a job exists, a callback URL that could never be sent: its scheme,
+    syntax, credentials, or an address of a private network written in it (a host name is
+    resolved, and its addresses checked, when the callback is sent)."""
     checked = policy(settings)
     for key, url in subscriber.items():
-        dataclasses.replace(checked, field=f"subscriber.{key}").check_url(url)
+        field = dataclasses.replace(checked, field=f"subscriber.{key}")
+        field.check_url(url)
+        host = urlsplit(url).hostname or ""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:  # a name
+            continue
+        if not is_public(address) and host not in field.private_hosts:
+            raise Forbidden(f"{field.field}: '{host}' is a loopback, link-local or private "
+                            "address, which this server does not send to")
 
 
 def send(settings: Settings, url: str, document: dict[str, Any]) -> threading.Thread:

@@ -273,11 +273,14 @@ def test_async_end_to_end_with_owslib_and_callbacks(site):
     assert failed.status_code == 201, failed.text
     assert_valid(receiver.wait("/failed"), "exception")
     assert "/refused" not in [p for p, _ in receiver.received]
-    # a scheme the href allow-list lacks is refused before a job exists, as for images
-    assert_exception(requests.post(
-        f"{server.url}/processes/water-detection/execution",
-        json={"inputs": FAST, "subscriber": {"successUri": "file:///etc/passwd"}},
-        headers={"Prefer": "respond-async"}, timeout=30), 403)
+    # a scheme the href allow-list lacks, or a private address not allow-listed, is refused
+    # before a job exists
+    for refused in ("file:///etc/passwd", "http://169.254.169.254/latest/meta-data",
+                    f"http://127.0.0.2:{receiver.port}/"):
+        assert_exception(requests.post(
+            f"{server.url}/processes/water-detection/execution",
+            json={"inputs": FAST, "subscriber": {"successUri": refused}},
+            headers={"Prefer": "respond-async"}, timeout=30), 403)
 
 
 def test_status_info_in_every_state_and_dismissal(site):
