@@ -18,7 +18,7 @@ from tqdm import tqdm
 from aquamask import __version__
 from aquamask.processes.errors import AquamaskError, ConfigError
 from aquamask.processes.pipeline import methods
-from aquamask.processes.settings import Settings
+from aquamask.processes.settings import Settings, format_bind, split_bind
 from aquamask.server.cli_publish import publish_command, reconcile_command, unpublish_command
 from aquamask.server.cli_search import search
 
@@ -50,8 +50,8 @@ def main() -> None:
 
 def gunicorn_command(settings: Settings, host: str | None, port: int | None,
                      workers: int | None) -> list[str]:
-    bind_host, _, bind_port = settings.server.bind.rpartition(":")
-    bind = f"{host or bind_host}:{port or bind_port}"
+    bind_host, bind_port = split_bind(settings.server.bind)
+    bind = format_bind(host or bind_host, port or bind_port)
     config = files("aquamask.server") / "gunicorn.conf.py"
     return [sys.executable, "-m", "gunicorn", "--config", str(config), "--bind", bind,
             "--workers", str(workers or settings.server.workers),
@@ -59,11 +59,14 @@ def gunicorn_command(settings: Settings, host: str | None, port: int | None,
 
 
 def _serve_environment(host: str | None, port: int | None) -> dict[str, str]:
+    """The server's environment: ``--host``/``--port`` become its bind address, from which
+    its URL follows unless ``server.url`` is set (Settings.url)."""
     env = dict(os.environ)
-    settings = Settings.load()
-    if (host or port) and "AQUAMASK__SERVER__URL" not in env:
-        bind_host, _, bind_port = settings.server.bind.rpartition(":")
-        env["AQUAMASK__SERVER__URL"] = f"http://{host or bind_host}:{port or bind_port}"
+    if host or port:
+        bind_host, bind_port = split_bind(Settings.load().server.bind)
+        # quoted: environment values are YAML, where [::]:5000 would be a list
+        env["AQUAMASK__SERVER__BIND"] = json.dumps(format_bind(host or bind_host,
+                                                               port or bind_port))
     return env
 
 
@@ -245,8 +248,8 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
             f"STAC item:    {outputs['stac_item']['href']}",
             f"water area:   {outputs['water_area_km2']:.3f} km² "
             f"({outputs['water_fraction']:.1%} of valid pixels)",
-            f"WMS GetMap:   {outputs['layer']['getmap']}",
-            f"WMS:          {outputs['layer']['getcapabilities']}",
+            f"WMS GetMap:   {outputs['layer']['value']['getmap']}",
+            f"WMS:          {outputs['layer']['value']['getcapabilities']}",
             f"processes:    {base}/processes",
             f"viewer:       {base}/viewer",
         ]))

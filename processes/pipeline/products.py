@@ -24,6 +24,7 @@ from aquamask import __version__
 from aquamask.processes.constants import COG_MEDIA_TYPE, INVALID
 from aquamask.processes.files import write_atomic
 from aquamask.processes.pipeline.detection import release
+from aquamask.processes.publishing.names import layer_title
 from aquamask.processes.types import Mask, Product, Scene
 
 if TYPE_CHECKING:
@@ -208,5 +209,7 @@ def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[st
                    stac_item=final / ITEM_FILE,
                    stats=mask.stats, bbox_wgs84=wgs84_bounds(mask.profile),
                    crs=f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_wkt(),
-                   title=f"Water mask ({mask.method}) of {Path(scene.href).name}",
+                   title=layer_title("Water detection", mask.method, Path(scene.href).name
+                                     + (f", acquired {scene.acquired:%Y-%m-%d}"
+                                        if scene.acquired else ""), started),
                    datetime=scene.acquired)

@@ -68,9 +68,13 @@ TEMPLATE = "mapfile.j2"
 LAYER_TEMPLATE = "mapfile-layer.j2"
 SERIES_TEMPLATE = "mapfile-series.j2"
 # the first line of every file written; a file of another format is rendered again
-FORMAT = "aquamask mapfile format 3"
+FORMAT = "aquamask mapfile format 4"
 END_MARKER = "# end of aquamask file\n"
 BASE_SRS = ("EPSG:4326", "EPSG:3857")
+# what GetFeatureInfo answers in: the mapfile advertises these (config/mapfile.j2) and /ows
+# accepts these and no other (aquamask.server.ows_gateway); MapServer writes the first two
+# itself, GeoJSON through OGR
+INFO_FORMATS = ("text/plain", "application/vnd.ogc.gml", "application/json")
 
 
 def _mapserver_string(value: Any) -> str:
@@ -279,7 +283,7 @@ class MapServerPublisher(Publisher):
             abstract="Water detected in satellite imagery by aquamask: blue is water; dry land "
                      "and no data are transparent. WCS coverages hold the classes "
                      "(0 dry, 1 water, 255 no data).",
-            srs=srs, map_extent=box, maxsize=self.max_size,
+            srs=srs, map_extent=box, maxsize=self.max_size, info_formats=INFO_FORMATS,
             includes=[safe_path(p) for p in includes], end_marker=END_MARKER)
 
     def render(self, row: dict[str, Any]) -> None:

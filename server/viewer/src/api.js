@@ -205,6 +205,9 @@ export function buildInputs(caps, state) {
 }
 
 const hrefOf = (value) => (typeof value === "string" ? value : value && value.href) || null;
+// an object output of OGC API - Processes 1.0 results is a qualified value: {value, mediaType}
+const valueOf = (output) => (output && typeof output === "object" && "mediaType" in output
+  && "value" in output ? output.value : output);
 
 function entryOf(doc, extra = {}) {
   return {
@@ -213,7 +216,7 @@ function entryOf(doc, extra = {}) {
     water_fraction: doc.water_fraction ?? null,
     valid_fraction: doc.valid_fraction ?? null,
     bbox: doc.bbox || extra.bbox || null,
-    layer: doc.layer || extra.layer || null,
+    layer: valueOf(doc.layer) || extra.layer || null,
     time: doc.time || null,
     mask: hrefOf(doc.mask),
     probability: hrefOf(doc.probability),
@@ -230,7 +233,7 @@ export function seriesFromResults(doc, extra = {}) {
   const series = Array.isArray(doc.series) ? doc.series
     : doc.series && Array.isArray(doc.series.value) ? doc.series.value : null;
   if (series && series.length) {
-    return series.map((item) => entryOf(item, { layer: doc.layer, bbox: doc.bbox,
+    return series.map((item) => entryOf(item, { layer: valueOf(doc.layer), bbox: doc.bbox,
                                                 method: doc.method, job: extra.job,
                                                 href: extra.href }));
   }
