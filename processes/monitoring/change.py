@@ -68,7 +68,7 @@ def run_change(request: MonitoringRequest, settings: Settings, job_id: str,
         profile = ctx.grid.profile()
         masks = [work / p.stamp / "mask.tif" for p in plans]
         change_gtiff = work / "change.tif"
-        totals = change_raster(masks[0], masks[1], change_gtiff)
+        totals = change_raster(masks[0], masks[1], change_gtiff, inside=ctx.place.inside)
         to_cog(change_gtiff, staging.path / CHANGE_TIF, nodata=INVALID, resampling="mode")
         shutil.copyfile(masks[0], staging.path / BEFORE_TIF)
         shutil.copyfile(masks[1], staging.path / AFTER_TIF)

@@ -47,7 +47,7 @@ def run_frequency(request: MonitoringRequest, settings: Settings, job_id: str,
         profile = ctx.grid.profile()
         frequency_gtiff, observations_gtiff = work / "frequency.tif", work / "observations.tif"
         stats = frequency_rasters([r["_mask"] for r in used], profile, frequency_gtiff,
-                                  observations_gtiff)
+                                  observations_gtiff, inside=ctx.place.inside)
         progress(92, "writing the cloud-optimized GeoTIFFs")
         to_cog(frequency_gtiff, staging.path / FREQUENCY_TIF, nodata=FREQUENCY_NODATA,
                resampling="nearest")

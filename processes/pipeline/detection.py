@@ -155,7 +155,7 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
     telemetry.detection(method, time.perf_counter() - started, timings,
                         scene.width * scene.height)
     stats = MaskStats(water_pixels=counts["water_px"], valid_pixels=counts["valid_px"],
-                      total_pixels=scene.width * scene.height,
+                      total_pixels=scene.pixels,
                       water_area_km2=areas_km2["water"], valid_area_km2=areas_km2["valid"])
     model_info = None
     if model is not None:
