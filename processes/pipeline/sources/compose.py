@@ -36,6 +36,7 @@ from aquamask.processes.pipeline.sources.bands import SCL, BandAsset, SourceItem
 from aquamask.processes.pipeline.sources.cache import WindowCache
 from aquamask.processes.pipeline.sources.grid import Grid, place_mask
 from aquamask.processes.pipeline.sources.query import PlaceQuery
+from aquamask.processes.pipeline.sources.scale import rescaled_lazily
 from aquamask.processes.types import Scene
 
 LOGGER = logging.getLogger(__name__)
@@ -222,8 +223,11 @@ def place_scene(items: list[SourceItem], grid: Grid, query: PlaceQuery,
 
     first = items[0]
     ids = [it.product_id or it.id for it in items]
+    # the scale of scenes whose metadata says none (a local GeoTIFF of reflectance 0-1) is told
+    # from their pixels, as they are read
     return Scene(href=" + ".join(ids), profile=grid.profile(), bands=DETECTION_BANDS,
-                 read=read, source_ids=ids, acquired=first.datetime,
+                 read=rescaled_lazily(read, f"the scene {' + '.join(ids)}"), source_ids=ids,
+                 acquired=first.datetime,
                  source_items=[it.provenance() for it in items], close=reader.close,
                  place_pixels=place.pixels)
 

@@ -31,6 +31,12 @@ from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import InvalidInput, TooLarge
 from aquamask.processes.pipeline.sources.http import HttpPolicy
 from aquamask.processes.pipeline.sources.remote import RemoteImage
+from aquamask.processes.pipeline.sources.scale import (
+    reflectance_factor,
+    rescaled,
+    rescaled_lazily,
+    sample_windows,
+)
 from aquamask.processes.pipeline.sources.urls import HrefPolicy, check_href_text, file_under
 from aquamask.processes.types import Scene
 
@@ -253,8 +259,15 @@ class RasterSource:
         def read(window: Window) -> np.ndarray:
             return opened.run(read_window, dataset, indexes, window, nodata)
 
+        label = f"image.href: '{href}'"
+        if opened.image is None:  # a local file: its scale is told now, from a sample
+            sample = np.concatenate([read(w).ravel()
+                                     for w in sample_windows(dataset.width, dataset.height)])
+            scaled = rescaled(read, reflectance_factor(sample, label))
+        else:  # a remote one: from the first pixels detection fetches (no reads before that)
+            scaled = rescaled_lazily(read, label)
         return Scene(href=href, profile=dataset.profile.copy(), bands=DETECTION_BANDS,
-                     read=read, close=opened.close)
+                     read=scaled, close=opened.close)
 
 
 @dataclass
