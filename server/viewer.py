@@ -128,7 +128,10 @@ def _acquired(results, job_id: str) -> str | None:
     except Exception:  # noqa: BLE001 - missing, unreadable, or the store is down: no time
         return None
     properties = item.get("properties") or {}
-    acquired = properties.get("datetime") or properties.get("start_datetime")
+    # aquamask:acquired is null when no input said it (then datetime is null and
+    # start/end_datetime only bound it); items written before it have their datetime
+    acquired = properties["aquamask:acquired"] if "aquamask:acquired" in properties \
+        else properties.get("datetime")
     if store.remote and acquired:
         if len(_ACQUIRED) >= 4096:
             _ACQUIRED.clear()

@@ -100,7 +100,8 @@ def _run(request: MonitoringRequest, settings: Settings, job_id: str,
         moved = replace(product, directory=final / DATES_DIR / product.id,
                         mask_cog=final / DATES_DIR / product.id / product.mask_cog.name,
                         stac_item=final / DATES_DIR / product.id / product.stac_item.name,
-                        title=f"Water mask ({request.method}) of {row['date']}")
+                        title=f"Water mask ({request.method}) of {row['date']}, "
+                              f"series {job_id[:8]}")
         published.append(moved.id)
         layer = publishing.publish(moved, settings, background=False,
                                    series=series_name(job_id))

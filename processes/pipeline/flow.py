@@ -20,6 +20,7 @@ from aquamask.processes.pipeline import methods
 from aquamask.processes.pipeline.detection import BlockFanOut, ModelSpec, detect
 from aquamask.processes.pipeline.products import write_cogs, write_product
 from aquamask.processes.pipeline.sources import place_source
+from aquamask.processes.pipeline.sources.acquired import parse_time
 from aquamask.processes.pipeline.sources.query import PlaceQuery
 from aquamask.processes.pipeline.sources.raster import RasterSource
 from aquamask.processes.settings import Settings
@@ -44,6 +45,7 @@ class DetectionRequest:
     place: dict[str, Any] | None = field(default=None)
     source: str | None = None
     probability: bool = True
+    acquired: str | None = None  # an image's acquisition time, when its file does not say
 
     def parameters(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "href" and v is not None}
@@ -94,6 +96,8 @@ def run_detection(request: DetectionRequest, settings: Settings, product_id: str
     if request.href is not None:
         progress(2, f"opening {request.href}")
         scene = RasterSource.from_settings(settings).read(request.href, request.bands)
+        if request.acquired:
+            scene.acquired = parse_time(request.acquired)
     else:  # a place and a date: search the configured source, read the chosen scenes
         scene = place_source(settings, request.source).read(request.query(),
                                                             scaled(progress, 1, 4))

@@ -31,6 +31,9 @@ PROBABILITY_FILE = "probability.tif"
 ITEM_FILE = "item.json"
 PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+# An image whose acquisition time is unknown: STAC needs a time, so its item gives the interval
+# that surely holds it, from the first Earth observation satellite (Landsat 1) to processing
+EARLIEST_ACQUISITION = dt.datetime(1972, 7, 23, tzinfo=dt.timezone.utc)
 
 
 # 256 px blocks: overviews start at 512 px, and WMS clients read small tiles
@@ -99,9 +102,16 @@ def write_item(item: pystac.Item, path: Path) -> None:
     write_atomic(path, json.dumps(item.to_dict(include_self_link=False), indent=2))
 
 
+def acquired_text(when: dt.datetime | None) -> str:
+    """An acquisition time as titles say it: its UTC day, or that it is unknown."""
+    return f"acquired {when.astimezone(dt.timezone.utc):%Y-%m-%d}" if when \
+        else "acquisition date unknown"
+
+
 def stac_item(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, Any],
               started: dt.datetime) -> pystac.Item:
     now = dt.datetime.now(dt.timezone.utc)
+    acquired = scene.acquired
     stats = mask.stats
     sources = source_records(scene)
     lineage = {"input": {"href": scene.href, "sha256": scene.sha256,
@@ -109,8 +119,11 @@ def stac_item(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, A
                          **({"source_items": sources} if sources else {})},
                "method": mask.method, "parameters": parameters, "model": mask.model}
     item = new_item(product_id, mask.profile, {
-        "title": f"Water mask ({mask.method})",
+        "title": f"Water mask ({mask.method}), {acquired_text(acquired)}",
         "created": now.isoformat(),
+        # the acquisition time, null when no input says it (then `datetime` is null too and
+        # start/end_datetime only bound it)
+        "aquamask:acquired": acquired.isoformat() if acquired else None,
         "aquamask:water_area_km2": stats.water_area_km2,
         "aquamask:valid_area_km2": stats.valid_area_km2,
         "aquamask:water_fraction": stats.water_fraction,
@@ -120,7 +133,8 @@ def stac_item(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, A
                                + (f" with {mask.model['name']} {mask.model['version']}"
                                   if mask.model else "")),
         "processing:datetime": started.isoformat(),
-    }, datetime=scene.acquired or now, wkt2=True)
+    }, datetime=acquired, start=None if acquired else EARLIEST_ACQUISITION,
+        end=None if acquired else now, wkt2=True)
     item.add_asset("mask", cog_asset(
         MASK_FILE, "Water mask: 1 water, 0 dry, 255 no data", **{"classification:classes": [
             {"value": 0, "name": "dry"}, {"value": 1, "name": "water"},
@@ -162,6 +176,12 @@ def wgs84_bounds(profile: dict[str, Any]) -> tuple[float, float, float, float]:
                                   densify_pts=21))  # type: ignore[return-value]
 
 
+def product_title(product_id: str, mask: Mask, scene: Scene) -> str:
+    """A layer title that tells one result from another of the same input."""
+    return (f"Water mask ({mask.method}, threshold {mask.threshold:g}) of "
+            f"{Path(scene.href).name}, {acquired_text(scene.acquired)}, job {product_id[:8]}")
+
+
 def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, Any],
                   results: "Path | ResultStore", started: dt.datetime) -> Product:
     """Write COGs and STAC item into a staging folder, then commit it to the results store
@@ -189,5 +209,5 @@ def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[st
                    stac_item=final / ITEM_FILE,
                    stats=mask.stats, bbox_wgs84=wgs84_bounds(mask.profile),
                    crs=f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_wkt(),
-                   title=f"Water mask ({mask.method}) of {Path(scene.href).name}",
+                   title=product_title(product_id, mask, scene),
                    datetime=scene.acquired)

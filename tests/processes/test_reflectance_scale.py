@@ -66,7 +66,7 @@ def test_reflectance_0_1_gives_the_mask_of_digital_numbers(method, demo_scene, t
 
 
 def test_a_percent_scaled_image_is_refused_before_a_job(demo_scene, tmp_path):
-    percent = rescaled_copy(demo_scene, tmp_path / "percent.tif", 1e-2)
+    rescaled_copy(demo_scene, tmp_path / "percent.tif", 1e-2)
     source = RasterSource(tmp_path, 10**8, ["https"])
     with pytest.raises(InvalidInput, match="neither scale aquamask reads"):
         source.check("percent.tif")

@@ -29,6 +29,7 @@ from rasterio.windows import Window
 
 from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import InvalidInput, TooLarge
+from aquamask.processes.pipeline.sources.acquired import dataset_time
 from aquamask.processes.pipeline.sources.http import HttpPolicy
 from aquamask.processes.pipeline.sources.remote import RemoteImage
 from aquamask.processes.pipeline.sources.scale import (
@@ -267,7 +268,8 @@ class RasterSource:
         else:  # a remote one: from the first pixels detection fetches (no reads before that)
             scaled = rescaled_lazily(read, label)
         return Scene(href=href, profile=dataset.profile.copy(), bands=DETECTION_BANDS,
-                     read=scaled, close=opened.close)
+                     read=scaled, close=opened.close,
+                     acquired=dataset_time(dataset, Path(urlsplit(href).path).stem))
 
 
 @dataclass

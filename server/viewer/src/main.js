@@ -236,7 +236,8 @@ function resultLabel(r) {
   const o = r.outputs || {};
   const place = (r.inputs && r.inputs.image && r.inputs.image.href)
     || (o.bbox ? o.bbox.map((v) => fmt(v, 3)).join(",") : r.id);
-  const date = (r.datetime || r.finished || "").slice(0, 10);
+  // the acquisition date; never the processing time
+  const date = r.datetime ? r.datetime.slice(0, 10) : "date unknown";
   const area = o.water_area_km2 !== undefined ? ` · ${fmt(o.water_area_km2, 3)} km²` : "";
   return `${date} · ${place} · ${o.method || r.process_id}${area}`;
 }
@@ -411,7 +412,10 @@ async function acquisitionTime(entry) {
     const response = await fetch(entry.stac_item, { headers: authHeaders() });
     if (!response.ok) return null;
     const item = await response.json();
-    return (item.properties || {}).datetime || (item.properties || {}).start_datetime || null;
+    const p = item.properties || {};
+    // aquamask:acquired is null when the acquisition time is unknown (start/end_datetime then
+    // only bound it); items without it have their datetime
+    return ("aquamask:acquired" in p ? p["aquamask:acquired"] : p.datetime) || null;
   } catch {
     return null;
   }
@@ -440,7 +444,7 @@ async function showResults(doc, extra) {
 }
 
 function dateText(value) {
-  if (!value) return "–";
+  if (!value) return "unknown";
   const d = new Date(value);
   return Number.isNaN(d.getTime()) ? String(value) : d.toISOString().slice(0, 16).replace("T", " ");
 }
