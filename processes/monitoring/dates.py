@@ -169,7 +169,6 @@ def detect_date(plan: DatePlan, ctx: DateContext) -> dict[str, Any]:
                           valid_fraction=stats.valid_fraction, method=ctx.method)
         finally:
             scene.close()
-            (work / "classes.tif").unlink(missing_ok=True)
     except Cancelled:  # dismissed (synchronous scheduler: the dates run in the job's thread)
         raise
     except Exception as err:  # noqa: BLE001 - one date's failure is reported, the rest stands

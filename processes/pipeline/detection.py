@@ -61,6 +61,36 @@ def _done(value) -> Future:
     return future
 
 
+# the detection's own rasters (read once more, by the COG writer) stay in memory up to this
+# size: the classes and probability of a full Sentinel-2 tile (120.6 Mpx) are 0.6 GB; a larger
+# scene writes them under the job's work folder instead
+IN_MEMORY_BYTES = 1 << 30
+
+
+def intermediate_folder(workdir: Path, pixels: int, with_probability: bool) -> Path:
+    """Where ``detect`` writes its classes and probability rasters: GDAL's in-memory file
+    system when they fit ``IN_MEMORY_BYTES`` (then only the COGs ever reach the disk), else
+    ``workdir``. ``release`` frees them."""
+    workdir.mkdir(parents=True, exist_ok=True)  # the caller's COGs go there
+    if pixels * (5 if with_probability else 1) <= IN_MEMORY_BYTES:
+        return Path(f"/vsimem/aquamask-{uuid.uuid4().hex}")
+    return workdir
+
+
+def release(mask: Mask) -> None:
+    """Delete the detection's own rasters of ``mask`` (in memory or on disk) once its COGs
+    are written."""
+    from rasterio.errors import RasterioIOError
+    from rasterio.shutil import delete
+
+    for path in (mask.path, mask.probability_path):
+        if path is not None:
+            try:
+                delete(str(path))
+            except RasterioIOError:
+                pass  # already gone
+
+
 def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
            model=None, block: int = BLOCK,
            progress: ProgressCallback = lambda pct, msg: None,
@@ -80,14 +110,40 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
     """
     started = time.perf_counter()
     predict, halo = methods.get(method).predictor(model)
-    workdir.mkdir(parents=True, exist_ok=True)
-    classes_path = workdir / "classes.tif"
-    probability_path = workdir / "probability.tif"
+    folder = intermediate_folder(workdir, scene.width * scene.height, with_probability)
+    # not the COGs' names: a caller may write those into the same work folder
+    classes_path = folder / "classes.raw.tif"
+    probability_path = folder / "probability.raw.tif"
+    timings = stage_seconds if stage_seconds is not None else {}
+    timings.update(read=0.0, predict=0.0, write=0.0)
+    try:
+        stats = _detect_into(scene, classes_path, probability_path if with_probability
+                             else None, predict, halo, method, threshold, block, progress,
+                             timings, fan_out)
+    except BaseException:
+        release(Mask(classes_path, probability_path, {}, method, threshold,
+                     MaskStats(0, 0, 0, 0.0, 0.0)))
+        raise
+    telemetry.detection(method, time.perf_counter() - started, timings,
+                        scene.width * scene.height)
+    model_info = None
+    if model is not None:
+        model_info = {"name": model.name, "version": model.version,
+                      "weights_sha256": model.weights_sha256}
+    return Mask(path=classes_path,
+                probability_path=probability_path if with_probability else None,
+                profile=gtiff_profile(scene.profile, "uint8", INVALID), method=method,
+                threshold=threshold, stats=stats, model=model_info)
+
+
+def _detect_into(scene: Scene, classes_path: Path, probability_path: Path | None, predict,
+                 halo: int, method: str, threshold: float, block: int,
+                 progress: ProgressCallback, timings: dict[str, float],
+                 fan_out: BlockFanOut | None) -> MaskStats:
+    """``detect``'s overlapped read / predict / write of every block; the statistics."""
     crs_wkt = scene.profile["crs"].to_wkt()
     transform = scene.profile["transform"]
     blocks = list(windows(scene.width, scene.height, block))
-    timings = stage_seconds if stage_seconds is not None else {}
-    timings.update(read=0.0, predict=0.0, write=0.0)
     counts = {"water_px": 0, "valid_px": 0}
     areas_km2 = {"water": 0.0, "valid": 0.0}
 
@@ -104,7 +160,7 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
             rasterio.open(classes_path, "w", **gtiff_profile(scene.profile, "uint8", INVALID)))
         prob_ds = files.enter_context(rasterio.open(
             probability_path, "w", **gtiff_profile(scene.profile, "float32", float("nan")))
-        ) if with_probability else None
+        ) if probability_path is not None else None
         cls_ds.write_colormap(1, {DRY: (0, 0, 0, 0), WATER: (0, 112, 255, 255),
                                   INVALID: (0, 0, 0, 0)})
 
@@ -152,16 +208,6 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
                          f"detected water in block {n + 1} of {len(blocks)}")
             if written is not None:
                 written.result()
-    telemetry.detection(method, time.perf_counter() - started, timings,
-                        scene.width * scene.height)
-    stats = MaskStats(water_pixels=counts["water_px"], valid_pixels=counts["valid_px"],
-                      total_pixels=scene.pixels,
-                      water_area_km2=areas_km2["water"], valid_area_km2=areas_km2["valid"])
-    model_info = None
-    if model is not None:
-        model_info = {"name": model.name, "version": model.version,
-                      "weights_sha256": model.weights_sha256}
-    return Mask(path=classes_path,
-                probability_path=probability_path if with_probability else None,
-                profile=gtiff_profile(scene.profile, "uint8", INVALID), method=method,
-                threshold=threshold, stats=stats, model=model_info)
+    return MaskStats(water_pixels=counts["water_px"], valid_pixels=counts["valid_px"],
+                     total_pixels=scene.pixels,
+                     water_area_km2=areas_km2["water"], valid_area_km2=areas_km2["valid"])

@@ -6,12 +6,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pystac
 from pyproj import CRS
+from rasterio.io import MemoryFile
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
 from rio_cogeo.cogeo import cog_translate
@@ -21,6 +23,7 @@ from shapely.geometry import box, mapping
 from aquamask import __version__
 from aquamask.processes.constants import COG_MEDIA_TYPE, INVALID
 from aquamask.processes.files import write_atomic
+from aquamask.processes.pipeline.detection import release
 from aquamask.processes.types import Mask, Product, Scene
 
 if TYPE_CHECKING:
@@ -42,13 +45,25 @@ COG_PROFILE = dict(cog_profiles.get("deflate"), blockxsize=256, blockysize=256)
 COG_CONFIG = {"GDAL_NUM_THREADS": "ALL_CPUS"}
 
 
-def to_cog(source: Path, target: Path, *, resampling: Any, nodata: Any = None,
+def to_cog(source: Path | str, target: Path, *, resampling: Any, nodata: Any = None,
            **profile: Any) -> Path:
     """The tiled GeoTIFF ``source`` as a COG at ``target``: DEFLATE (``profile`` overrides),
-    overviews by ``resampling``."""
-    cog_translate(source, target, dict(COG_PROFILE, **profile), nodata=nodata,
-                  overview_resampling=resampling, quiet=True, in_memory=False,
-                  config=COG_CONFIG)
+    overviews by ``resampling``. GDAL's COG driver writes it in one pass (rio-cogeo's own
+    path writes a temporary GeoTIFF with overviews and copies it: every COG twice).
+
+    A source held in memory is written to memory and copied to ``target`` by Python: GDAL
+    tells a full or read-only disk only in its log and deletes what it wrote, while Python's
+    write raises the operating system's error (ENOSPC, EROFS, ...) the job reports."""
+    options = dict(nodata=nodata, overview_resampling=resampling, quiet=True,
+                   config=COG_CONFIG, use_cog_driver=True)
+    if not str(source).startswith("/vsimem/"):
+        cog_translate(source, target, dict(COG_PROFILE, **profile), **options)
+        return target
+    with MemoryFile() as cog:
+        cog_translate(source, cog.name, dict(COG_PROFILE, **profile), **options)
+        cog.seek(0)
+        with open(target, "wb") as out:
+            shutil.copyfileobj(cog, out, 16 << 20)
     return target
 
 
@@ -61,14 +76,18 @@ def write_cogs(mask: Mask, directory: Path) -> tuple[Path, Path | None]:
     threshold a user would pick."""
     mask_cog = directory / MASK_FILE
     probability_cog = directory / PROBABILITY_FILE if mask.probability_path else None
-    with ThreadPoolExecutor(2, thread_name_prefix="aquamask-cog") as pool:
-        jobs = [pool.submit(to_cog, mask.path, mask_cog, resampling="mode", nodata=INVALID)]
-        if mask.probability_path is not None and probability_cog is not None:
-            jobs.append(pool.submit(to_cog, mask.probability_path, probability_cog,
-                                    resampling="average", compress="lerc_zstd",
-                                    max_z_error=0.001))
-        for job in jobs:
-            job.result()
+    try:
+        with ThreadPoolExecutor(2, thread_name_prefix="aquamask-cog") as pool:
+            jobs = [pool.submit(to_cog, mask.path, mask_cog, resampling="mode",
+                                nodata=INVALID)]
+            if mask.probability_path is not None and probability_cog is not None:
+                jobs.append(pool.submit(to_cog, mask.probability_path, probability_cog,
+                                        resampling="average", compress="lerc_zstd",
+                                        max_z_error=0.001))
+            for job in jobs:
+                job.result()
+    finally:
+        release(mask)  # the detection's rasters: in memory, or in the job's work folder
     return mask_cog, probability_cog
 
 

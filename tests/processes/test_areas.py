@@ -36,3 +36,13 @@ def test_window_offsets_are_honoured():
     whole = pixel_areas_km2(transform, wkt, Window(0, 0, 64, 300))
     part = pixel_areas_km2(transform, wkt, Window(0, 200, 64, 100))
     assert np.allclose(whole[200:], part, rtol=2e-4)
+
+
+def test_cells_across_the_antimeridian_keep_their_area():
+    res = 9e-5
+    west = 180.0 - 32 * res  # the window's cells straddle 180°
+    across = pixel_areas_km2(Affine(res, 0, west, 0, -res, 10.0), CRS.from_epsg(4326).to_wkt(),
+                             Window(0, 0, 64, 64))
+    inside = pixel_areas_km2(Affine(res, 0, 10.0, 0, -res, 10.0), CRS.from_epsg(4326).to_wkt(),
+                             Window(0, 0, 64, 64))
+    assert np.allclose(across, inside, rtol=1e-9)

@@ -57,7 +57,44 @@ def test_without_probability_only_the_classes_are_written(scene, tmp_path):
     with_p = detect(scene, "ndwi", 0.5, tmp_path / "a")
     without = detect(scene, "ndwi", 0.5, tmp_path / "b", with_probability=False)
     assert without.probability_path is None
-    assert not (tmp_path / "b" / "probability.tif").exists()
+    assert not (tmp_path / "b" / "probability.raw.tif").exists()
     with rasterio.open(with_p.path) as a, rasterio.open(without.path) as b:
         assert np.array_equal(a.read(1), b.read(1))
     assert without.stats == with_p.stats
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_only_the_cogs_reach_the_disk_and_the_rasters_in_between_are_freed(
+        scene, tmp_path, monkeypatch, in_memory):
+    """#17: the detection's rasters stay in memory when they fit (a full tile's do), so each
+    COG is the one file written; larger scenes use the work folder. Either way they are gone
+    once the COGs exist, also after a failure."""
+    from rasterio.shutil import exists
+    from rio_cogeo.cogeo import cog_validate
+
+    from aquamask.processes.pipeline import detection
+    from aquamask.processes.pipeline.products import write_cogs
+
+    if not in_memory:
+        monkeypatch.setattr(detection, "IN_MEMORY_BYTES", 0)
+    work = tmp_path / "w"
+    mask = detect(scene, "ndwi", 0.5, work)
+    assert str(mask.path).startswith("/vsimem/") == in_memory
+    written_before = sorted(p.name for p in work.iterdir())
+    assert written_before == ([] if in_memory else ["classes.raw.tif", "probability.raw.tif"])
+    mask_cog, probability_cog = write_cogs(mask, work)
+    assert cog_validate(str(mask_cog))[0] and cog_validate(str(probability_cog))[0]
+    assert not exists(str(mask.path)) and not exists(str(mask.probability_path))
+    assert sorted(p.name for p in work.iterdir()) == ["mask.tif", "probability.tif"]
+
+    def failing(pct, msg):
+        if pct > 50:
+            raise RuntimeError("dismissed")
+
+    folders = []
+    real = detection.intermediate_folder
+    monkeypatch.setattr(detection, "intermediate_folder",
+                        lambda *a: folders.append(real(*a)) or folders[-1])
+    with pytest.raises(RuntimeError):
+        detect(scene, "ndwi", 0.5, tmp_path / "x", block=128, progress=failing)
+    assert not exists(str(folders[0] / "classes.raw.tif"))
