@@ -234,9 +234,11 @@ def test_draw_a_box_run_and_see_the_water(page, server):
     header, row = csv.strip().splitlines()[:2]
     assert header.startswith("datetime,water_area_km2,water_fraction,valid_fraction")
     assert f",{outputs['water_area_km2']}," in row and job["id"] in row
-    # the chart holds the result's point
-    assert page.locator("#chart canvas").count() == 1
-    assert f"{outputs['water_area_km2']:.3f} km²" in page.get_attribute("#chart", "aria-label")
+    # the demo scene says not when it was acquired: its date is unknown, not the processing
+    # time, so the chart has no point to draw
+    assert page.text_content("#stat-date") == "unknown"
+    assert page.locator("#chart canvas").count() == 0
+    assert page.get_attribute("#chart", "aria-label") == "No dated result to chart."
     assert page_errors(page) == []
     # nothing refused on the way (a Content-Security-Policy violation is a console error)
     assert [m for m in page.console_messages if m.startswith("error")] == []
@@ -423,6 +425,93 @@ def test_a_place_and_dates_run_as_a_time_series(page, place_server):
     ring = geometry["coordinates"][0]
     assert ring[0] == ring[-1] and len(ring) == 5
     assert ring[:4] == [pytest.approx(list(c), abs=2e-4) for c in corners + [(west, north)]]
+    assert page_errors(page) == []
+
+
+# -- a time series is one place over dates (issue #18, item 1) ------------------------------
+
+@pytest.fixture(scope="module")
+def series_server(tmp_path_factory):
+    """A server whose page runs a date range as the water-timeseries process, over the demo
+    scene on two dates."""
+    from aquamask.processes.demo import make_demo_scene
+    from tests.support.server import start_server
+
+    home = tmp_path_factory.mktemp("viewer-series-home")
+    scene = make_demo_scene(home / "data" / DEMO)
+    (home / "scenes").mkdir()
+    for day in ("2024-05-10", "2024-06-12"):
+        (home / "scenes" / f"demo_{day}.tif").write_bytes(scene.read_bytes())
+    srv = start_server(home, {"AQUAMASK__SOURCES__DEFAULT": "local",
+                              "AQUAMASK__VIEWER__SERIES_PROCESS": "water-timeseries"},
+                       workers=1)
+    yield srv
+    srv.process.terminate()
+    srv.process.wait(timeout=30)
+
+
+def chart_dates(page) -> list[str]:
+    """The dates the chart draws, as its text alternative lists them."""
+    return re.findall(r"\d{4}-\d{2}-\d{2}", page.get_attribute("#chart", "aria-label"))
+
+
+def test_the_chart_shows_one_series_and_nothing_else(page, series_server):
+    srv = series_server
+    # unrelated results first: the whole demo image (no acquisition date) and another box
+    whole = srv.execute({"image": {"href": DEMO}, "method": "ndwi"})
+    assert whole.status_code == 200, whole.text
+    west, south = demo_lonlat(0.9 * SIZE, 0.1 * SIZE)
+    east, north = demo_lonlat(0.1 * SIZE, 0.9 * SIZE)
+    other_box = [west, south, (west + east) / 2, (south + north) / 2]
+    other = srv.execute({"bbox": other_box, "datetime": "2024-06-01/2024-06-30",
+                         "method": "ndwi"})
+    assert other.status_code == 200, other.text
+
+    open_viewer(page, srv)
+    page.get_by_label("Sentinel-2 by place and date").check()
+    page.get_by_label(re.compile(r"^Bounding box")).fill(
+        f"{west:.5f}, {south:.5f}, {east:.5f}, {north:.5f}")
+    page.get_by_label(re.compile(r"^Bounding box")).press("Tab")
+    page.get_by_label("Method", exact=True).select_option("ndwi")
+    page.fill("#date-start", "2024-05-01")
+    page.fill("#date-end", "2024-06-30")
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_selector("#progress[data-final]", timeout=180_000)
+    assert page.get_attribute("#progress", "data-final") == "successful", \
+        page.text_content("#error")
+    page.wait_for_selector("#map[data-layer-state=shown]", timeout=60_000)
+    job = requests.get(f"{srv.url}/jobs?f=json&limit=1", timeout=30).json()["jobs"][0]
+    assert job["processID"] == "water-timeseries"
+    rows = requests.get(f"{srv.url}/jobs/{job['jobID']}/results?f=json",
+                        timeout=30).json()["timeseries"]
+    assert [r["date"] for r in rows if r["status"] == "ok"] == ["2024-05-10", "2024-06-12"]
+    # exactly the series' own dates: not the other box's result, not the undated image
+    assert chart_dates(page) == ["2024-05-10", "2024-06-12"]
+    expect(page.locator("#time-out")).to_contain_text("2 of 2")
+    assert page.text_content("#stat-date").startswith("2024-06-12")
+    assert page.text_content("#stat-area") == f"{rows[1]['water_area_km2']:.3f} km²"
+    page.focus("#time")
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#time-out")).to_contain_text("1 of 2")
+    assert page.text_content("#stat-area") == f"{rows[0]['water_area_km2']:.3f} km²"
+    assert page.text_content("#stat-date").startswith("2024-05-10")
+
+    # an earlier single result stands alone: the undated image has no date to chart
+    results = requests.get(f"{srv.url}/viewer/api/results", timeout=30).json()["results"]
+    by_process = {(r["process_id"], bool(r["inputs"].get("image"))): r for r in results}
+    image_result = by_process[("water-detection", True)]
+    assert image_result["datetime"] is None
+    page.get_by_label("Show an earlier result").select_option(image_result["id"])
+    expect(page.locator("#stat-date")).to_have_text("unknown")
+    assert chart_dates(page) == []
+    assert page.locator("#time-field").is_hidden()
+    label = page.locator("#earlier-select option", has_text="date unknown")
+    assert label.count() == 1 and DEMO in label.text_content()
+    # ... and the other box's June result is its own one date, not joined to the series
+    box_result = by_process[("water-detection", False)]
+    page.get_by_label("Show an earlier result").select_option(box_result["id"])
+    expect(page.locator("#stat-date")).to_contain_text("2024-06-12")
+    assert chart_dates(page) == ["2024-06-12"]
     assert page_errors(page) == []
 
 

@@ -237,7 +237,8 @@ function resultLabel(r) {
   const place = (r.inputs && r.inputs.image && r.inputs.image.href)
     || (o.bbox ? o.bbox.map((v) => fmt(v, 3)).join(",") : r.id);
   // the acquisition date; never the processing time
-  const date = r.datetime ? r.datetime.slice(0, 10) : "date unknown";
+  const date = r.datetime ? r.datetime.slice(0, 10)
+    : Array.isArray(o.timeseries) ? o.datetime || "" : "date unknown";
   const area = o.water_area_km2 !== undefined ? ` · ${fmt(o.water_area_km2, 3)} km²` : "";
   return `${date} · ${place} · ${o.method || r.process_id}${area}`;
 }
@@ -267,7 +268,8 @@ el.earlier.addEventListener("change", async () => {
   state.job = null;
   fillForm(result.inputs || {});
   await showResults(result.outputs, { job: result.id, datetime: result.datetime,
-                                      href: inputHref(result.inputs) });
+                                      href: inputHref(result.inputs), inputs: result.inputs,
+                                      processId: result.process_id });
   setStatus(`Earlier result ${result.id}.`);
 });
 
@@ -339,7 +341,7 @@ el.form.addEventListener("submit", async (event) => {
   el.progress.removeAttribute("data-final");
   setStatus("Submitting the job…");
   try {
-    const extra = { href: inputHref(inputs) };
+    const extra = { href: inputHref(inputs), inputs, processId: process.id };
     const response = await call(`processes/${process.id}/execution`, {
       method: "POST", body: { inputs }, headers: { Prefer: "respond-async" },
     });
@@ -423,20 +425,20 @@ async function acquisitionTime(entry) {
 
 async function showResults(doc, extra) {
   let series = seriesFromResults(doc, extra);
-  if (series.length === 1) {
+  if (Array.isArray(doc.timeseries)) {  // a series job: its own dates, and only those
+    state.step = Math.max(series.length - 1, 0);
+  } else {
     const current = series[0];
     current.datetime = await acquisitionTime(current);
-    series = historyFor(current, state.results);
+    series = historyFor(current, extra.inputs || {}, extra.processId, state.results);
     state.step = series.indexOf(current);
-  } else {
-    state.step = series.length - 1;
   }
   state.series = series;
   el.results.hidden = false;
   el.timeField.hidden = series.length < 2;
-  el.time.max = String(series.length - 1);
+  el.time.max = String(Math.max(series.length - 1, 0));
   el.time.value = String(state.step);
-  const first = series[state.step];
+  const first = series[state.step] || { bbox: doc.bbox };
   if (first.bbox) map.fitBbox(first.bbox);
   showStep(state.step);
   drawChart(el.chart, series, (i) => { el.time.value = String(i); showStep(i); });
@@ -451,7 +453,10 @@ function dateText(value) {
 
 function showStep(i) {
   const entry = state.series[i];
-  if (!entry) return;
+  if (!entry) {  // a series without a usable date: nothing of an earlier result stays
+    for (const e of [el.area, el.water, el.valid, el.date, el.layerName]) e.textContent = "–";
+    return;
+  }
   state.step = i;
   el.area.textContent = entry.water_area_km2 !== null ? `${fmt(entry.water_area_km2, 3)} km²` : "–";
   el.water.textContent = entry.water_fraction !== null ? `${fmt(entry.water_fraction * 100, 1)} %` : "–";
@@ -492,7 +497,7 @@ function link(href, text, filename) {
 
 let csvUrl = null;
 function renderDownloads(doc, series) {
-  const entry = series[state.step] || series[0];
+  const entry = series[state.step] || series[0] || {};
   const items = [];
   const job = entry.job || "result";
   if (entry.mask) items.push(link(entry.mask, "Water mask (COG)", `${job}-mask.tif`));
