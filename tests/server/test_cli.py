@@ -1,6 +1,8 @@
 """The `aquamask` command line, run as a user runs it (a subprocess)."""
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 
@@ -11,9 +13,10 @@ from rio_cogeo.cogeo import cog_validate
 from aquamask.processes.demo import demo_truth
 
 
-def aquamask(*args: str) -> subprocess.CompletedProcess:
+def aquamask(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "aquamask.server.cli", *args],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env} if env else None)
 
 
 def test_detect_writes_a_mask_cog_and_shows_progress(demo_scene, tmp_path):
@@ -43,3 +46,17 @@ def test_detect_reports_bad_input_without_a_traceback(tmp_path):
     assert not (tmp_path / "m.tif").exists()
     result = aquamask("detect", str(bad), "--out", str(tmp_path / "m.tif"), "--threshold", "3")
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_demo_and_serve_on_a_busy_port_fail_with_the_cause_and_the_port_hint(tmp_path):
+    with socket.socket() as other:  # another program's server on the port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        env = {"AQUAMASK__HOME": str(tmp_path)}
+        for args in (["demo", "--port", str(port), "--exit"], ["serve", "--port", str(port)]):
+            result = aquamask(*args, env=env)
+            assert result.returncode == 2, (args, result.stdout, result.stderr)
+            assert f"cannot listen on 127.0.0.1:{port}: another program listens on it" \
+                in result.stderr and "--port" in result.stderr, result.stderr
+            assert "server up" not in result.stdout and "Traceback" not in result.stderr
