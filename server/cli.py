@@ -27,16 +27,24 @@ from aquamask.server.cli_search import search
 
 @contextmanager
 def progress_bar(description: str):
-    """A tqdm bar fed by the pipeline's (percent, message) progress callbacks."""
-    with tqdm(total=100, desc=description, unit="%", bar_format=(
-            "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")) as bar:
-        def update(percent: float, message: str) -> None:
-            bar.n = round(percent, 1)
-            bar.set_postfix_str(message[:60])
-            bar.refresh()
+    """A tqdm bar fed by the pipeline's (percent, message) progress callbacks. It appears with
+    the first progress (an input refused before that prints no bar), advances by each step so
+    its rate and ETA are right, and draws each update once."""
+    bar: tqdm | None = None
+
+    def update(percent: float, message: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=100, desc=description, unit="%", bar_format=(
+                "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}"))
+        bar.set_postfix_str(message[:60], refresh=False)
+        bar.update(max(round(percent, 1) - bar.n, 0))
+    try:
         yield update
-        bar.n = 100
-        bar.refresh()
+        update(100, "done")
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def fail(message: str) -> NoReturn:
@@ -112,8 +120,9 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
               help="also write the water probability COG beside the mask")
 def detect(image: str, out: Path, method: str, threshold: float, bands: str | None,
            probability: bool) -> None:
-    """Detect water in IMAGE without a server and write the mask COG."""
-    from aquamask.processes.pipeline.flow import detect_to_file
+    """Detect water in IMAGE without a server; write the mask COG, the probability COG and
+    a STAC item (statistics, provenance) beside it."""
+    from aquamask.processes.pipeline.flow import detect_to_file, item_path
 
     try:
         mapping = json.loads(bands) if bands else None
@@ -126,7 +135,8 @@ def detect(image: str, out: Path, method: str, threshold: float, bands: str | No
     except AquamaskError as err:
         fail(err.message)
     stats = mask.stats
-    written = f"{out} and {out.with_suffix('.probability.tif')}" if probability else str(out)
+    written = ", ".join([str(out)] + ([str(out.with_suffix(".probability.tif"))]
+                                      if probability else []) + [str(item_path(out))])
     click.echo(f"wrote {written}\n"
                f"water: {stats.water_area_km2:.4f} km² ({stats.water_fraction:.1%} of valid "
                f"pixels); valid: {stats.valid_fraction:.1%} of the image")

@@ -3,14 +3,16 @@
 
 ``publish`` (re)publishes a finished job's mask now: on GeoServer when it is configured (the
 embedded engine keeps serving it when GeoServer fails), and writes the layer into the job's
-outputs. ``unpublish`` takes the layer off both engines and keeps the job and its files. Both
-print the layer output as JSON and exit 1 when GeoServer could not be reached.
+outputs, its URLs those of the server the job was made on. ``unpublish`` takes the layers off
+both engines and keeps the job and its files. ``publish`` prints the layer output as JSON,
+``unpublish`` the layers it removed; both exit 1 when GeoServer could not be reached.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -34,6 +36,23 @@ def _settings_for(job_id: str) -> Settings:
     return Settings.load()
 
 
+def _served_at(record: dict[str, Any]) -> str | None:
+    """The URL of the server a job's outputs were made for: its layer's /ows, or the folder
+    of its result links; None when they name neither."""
+    outputs = record.get("outputs")
+    if not isinstance(outputs, dict):
+        return None
+    wms = (outputs.get("layer") or {}).get("wms")
+    if isinstance(wms, str) and wms.endswith("/ows"):
+        return wms[:-len("/ows")]
+    marker = f"/results/{record['identifier']}/"
+    for value in outputs.values():
+        href = value.get("href") if isinstance(value, dict) else None
+        if isinstance(href, str) and marker in href:
+            return href.split(marker)[0]
+    return None
+
+
 @click.command("publish")
 @click.argument("job_id")
 def publish_command(job_id: str) -> None:
@@ -44,6 +63,10 @@ def publish_command(job_id: str) -> None:
     record = job_store(settings).get(job_id)
     if record is None:
         _fail(f"no job {job_id}")
+    served_at = _served_at(record)
+    if served_at and "AQUAMASK__SERVER__URL" not in os.environ:
+        # the layer URLs keep the server (its port) the job was made on, not the default's
+        settings = Settings.load(environ={**os.environ, "AQUAMASK__SERVER__URL": served_at})
     if record["status"] != "successful":
         _fail(f"job {job_id} is {record['status']}: only a successful job has a mask to publish")
     try:
@@ -63,18 +86,24 @@ def publish_command(job_id: str) -> None:
 @click.command("unpublish")
 @click.argument("job_id")
 def unpublish_command(job_id: str) -> None:
-    """Take the layer of JOB_ID off GeoServer and the embedded engine (files and job stay)."""
+    """Take the layers of JOB_ID off GeoServer and the embedded engine (files and job stay);
+    print the layers removed."""
     from aquamask.processes.publishing import service as publishing
     from aquamask.processes.publishing.names import layer_name
 
     settings = _settings_for(job_id)
+    names = [row["name"] for row in job_store(settings).layers(job_id=job_id)]
     result = publishing.unpublish(job_id, settings, background=False)
     output = {"name": layer_name(job_id), "published": publishing.NONE}
     publishing.update_job_layer(job_id, output, settings)
-    click.echo(json.dumps({"name": layer_name(job_id), "unpublished": result}, indent=2))
-    if result != publishing.NONE:
+    pending = result != publishing.NONE
+    click.echo(json.dumps({"job": job_id, "removed": names,
+                           **({"still_on_geoserver": names} if pending else {})}, indent=2))
+    if pending:
         _fail("GeoServer could not be reached; its layer is still there: run this again "
               "when it is back", 1)
+    if not names:
+        click.echo(f"job {job_id} had no published layer", err=True)
 
 
 @click.command("reconcile")

@@ -16,13 +16,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from aquamask.processes.errors import InvalidInput
 from aquamask.processes.pipeline import methods
 from aquamask.processes.pipeline.detection import BlockFanOut, ModelSpec, detect
-from aquamask.processes.pipeline.products import write_cogs, write_product
+from aquamask.processes.pipeline.products import stac_item, write_cogs, write_item, write_product
 from aquamask.processes.pipeline.sources import place_source
 from aquamask.processes.pipeline.sources.acquired import parse_time
 from aquamask.processes.pipeline.sources.query import PlaceQuery
 from aquamask.processes.pipeline.sources.raster import RasterSource
+from aquamask.processes.pipeline.sources.urls import HrefPolicy
 from aquamask.processes.settings import Settings
 from aquamask.processes.storage.disk import explain
 from aquamask.processes.storage.results import ResultStoreError, results_store
@@ -129,18 +131,30 @@ def _detection_progress(progress: ProgressCallback) -> ProgressCallback:
     return report
 
 
+def item_path(out: Path) -> Path:
+    """Where the CLI writes the STAC item of the mask ``out``: beside it."""
+    return out.with_suffix(".item.json")
+
+
 def detect_to_file(href: str, out: Path, settings: Settings, method: str = "unet",
                    threshold: float = 0.5, bands: dict[str, int] | None = None,
                    progress: ProgressCallback = no_progress,
                    with_probability: bool = True) -> Mask:
-    """The CLI's detection: one mask COG at ``out`` (and ``out``'s .probability.tif), no server.
+    """The CLI's detection: one mask COG at ``out``, ``out``'s .probability.tif and its STAC
+    item (``item_path``), no server.
 
-    Local paths are read as given (the data-root rule protects the server, not the CLI user).
+    Local paths are read as given (the data-root rule protects the server, not the CLI user),
+    and messages name the IMAGE argument and the file as given.
     """
+    started = dt.datetime.now(dt.timezone.utc)
     out = out.resolve()
-    source = RasterSource(Path("/"), settings.limits.max_pixels, ["http", "https"])
+    source = RasterSource(Path("/"), settings.limits.max_pixels, (), policy=HrefPolicy.of(
+        ["http", "https"], field="IMAGE", local="a file path"))
     if "://" not in href:
-        href = str(Path(href).expanduser().resolve())
+        path = Path(href).expanduser().resolve()
+        if not path.is_file():
+            raise InvalidInput(f"IMAGE: no such file '{href}'")
+        href = str(path)
     scene = source.read(href, bands)
     model = methods.model_for(method, settings)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -149,9 +163,16 @@ def detect_to_file(href: str, out: Path, settings: Settings, method: str = "unet
         mask = detect(scene, method, threshold, work, model=model, progress=progress,
                       with_probability=with_probability)
         mask_cog, probability_cog = write_cogs(mask, work)
+        parameters = {"method": method, "threshold": threshold,
+                      **({"bands": bands} if bands else {})}
+        item = stac_item(out.stem, mask, scene, parameters, started)
+        item.assets["mask"].href = f"./{out.name}"
         mask_cog.replace(out)
         if probability_cog is not None:
-            probability_cog.replace(out.with_suffix(".probability.tif"))
+            probability = out.with_suffix(".probability.tif")
+            item.assets["probability"].href = f"./{probability.name}"
+            probability_cog.replace(probability)
+        write_item(item, item_path(out))
     finally:
         scene.close()
         shutil.rmtree(work, ignore_errors=True)
