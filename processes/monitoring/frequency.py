@@ -26,6 +26,7 @@ from aquamask.processes.monitoring.files import (
 from aquamask.processes.monitoring.rasters import FREQUENCY_NODATA, frequency_rasters
 from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.pipeline.products import to_cog
+from aquamask.processes.publishing.styles import write_style_files
 from aquamask.processes.settings import Settings
 from aquamask.processes.types import ProgressCallback, scaled
 
@@ -51,6 +52,7 @@ def run_frequency(request: MonitoringRequest, settings: Settings, job_id: str,
         progress(92, "writing the cloud-optimized GeoTIFFs")
         to_cog(frequency_gtiff, staging.path / FREQUENCY_TIF, nodata=FREQUENCY_NODATA,
                resampling="nearest")
+        write_style_files(staging.path / FREQUENCY_TIF, "frequency")
         to_cog(observations_gtiff, staging.path / OBSERVATIONS_TIF, resampling="nearest")
         rows = [public_record(r) for r in records]
         query = request.query()

@@ -13,7 +13,7 @@ from rasterio.windows import Window
 from aquamask.processes.constants import INVALID, WATER
 from aquamask.processes.pipeline.areas import pixel_areas_km2
 from aquamask.processes.pipeline.blocks import BLOCK, gtiff_profile, windows
-from aquamask.processes.publishing.styles import FREQUENCY_CLASSES, STYLE_TAG
+from aquamask.processes.publishing.styles import FREQUENCY_CLASSES, STYLE_TAG, colormap
 
 # change classes (uint8; 255 no data at either date)
 CHANGE_DRY, CHANGE_GAINED, CHANGE_LOST, CHANGE_PERMANENT = 0, 1, 2, 3
@@ -56,6 +56,7 @@ def change_raster(before: Path, after: Path, target: Path, block: int = BLOCK,
         crs_wkt = b.crs.to_wkt()
         with rasterio.open(target, "w", **gtiff_profile(profile, "uint8", INVALID)) as out:
             out.update_tags(**{STYLE_TAG: "change"})
+            out.write_colormap(1, colormap("change"))
             for window in windows(b.width, b.height, block):
                 classes = change_classes(b.read(1, window=window), a.read(1, window=window))
                 out.write(classes, 1, window=window)
@@ -90,6 +91,7 @@ def frequency_rasters(masks: list[Path], profile: dict[str, Any], frequency: Pat
         freq_out = stack.enter_context(rasterio.open(
             frequency, "w", **gtiff_profile(profile, "uint8", FREQUENCY_NODATA)))
         freq_out.update_tags(**{STYLE_TAG: "frequency"})
+        freq_out.write_colormap(1, colormap("frequency"))
         freq_out.set_band_description(1, "water frequency (%)")
         obs_out = stack.enter_context(rasterio.open(
             observations, "w", **gtiff_profile(profile, "uint16", None, count=2)))

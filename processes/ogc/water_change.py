@@ -12,6 +12,7 @@ from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.ogc.base import MonitoringProcessor, describe_process
 from aquamask.processes.ogc.inputs import MONITORING_INPUTS, parse_monitoring
 from aquamask.processes.ogc.outputs import cog_output
+from aquamask.processes.publishing.styles import style_files
 from aquamask.processes.settings import Settings
 
 SIDE = {
@@ -63,6 +64,8 @@ def parse_inputs(data: dict[str, Any], settings: Settings) -> MonitoringRequest:
 class WaterChangeProcessor(MonitoringProcessor):
     METADATA = PROCESS_METADATA
     RESULT_FILES = {CHANGE_TIF: COG_MEDIA_TYPE, BEFORE_TIF: COG_MEDIA_TYPE,
-                    AFTER_TIF: COG_MEDIA_TYPE, ITEM_JSON: GEOJSON_MEDIA_TYPE}
+                    AFTER_TIF: COG_MEDIA_TYPE, ITEM_JSON: GEOJSON_MEDIA_TYPE,
+                    **style_files(CHANGE_TIF, "change"), **style_files(BEFORE_TIF, "water"),
+                    **style_files(AFTER_TIF, "water")}
     PARSE = staticmethod(parse_inputs)
     RUN = staticmethod(run_change)

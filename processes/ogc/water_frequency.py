@@ -16,6 +16,7 @@ from aquamask.processes.ogc.inputs import (
     parse_monitoring,
 )
 from aquamask.processes.ogc.outputs import cog_output
+from aquamask.processes.publishing.styles import style_files
 from aquamask.processes.settings import Settings
 
 PROCESS_METADATA = describe_process("water-frequency", "Water frequency",
@@ -50,6 +51,6 @@ def parse_inputs(data: dict[str, Any], settings: Settings) -> MonitoringRequest:
 class WaterFrequencyProcessor(MonitoringProcessor):
     METADATA = PROCESS_METADATA
     RESULT_FILES = {FREQUENCY_TIF: COG_MEDIA_TYPE, OBSERVATIONS_TIF: COG_MEDIA_TYPE,
-                    ITEM_JSON: GEOJSON_MEDIA_TYPE}
+                    ITEM_JSON: GEOJSON_MEDIA_TYPE, **style_files(FREQUENCY_TIF, "frequency")}
     PARSE = staticmethod(parse_inputs)
     RUN = staticmethod(run_frequency)

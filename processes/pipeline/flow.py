@@ -19,12 +19,19 @@ from typing import TYPE_CHECKING, Any, Iterator
 from aquamask.processes.errors import InvalidInput
 from aquamask.processes.pipeline import methods
 from aquamask.processes.pipeline.detection import BlockFanOut, ModelSpec, detect
-from aquamask.processes.pipeline.products import stac_item, write_cogs, write_item, write_product
+from aquamask.processes.pipeline.products import (
+    STYLE_ASSETS,
+    stac_item,
+    write_cogs,
+    write_item,
+    write_product,
+)
 from aquamask.processes.pipeline.sources import place_source
 from aquamask.processes.pipeline.sources.acquired import parse_time
 from aquamask.processes.pipeline.sources.query import PlaceQuery
 from aquamask.processes.pipeline.sources.raster import RasterSource
 from aquamask.processes.pipeline.sources.urls import HrefPolicy
+from aquamask.processes.publishing.styles import style_files, write_style_files
 from aquamask.processes.settings import Settings
 from aquamask.processes.storage.disk import explain
 from aquamask.processes.storage.results import ResultStoreError, results_store
@@ -166,6 +173,8 @@ def detect_to_file(href: str, out: Path, settings: Settings, method: str = "unet
         parameters = {"method": method, "threshold": threshold,
                       **({"bands": bands} if bands else {})}
         item = stac_item(out.stem, mask, scene, parameters, started)
+        for key, name in zip(STYLE_ASSETS, style_files(out.name, "water")):
+            item.assets[key].href = f"./{name}"
         item.assets["mask"].href = f"./{out.name}"
         mask_cog.replace(out)
         if probability_cog is not None:
@@ -173,6 +182,7 @@ def detect_to_file(href: str, out: Path, settings: Settings, method: str = "unet
             item.assets["probability"].href = f"./{probability.name}"
             probability_cog.replace(probability)
         write_item(item, item_path(out))
+        write_style_files(out, "water")
     finally:
         scene.close()
         shutil.rmtree(work, ignore_errors=True)

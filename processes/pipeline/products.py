@@ -24,6 +24,7 @@ from aquamask import __version__
 from aquamask.processes.constants import COG_MEDIA_TYPE, INVALID
 from aquamask.processes.files import write_atomic
 from aquamask.processes.pipeline.detection import release
+from aquamask.processes.publishing.styles import style_files, write_style_files
 from aquamask.processes.types import Mask, Product, Scene
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ PROBABILITY_FILE = "probability.tif"
 ITEM_FILE = "item.json"
 PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+# the mask's style files (``style_files``), as STAC assets
+STYLE_ASSETS = {"qgis_style": "QGIS style of the mask (.qml)",
+                "sld": "OGC SLD style of the mask",
+                "gdal_metadata": "GDAL auxiliary metadata: the class names"}
 # An image whose acquisition time is unknown: STAC needs a time, so its item gives the interval
 # that surely holds it, from the first Earth observation satellite (Landsat 1) to processing
 EARLIEST_ACQUISITION = dt.datetime(1972, 7, 23, tzinfo=dt.timezone.utc)
@@ -158,6 +163,9 @@ def stac_item(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, A
         MASK_FILE, "Water mask: 1 water, 0 dry, 255 no data", **{"classification:classes": [
             {"value": 0, "name": "dry"}, {"value": 1, "name": "water"},
             {"value": 255, "name": "nodata", "nodata": True}]}))
+    for key, (name, media_type) in zip(STYLE_ASSETS, style_files(MASK_FILE, "water").items()):
+        item.add_asset(key, pystac.Asset(href=f"./{name}", media_type=media_type,
+                                         roles=["metadata"], title=STYLE_ASSETS[key]))
     if mask.probability_path is not None:
         item.add_asset("probability", cog_asset(PROBABILITY_FILE,
                                                 "Water probability (0-1, NaN no data)"))
@@ -215,6 +223,7 @@ def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[st
     staging = store.staging(product_id)
     try:
         mask_cog, probability_cog = write_cogs(mask, staging)
+        write_style_files(mask_cog, "water")
         item = stac_item(product_id, mask, scene, parameters, started)
         write_item(item, staging / ITEM_FILE)
         store.commit(product_id, staging)

@@ -33,7 +33,9 @@ def test_detect_writes_a_mask_cog_and_shows_progress(demo_scene, tmp_path):
     item = json.loads((out.parent / "mask.item.json").read_text())
     assert item["type"] == "Feature" and item["id"] == "mask"
     assert {k: a["href"] for k, a in item["assets"].items()} == {
-        "mask": "./mask.tif", "probability": "./mask.probability.tif"}
+        "mask": "./mask.tif", "probability": "./mask.probability.tif",
+        "qgis_style": "./mask.qml", "sld": "./mask.sld", "gdal_metadata": "./mask.tif.aux.xml"}
+    assert all((out.parent / a["href"]).is_file() for a in item["assets"].values())
     assert f"{item['properties']['aquamask:water_area_km2']:.4f} km²" in result.stdout
     assert item["properties"]["aquamask:lineage"]["input"]["href"] == str(demo_scene.resolve())
     assert "mask.item.json" in result.stdout
