@@ -48,8 +48,15 @@ def _scene_entry(path: Path, relative: str) -> dict[str, Any] | None:
     from rasterio.errors import RasterioError
     from rasterio.warp import transform_bounds
 
+    from aquamask.processes.errors import InvalidInput
+    from aquamask.processes.pipeline.sources.raster import band_indexes
+
     try:
         with rasterio.open(path) as ds:
+            try:  # a scene holds the detection bands: a label or mask raster is no scene
+                band_indexes(ds.descriptions, ds.count)
+            except InvalidInput:
+                return None
             entry: dict[str, Any] = {
                 "href": relative, "name": path.name, "width": ds.width, "height": ds.height,
                 "count": ds.count, "crs": ds.crs.to_string() if ds.crs else None,

@@ -86,12 +86,13 @@ def plan_dates(items: list[SourceItem], query: PlaceQuery,
 def find_dates(request: MonitoringRequest, settings: Settings, source: PlaceSource,
                progress: ProgressCallback) -> list[DatePlan]:
     config = settings.monitoring
-    query = request.query()
-    progress(1, f"searching {source.name} for {query.describe()}")
+    query = request.query()  # every cloud cover: a cloudier date is planned as skipped
+    asked = replace(query, max_cloud_cover=request.max_cloud_cover)  # what messages repeat
+    progress(1, f"searching {source.name} for {asked.describe()}")
     items = source.search(query, limit=config.max_scenes)
     plans = plan_dates(items, query, request.max_cloud_cover)
     if not plans:
-        raise no_scene(source.name, query, len(items))
+        raise no_scene(source.name, asked, len(items))
     todo = [p for p in plans if p.skip is None]
     if len(todo) > config.max_dates:
         raise TooLarge(f"{len(todo)} dates match the place and the dates; this server "

@@ -18,9 +18,11 @@ STYLE_TAG = "AQUAMASK_STYLE"
 STYLE_DTYPES = {"water": "uint8", "change": "uint8", "frequency": "uint8"}
 # the classes of each monitoring style: config/styles/change.sld and frequency.sld use the
 # same colours (tests/processes/test_monitoring_styles.py checks it)
+# gained and lost: the sky blue and orange of Okabe and Ito's palette, told apart with any
+# colour vision (red and green are not)
 CHANGE_CLASSES = (("Dry at both dates", 0, (237, 232, 208)),
-                  ("Water gained", 1, (26, 152, 80)),
-                  ("Water lost", 2, (215, 48, 39)),
+                  ("Water gained", 1, (86, 180, 233)),
+                  ("Water lost", 2, (230, 159, 0)),
                   ("Permanent water", 3, WATER_RGB),
                   ("No data at either date", 255, (160, 160, 160)))
 # (label, low, high, colour): drawn where low < frequency (%) <= high; 0 (never wet) and 255
@@ -37,8 +39,8 @@ BAND_DESCRIPTIONS = {
     "change": "0 dry, 1 water gained, 2 water lost, 3 permanent water, 255 no data",
     "frequency": "percent of the valid observations that saw water (0-100), 255 none valid"}
 STYLE_ABSTRACTS = {
-    "change": "Water change between two dates: green gained, red lost, blue permanent water, "
-              "sand dry at both, grey no data at either. WCS: 0 dry, 1 gained, 2 lost, "
+    "change": "Water change between two dates: sky blue gained, orange lost, blue permanent "
+              "water, sand dry at both, grey no data at either. WCS: 0 dry, 1 gained, 2 lost, "
               "3 permanent, 255 no data.",
     "frequency": "Water frequency: the percentage of the valid observations in which water "
                  "was seen, from pale (rarely) to dark blue (always); never wet and no valid "
