@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 
+from aquamask.processes.ogc.outputs import served_url
 from aquamask.processes.settings import Settings
 from aquamask.processes.storage.jobstore import job_store
 
@@ -36,23 +37,6 @@ def _settings_for(job_id: str) -> Settings:
     return Settings.load()
 
 
-def _served_at(record: dict[str, Any]) -> str | None:
-    """The URL of the server a job's outputs were made for: its layer's /ows, or the folder
-    of its result links; None when they name neither."""
-    outputs = record.get("outputs")
-    if not isinstance(outputs, dict):
-        return None
-    wms = (outputs.get("layer") or {}).get("wms")
-    if isinstance(wms, str) and wms.endswith("/ows"):
-        return wms[:-len("/ows")]
-    marker = f"/results/{record['identifier']}/"
-    for value in outputs.values():
-        href = value.get("href") if isinstance(value, dict) else None
-        if isinstance(href, str) and marker in href:
-            return href.split(marker)[0]
-    return None
-
-
 @click.command("publish")
 @click.argument("job_id")
 def publish_command(job_id: str) -> None:
@@ -63,7 +47,7 @@ def publish_command(job_id: str) -> None:
     record = job_store(settings).get(job_id)
     if record is None:
         _fail(f"no job {job_id}")
-    served_at = _served_at(record)
+    served_at = served_url(record)
     if served_at and "AQUAMASK__SERVER__URL" not in os.environ:
         # the layer URLs keep the server (its port) the job was made on, not the default's
         settings = Settings.load(environ={**os.environ, "AQUAMASK__SERVER__URL": served_at})

@@ -146,8 +146,15 @@ def _acquired(results, job_id: str) -> str | None:
     return acquired
 
 
-def result_summary(record: dict[str, Any], results_dir) -> dict[str, Any]:
+def result_summary(record: dict[str, Any], results_dir, base_url: str) -> dict[str, Any]:
+    """An earlier result for the page, its links on this server (``base_url``) even when the
+    job was made by a server at another address (port)."""
+    from aquamask.processes.ogc.outputs import rebased, served_url
+
     outputs = record.get("outputs")
+    made_at = served_url(record)
+    if made_at and made_at != base_url:
+        outputs = rebased(outputs, made_at, base_url)
     return {
         "id": record["identifier"],
         "process_id": record.get("process_id"),
@@ -264,7 +271,8 @@ def viewer_blueprint(settings: Settings) -> Blueprint:
         except ValueError:
             return ogc_exception(400, "InvalidParameterValue", "limit must be an integer")
         jobs = api_.manager.get_jobs(status=JobStatus.successful, limit=limit)
-        results = [result_summary(r, results_store(settings)) for r in jobs["jobs"]]
+        results = [result_summary(r, results_store(settings), settings.url)
+                   for r in jobs["jobs"]]
         return jsonify({"results": results, "numberMatched": jobs.get("numberMatched"),
                         "numberReturned": len(results)})
 

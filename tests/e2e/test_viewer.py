@@ -124,10 +124,18 @@ def is_water_colour(rgb: tuple[int, int, int]) -> bool:
     return b > 200 and r < 90 and b - r > 140
 
 
-def draw_box(page, lower_left: tuple[float, float], upper_right: tuple[float, float]) -> None:
+def draw_box(page, lower_left: tuple[float, float], upper_right: tuple[float, float],
+             drag: bool = True) -> None:
+    """A box drawn as people draw one: a drag from corner to corner, or two clicks."""
     page.get_by_role("button", name="Box").click()
     x1, y1 = pixel_of(page, lower_left)
     x2, y2 = pixel_of(page, upper_right)
+    if drag:
+        page.mouse.move(x1, y1)
+        page.mouse.down()
+        page.mouse.move(x2, y2, steps=8)
+        page.mouse.up()
+        return
     page.mouse.click(x1, y1)
     page.mouse.move((x1 + x2) / 2, (y1 + y2) / 2, steps=3)
     page.mouse.click(x2, y2)
@@ -426,6 +434,112 @@ def test_a_place_and_dates_run_as_a_time_series(page, place_server):
     assert ring[0] == ring[-1] and len(ring) == 5
     assert ring[:4] == [pytest.approx(list(c), abs=2e-4) for c in corners + [(west, north)]]
     assert page_errors(page) == []
+
+
+# -- drawing, numbers and layout (issue #18, item 11) ----------------------------------------
+
+def is_drawn_colour(rgb: tuple[int, int, int]) -> bool:
+    """The drawn place's outline, #7048e8."""
+    r, g, b = rgb
+    return b > 180 and 70 < r < 150 and g < 120
+
+
+def test_a_dragged_box_keeps_both_corners_and_its_area_is_the_box_area(page, place_server):
+    from pyproj import Geod
+
+    open_viewer(page, place_server)
+    page.get_by_label("Sentinel-2 by place and date").check()
+    page.get_by_label("Method", exact=True).select_option("ndwi")
+    west, south = demo_lonlat(0.8 * SIZE, 0.2 * SIZE)
+    east, north = demo_lonlat(0.3 * SIZE, 0.7 * SIZE)
+    draw_box(page, (west, south), (east, north))
+    expect(page.locator("#place-summary")).to_contain_text("Box:")
+    drawn = [float(v) for v in page.input_value("#bbox").split(",")]
+    assert drawn == pytest.approx([west, south, east, north], abs=2e-4)  # both corners kept
+    assert "Drag" not in (page.text_content("#status") or "")  # the instructions are done with
+    image = screenshot_rgb(page)
+    assert is_drawn_colour(image.getpixel(pixel_of(page, ((west + east) / 2, north))))
+    page.fill("#date-start", "2024-06-01")
+    page.fill("#date-end", "2024-06-30")
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_selector("#progress[data-final]", timeout=120_000)
+    assert page.get_attribute("#progress", "data-final") == "successful", \
+        page.text_content("#error")
+    job = requests.get(f"{place_server.url}/viewer/api/results", timeout=30).json()["results"][0]
+    assert job["inputs"]["bbox"] == pytest.approx(drawn, abs=1e-5)  # the field shows 5 digits
+    w, s, e, n = job["inputs"]["bbox"]
+    box_km2 = abs(Geod(ellps="WGS84").polygon_area_perimeter(
+        [w, e, e, w], [s, s, n, n])[0]) / 1e6
+    # the whole box is valid data: its valid area is the box's own ellipsoidal area
+    valid = job["outputs"]["valid_area_km2"]
+    assert valid == pytest.approx(box_km2, rel=0.005), (valid, box_km2)
+    # the earlier results name the process, and say the date the scene was acquired
+    label = page.locator(f"#earlier-select option[value='{job['id']}']").text_content()
+    assert label.startswith("2024-06-12") and "water-detection (ndwi)" in label
+
+    # a polygon closed by a double-click stays drawn
+    page.get_by_role("button", name="Polygon").click()
+    corners = [(west, south), (east, south), (east, north)]
+    for corner in corners:
+        page.mouse.click(*pixel_of(page, corner))
+    page.mouse.dblclick(*pixel_of(page, (west, north)))
+    expect(page.locator("#place-summary")).to_contain_text("Polygon:")
+    page.wait_for_timeout(300)
+    image = screenshot_rgb(page, "polygon.png")
+    assert is_drawn_colour(image.getpixel(pixel_of(page, (west, (south + north) / 2))))
+    assert page_errors(page) == []
+
+
+def test_another_scene_clears_the_numbers_of_the_last(page, place_server):
+    other = place_server.data_root / "demo" / "other-scene.tif"
+    other.write_bytes((place_server.data_root / DEMO).read_bytes())
+    open_viewer(page, place_server)
+    page.get_by_label("Method", exact=True).select_option("ndwi")
+    page.get_by_label(re.compile(r"^Image")).fill(DEMO)
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_selector("#map[data-layer-state=shown]", timeout=120_000)
+    assert page.locator("#results").is_visible()
+    page.get_by_label(re.compile(r"^Image")).fill("demo/other-scene.tif")
+    page.get_by_label(re.compile(r"^Image")).press("Tab")
+    expect(page.locator("#results")).to_be_hidden()
+    assert page.get_attribute("#map", "data-layer-state") == "none"
+
+
+def test_on_a_phone_the_page_scrolls_to_the_map_after_run(browser, place_server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                  has_touch=True)
+    page = context.new_page()
+    try:
+        open_viewer(page, place_server)
+        map_top = page.locator("#map").bounding_box()["y"]
+        assert map_top > 400  # below the form, mostly out of sight
+        page.get_by_label("Method", exact=True).select_option("ndwi")
+        page.get_by_label(re.compile(r"^Image")).fill(DEMO)
+        page.get_by_role("button", name="Run").click()
+        page.wait_for_selector("#progress[data-final=successful]", timeout=120_000)
+        # the whole map in sight, scrolled to (the result is drawn there)
+        page.wait_for_function("""() => {
+            const r = document.querySelector('#map').getBoundingClientRect();
+            return scrollY > 0 && r.top >= 0 && r.bottom <= innerHeight + 1; }""",
+                               timeout=10_000)
+    finally:
+        context.close()
+
+
+def test_earlier_results_link_to_this_server_whatever_port_made_them(tmp_path):
+    from aquamask.server.viewer import result_summary
+
+    record = {"identifier": "j1", "process_id": "water-detection", "inputs": {},
+              "outputs": {"mask": {"href": "http://127.0.0.1:5000/results/j1/mask.tif"},
+                          "layer": {"name": "water-j1", "wms": "http://127.0.0.1:5000/ows",
+                                    "getmap": "http://127.0.0.1:5000/ows?SERVICE=WMS"},
+                          "water_area_km2": 1.5}}
+    summary = result_summary(record, tmp_path, "http://127.0.0.1:5001")
+    outputs = summary["outputs"]
+    assert outputs["mask"]["href"] == "http://127.0.0.1:5001/results/j1/mask.tif"
+    assert outputs["layer"]["wms"] == "http://127.0.0.1:5001/ows"
+    assert outputs["layer"]["getmap"] == "http://127.0.0.1:5001/ows?SERVICE=WMS"
+    assert outputs["water_area_km2"] == 1.5
 
 
 # -- a time series is one place over dates (issue #18, item 1) ------------------------------

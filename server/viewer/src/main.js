@@ -105,7 +105,7 @@ function setTool(tool) {
   }
   map.setTool(tool);
   if (tool) {
-    const hint = { box: "Click two opposite corners on the map.",
+    const hint = { box: "Drag from one corner to the opposite one (or click both).",
                    polygon: "Click the corners on the map; double-click the last one.",
                    point: "Click the point of interest on the map." }[tool];
     setStatus(hint);
@@ -131,6 +131,7 @@ const fmt = (v, digits = 4) => Number(v).toFixed(digits);
 
 function placeDrawn(shape) {
   setTool(null);
+  setStatus("");  // the drawing instructions are done with
   state.shape = shape;
   el.bbox.value = shape.bbox.map((v) => fmt(v, 5)).join(", ");
   const what = { box: "Box", polygon: "Polygon", point: "Point" }[shape.kind];
@@ -145,6 +146,7 @@ function placeDrawn(shape) {
 }
 
 function chooseScene(scene, how) {
+  if (scene.href !== state.shownHref) clearResult();  // its numbers are another scene's
   el.image.value = scene.href;
   map.selectScene(scene.href);
   showError("");
@@ -152,6 +154,7 @@ function chooseScene(scene, how) {
 }
 
 el.image.addEventListener("change", () => {
+  if (state.shownHref && el.image.value.trim() !== state.shownHref) clearResult();
   const scene = state.scenes.find((s) => s.href === el.image.value.trim());
   map.selectScene(scene ? scene.href : null);
   if (scene && scene.bbox) map.fitBbox(scene.bbox);
@@ -240,7 +243,8 @@ function resultLabel(r) {
   const date = r.datetime ? r.datetime.slice(0, 10)
     : Array.isArray(o.timeseries) ? o.datetime || "" : "date unknown";
   const area = o.water_area_km2 !== undefined ? ` · ${fmt(o.water_area_km2, 3)} km²` : "";
-  return `${date} · ${place} · ${o.method || r.process_id}${area}`;
+  const how = o.method ? `${r.process_id} (${o.method})` : r.process_id;
+  return `${date} · ${place} · ${how}${area}`;
 }
 
 async function loadResults(select) {
@@ -402,8 +406,11 @@ el.cancel.addEventListener("click", async () => {
   }
 });
 
+const stacked = window.matchMedia("(max-width: 760px)");  // the map below the form
+
 async function finish(results, extra) {
   await showResults(results, extra);
+  if (stacked.matches) $("#map").scrollIntoView({ behavior: "smooth", block: "start" });
   setStatus("Done: the water is drawn on the map.");
 }
 
@@ -423,7 +430,16 @@ async function acquisitionTime(entry) {
   }
 }
 
+/** No result shown: the panel hidden, its layer off the map. */
+function clearResult() {
+  state.series = [];
+  state.shownHref = null;
+  el.results.hidden = true;
+  map.hideLayer();
+}
+
 async function showResults(doc, extra) {
+  state.shownHref = extra.href || null;
   let series = seriesFromResults(doc, extra);
   if (Array.isArray(doc.timeseries)) {  // a series job: its own dates, and only those
     state.step = Math.max(series.length - 1, 0);
