@@ -490,6 +490,42 @@ def test_a_dragged_box_keeps_both_corners_and_its_area_is_the_box_area(page, pla
     assert page_errors(page) == []
 
 
+def test_change_and_frequency_results_show_their_own_numbers_legend_and_cog(page,
+                                                                           place_server):
+    west, south = demo_lonlat(0.8 * SIZE, 0.2 * SIZE)
+    east, north = demo_lonlat(0.3 * SIZE, 0.7 * SIZE)
+    place = {"bbox": [west, south, east, north], "method": "ndwi"}
+    change = place_server.execute({**place, "before": "2024-05-01/2024-05-31",
+                                   "after": "2024-06-01/2024-06-30"}, process_id="water-change")
+    assert change.status_code == 200, change.text
+    frequency = place_server.execute({**place, "datetime": "2024-05-01/2024-06-30"},
+                                     process_id="water-frequency")
+    assert frequency.status_code == 200, frequency.text
+    results = requests.get(f"{place_server.url}/viewer/api/results", timeout=30).json()["results"]
+    by_process = {r["process_id"]: r for r in results}
+    open_viewer(page, place_server)
+
+    done = by_process["water-change"]
+    page.get_by_label("Show an earlier result").select_option(done["id"])
+    gained = done["outputs"]["area_km2"]["gained"]
+    expect(page.locator("#stats-other")).to_contain_text(f"Water gained{gained:.3f} km²")
+    assert page.locator("#stats-water").is_hidden()
+    expect(page.locator("#legend-other")).to_be_visible()
+    assert page.locator("#legend").is_hidden()
+    page.wait_for_function("() => document.querySelector('#legend-image').naturalWidth > 0")
+    cog = page.get_attribute("#downloads a:has-text('Water change (COG)')", "href")
+    assert cog == done["outputs"]["change"]["href"]
+    assert requests.get(cog, timeout=30).content[:4] in (b"II*\x00", b"MM\x00*")
+
+    done = by_process["water-frequency"]
+    page.get_by_label("Show an earlier result").select_option(done["id"])
+    mean = done["outputs"]["statistics"]["mean_frequency"]
+    expect(page.locator("#stats-other")).to_contain_text(f"Mean frequency{mean * 100:.1f} %")
+    cog = page.get_attribute("#downloads a:has-text('Water frequency (COG)')", "href")
+    assert cog == done["outputs"]["frequency"]["href"]
+    assert page_errors(page) == []
+
+
 def test_another_scene_clears_the_numbers_of_the_last(page, place_server):
     other = place_server.data_root / "demo" / "other-scene.tif"
     other.write_bytes((place_server.data_root / DEMO).read_bytes())

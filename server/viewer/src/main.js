@@ -27,6 +27,8 @@ const el = {
   valid: $("#stat-valid"), date: $("#stat-date"), timeField: $("#time-field"), time: $("#time"),
   timeOut: $("#time-out"), opacity: $("#opacity"), chart: $("#chart"),
   downloads: $("#downloads"), layerName: $("#layer-name"), token: $("#token"),
+  stats: $("#stats-water"), statsOther: $("#stats-other"), legend: $("#legend"),
+  legendOther: $("#legend-other"), legendImage: $("#legend-image"),
   tokenSave: $("#token-save"), tokenClear: $("#token-clear"), authState: $("#auth-state"),
   auth: $("#auth"), login: $("#login"), clear: $("#clear-drawing"), seriesHint: $("#series-hint"),
 };
@@ -438,8 +440,50 @@ function clearResult() {
   map.hideLayer();
 }
 
+const pct = (v) => (v === null || v === undefined ? "–" : `${fmt(v * 100, 1)} %`);
+const km2 = (v) => (v === null || v === undefined ? "–" : `${fmt(v, 3)} km²`);
+
+/** What a water-change or water-frequency result says, as (label, value) rows; null for a
+ * water mask or a series (their own fields show them). */
+function otherStats(doc) {
+  if (doc.change) {
+    const a = doc.area_km2 || {};
+    return [["Water gained", km2(a.gained)], ["Water lost", km2(a.lost)],
+            ["Net change", km2(doc.net_change_km2)], ["Permanent water", km2(a.permanent)],
+            ["Dates", `${(doc.before || {}).date || "?"} → ${(doc.after || {}).date || "?"}`]];
+  }
+  if (doc.frequency) {
+    const f = doc.statistics || {};
+    return [["Ever water", km2(f.ever_wet_area_km2)], ["Never water", km2(f.never_wet_area_km2)],
+            ["Mean frequency", pct(f.mean_frequency)],
+            ["Observations", String(doc.observations_used ?? "–")]];
+  }
+  return null;
+}
+
+function showKind(doc) {
+  const rows = otherStats(doc);
+  el.stats.hidden = Boolean(rows);
+  el.statsOther.hidden = !rows;
+  el.statsOther.replaceChildren(...(rows || []).map(([label, value]) => {
+    const div = document.createElement("div");
+    const dt = document.createElement("dt");
+    const dd = document.createElement("dd");
+    dt.textContent = label;
+    dd.textContent = value;
+    div.append(dt, dd);
+    return div;
+  }));
+  // the water legend for masks; the layer's own legend (its classes) for the others
+  const legend = rows && doc.layer && doc.layer.legend;
+  el.legend.hidden = Boolean(legend);
+  el.legendOther.hidden = !legend;
+  if (legend) el.legendImage.src = legend;
+}
+
 async function showResults(doc, extra) {
   state.shownHref = extra.href || null;
+  showKind(doc);
   let series = seriesFromResults(doc, extra);
   if (Array.isArray(doc.timeseries)) {  // a series job: its own dates, and only those
     state.step = Math.max(series.length - 1, 0);
@@ -521,10 +565,21 @@ function renderDownloads(doc, series) {
     items.push(link(entry.probability, "Water probability (COG)", `${job}-probability.tif`));
   }
   if (entry.stac_item) items.push(link(entry.stac_item, "STAC item (JSON)", `${job}-item.json`));
+  for (const [key, text] of [["change", "Water change (COG)"],
+                             ["frequency", "Water frequency (COG)"],
+                             ["observations", "Observation counts (COG)"],
+                             ["before_mask", "Water mask, before (COG)"],
+                             ["after_mask", "Water mask, after (COG)"]]) {
+    const href = doc[key] && doc[key].href;
+    if (href) items.push(link(href, text, `${job}-${key}.tif`));
+  }
+  if (doc.stac_item && doc.stac_item.href && !entry.stac_item) {
+    items.push(link(doc.stac_item.href, "STAC item (JSON)", `${job}-item.json`));
+  }
   const serverCsv = doc.csv && (doc.csv.href || doc.csv);
   if (typeof serverCsv === "string") {
     items.push(link(serverCsv, "Time series (CSV)", `${job}.csv`));
-  } else {
+  } else if (!otherStats(doc)) {  // a change or frequency result's numbers are its own
     if (csvUrl) URL.revokeObjectURL(csvUrl);
     csvUrl = URL.createObjectURL(new Blob([seriesCSV(series)], { type: "text/csv" }));
     items.push(link(csvUrl, "Statistics (CSV)", `${job}.csv`));
