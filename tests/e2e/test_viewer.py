@@ -10,6 +10,7 @@ console of failing tests go to test-artifacts/viewer/.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 from pathlib import Path
@@ -576,6 +577,37 @@ def test_earlier_results_link_to_this_server_whatever_port_made_them(tmp_path):
     assert outputs["layer"]["wms"] == "http://127.0.0.1:5001/ows"
     assert outputs["layer"]["getmap"] == "http://127.0.0.1:5001/ows?SERVICE=WMS"
     assert outputs["water_area_km2"] == 1.5
+
+
+# -- pygeoapi's own HTML pages under the strict CSP (issue #18, item 6) ----------------------
+
+def test_pygeoapi_pages_work_under_the_strict_content_security_policy(page, server):
+    from aquamask.server.app import SECURITY_HEADERS
+
+    done = server.execute({"image": {"href": DEMO}, "method": "ndwi"})
+    assert done.status_code == 200, done.text
+    job = requests.get(f"{server.url}/jobs?f=json&limit=1", timeout=30).json()["jobs"][0]
+    for path in ("/processes?f=html", "/openapi?f=html", f"/jobs/{job['jobID']}/results?f=html"):
+        response = requests.get(server.url + path, timeout=30)
+        assert response.status_code == 200
+        assert response.headers["Content-Security-Policy"] == \
+            SECURITY_HEADERS["Content-Security-Policy"], path
+        assert "unpkg.com" not in response.text and "cdn" not in response.text, path
+
+    page.goto(f"{server.url}/processes?f=html")
+    # styled: Bootstrap, from this server, is applied
+    assert page.evaluate("""() => [...document.styleSheets].some(s => s.href
+        && s.href.endsWith('/viewer/static/vendor/bootstrap.min.css') && s.cssRules.length)""")
+    assert page.evaluate("getComputedStyle(document.querySelector('.container')).maxWidth") \
+        != "none"
+    page.goto(f"{server.url}/openapi?f=html")  # Swagger UI draws the OpenAPI document
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("aquamask")
+    expect(page.locator(".opblock-tag").first).to_be_visible()
+    page.goto(f"{server.url}/jobs/{job['jobID']}/results?f=html")
+    shown = json.loads(page.text_content("#results"))
+    assert shown["water_area_km2"] == done.json()["water_area_km2"]
+    # nothing refused by the policy, no script error
+    assert [m for m in page.console_messages if m.startswith(("error", "pageerror"))] == []
 
 
 # -- a time series is one place over dates (issue #18, item 1) ------------------------------
