@@ -30,8 +30,8 @@ from aquamask.processes.monitoring.parallel import run_parallel
 from aquamask.processes.monitoring.rasters import change_raster
 from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.pipeline.products import to_cog
-from aquamask.processes.publishing.styles import write_style_files
 from aquamask.processes.settings import Settings
+from aquamask.processes.styles import write_style_files
 from aquamask.processes.types import ProgressCallback
 
 SIDES = ("before", "after")

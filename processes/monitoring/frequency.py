@@ -26,8 +26,8 @@ from aquamask.processes.monitoring.files import (
 from aquamask.processes.monitoring.rasters import FREQUENCY_NODATA, frequency_rasters
 from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.pipeline.products import to_cog
-from aquamask.processes.publishing.styles import write_style_files
 from aquamask.processes.settings import Settings
+from aquamask.processes.styles import write_style_files
 from aquamask.processes.types import ProgressCallback, scaled
 
 

@@ -13,7 +13,7 @@ from rasterio.windows import Window
 from aquamask.processes.constants import INVALID, WATER
 from aquamask.processes.pipeline.areas import pixel_areas_km2
 from aquamask.processes.pipeline.blocks import BLOCK, gtiff_profile, windows
-from aquamask.processes.publishing.styles import FREQUENCY_CLASSES, STYLE_TAG, colormap
+from aquamask.processes.styles import FREQUENCY_CLASSES, STYLE_TAG, colormap
 
 # change classes (uint8; 255 no data at either date)
 CHANGE_DRY, CHANGE_GAINED, CHANGE_LOST, CHANGE_PERMANENT = 0, 1, 2, 3

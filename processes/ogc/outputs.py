@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping
 
 from aquamask.processes.constants import COG_MEDIA_TYPE, GEOJSON_MEDIA_TYPE
 from aquamask.processes.pipeline.products import ITEM_FILE, MASK_FILE, PROBABILITY_FILE
-from aquamask.processes.publishing.styles import style_files
+from aquamask.processes.styles import style_files
 
 # the files of a water mask result (water-detection, and a result imported by reconcile)
 MASK_RESULT_FILES = {MASK_FILE: COG_MEDIA_TYPE, PROBABILITY_FILE: COG_MEDIA_TYPE,

@@ -12,8 +12,8 @@ from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.ogc.base import MonitoringProcessor, describe_process
 from aquamask.processes.ogc.inputs import MONITORING_INPUTS, parse_monitoring
 from aquamask.processes.ogc.outputs import cog_output
-from aquamask.processes.publishing.styles import style_files
 from aquamask.processes.settings import Settings
+from aquamask.processes.styles import style_files
 
 SIDE = {
     "schema": {"type": "string"}, "minOccurs": 1, "maxOccurs": 1,

@@ -16,8 +16,8 @@ from aquamask.processes.ogc.inputs import (
     parse_monitoring,
 )
 from aquamask.processes.ogc.outputs import cog_output
-from aquamask.processes.publishing.styles import style_files
 from aquamask.processes.settings import Settings
+from aquamask.processes.styles import style_files
 
 PROCESS_METADATA = describe_process("water-frequency", "Water frequency",
     (        "Over every usable acquisition date of an interval over a place: per pixel, the "

@@ -23,7 +23,7 @@ from aquamask.processes.constants import INVALID
 from aquamask.processes.pipeline import methods
 from aquamask.processes.pipeline.areas import pixel_areas_km2
 from aquamask.processes.pipeline.blocks import BLOCK, gtiff_profile, windows
-from aquamask.processes.publishing.styles import colormap
+from aquamask.processes.styles import colormap
 from aquamask.processes.types import Mask, MaskStats, ProgressCallback, Scene
 
 PREFETCH = 2  # blocks read ahead of the one being predicted

@@ -31,10 +31,10 @@ from aquamask.processes.pipeline.sources.acquired import parse_time
 from aquamask.processes.pipeline.sources.query import PlaceQuery
 from aquamask.processes.pipeline.sources.raster import RasterSource
 from aquamask.processes.pipeline.sources.urls import HrefPolicy
-from aquamask.processes.publishing.styles import style_files, write_style_files
 from aquamask.processes.settings import Settings
 from aquamask.processes.storage.disk import explain
 from aquamask.processes.storage.results import ResultStoreError, results_store
+from aquamask.processes.styles import style_files, write_style_files
 from aquamask.processes.types import Mask, Product, ProgressCallback, Scene, no_progress, scaled
 
 if TYPE_CHECKING:

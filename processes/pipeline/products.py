@@ -24,7 +24,7 @@ from aquamask import __version__
 from aquamask.processes.constants import COG_MEDIA_TYPE, INVALID
 from aquamask.processes.files import write_atomic
 from aquamask.processes.pipeline.detection import release
-from aquamask.processes.publishing.styles import style_files, write_style_files
+from aquamask.processes.styles import style_files, write_style_files
 from aquamask.processes.types import Mask, Product, Scene
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ from aquamask.processes.errors import NoScene
 from aquamask.processes.monitoring.dates import find_dates
 from aquamask.processes.ogc import water_timeseries
 from aquamask.processes.pipeline.sources import place_source
-from aquamask.processes.publishing.styles import CHANGE_CLASSES
 from aquamask.processes.settings import Settings
+from aquamask.processes.styles import CHANGE_CLASSES
 from aquamask.server.viewer import viewer_blueprint
 
 

@@ -18,9 +18,9 @@ from aquamask.processes.ogc.water_detection import parse_inputs
 from aquamask.processes.pipeline.blocks import gtiff_profile
 from aquamask.processes.pipeline.flow import run_detection
 from aquamask.processes.pipeline.products import to_cog
-from aquamask.processes.publishing.styles import CHANGE_CLASSES, FREQUENCY_CLASSES
 from aquamask.processes.settings import Settings
 from aquamask.processes.storage.jobstore import JobStore
+from aquamask.processes.styles import CHANGE_CLASSES, FREQUENCY_CLASSES
 from aquamask.processes.types import no_progress
 
 GDALINFO = shutil.which("gdalinfo")
@@ -85,7 +85,7 @@ def masks(tmp_path):
 
 
 def test_change_and_frequency_cogs_have_colour_tables_and_styles(tmp_path):
-    from aquamask.processes.publishing.styles import write_style_files
+    from aquamask.processes.styles import write_style_files
 
     (before, after), profile = masks(tmp_path)
     change_raster(before, after, tmp_path / "change.raw.tif")

@@ -1,7 +1,8 @@
-"""How each kind of result is drawn: the water mask, and the change and frequency rasters of the
-monitoring processes. The embedded engine's templates (config/mapfile-layer.j2), the SLDs of
-GeoServer (config/styles/*.sld) and the viewer's legend use these same colours
-(tests/processes/test_monitoring_styles.py checks it); a COG names its style in a GDAL tag."""
+"""How each kind of result is drawn (the water mask, and the change and frequency rasters of the
+monitoring processes), on the map and in the files themselves. The embedded engine's templates
+(config/mapfile-layer.j2), the SLDs of GeoServer (config/styles/*.sld) and the viewer's legend
+use these same colours (tests/processes/test_monitoring_styles.py checks it); a COG names its
+style in a GDAL tag."""
 from __future__ import annotations
 
 import shutil
