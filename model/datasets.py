@@ -133,7 +133,9 @@ class Sen1Floods11Dataset:
         return len(self.pairs)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return read_s2hand(*self.pairs[i])
+        bands, label = read_s2hand(*self.pairs[i])
+        assert label is not None                # every pair names its label
+        return bands, label
 
     def names(self) -> list[str]:
         return [p[0].name[: -len("_S2Hand.tif")] for p in self.pairs]

@@ -13,11 +13,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import re
 import warnings
 from pathlib import Path
-
-import os
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from aquamask.model.features import N_BANDS, network_input
 from aquamask.model.network import UNet, pad_to_multiple
+from aquamask.model.refine import guide_bands, guided_upsample, masked_mean_pool
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,59 @@ def _version_key(path: Path) -> tuple[int, ...]:
     return tuple(int(g) for g in m.groups()) if m else (-1,)
 
 
-def default_weights() -> Path:
-    """The newest shipped weights file (highest semantic version of ``DEFAULT_NAME``)."""
-    found = sorted(WEIGHTS_DIR.glob(f"{DEFAULT_NAME}-*.pt"), key=_version_key)
+def default_weights(name: str = DEFAULT_NAME, folder: Path = WEIGHTS_DIR) -> Path:
+    """The newest weights file of ``name`` in ``folder`` (its highest semantic version)."""
+    found = sorted(folder.glob(f"{name}-*.pt"), key=_version_key)
+    found = [p for p in found if re.fullmatch(rf"{re.escape(name)}-\d+\.\d+\.\d+\.pt", p.name)]
     if not found:
-        raise FileNotFoundError(f"no {DEFAULT_NAME}-*.pt weights in {WEIGHTS_DIR}")
+        raise FileNotFoundError(f"no {name}-X.Y.Z.pt weights in {folder}")
     return found[-1]
+
+
+def shipped_models(folder: Path = WEIGHTS_DIR) -> list[str]:
+    """Names of the models in ``folder`` (default: the shipped ones; each loadable by name)."""
+    names = {m.group(1) for p in folder.glob("*.pt")
+             if (m := re.fullmatch(r"(.+)-\d+\.\d+\.\d+\.pt", p.name))}
+    return sorted(names)
+
+
+# a model's name or name-version: a file name in an allow-listed folder, never a path
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def find_model(name: str | None, extra: Path | str | None = None) -> Path:
+    """The weights file of a model named (never a path): ``name-X.Y.Z`` exactly, or the
+    newest version of ``name``; looked up in the shipped ``WEIGHTS_DIR``, then in ``extra``
+    (an operator's folder). None: the newest default model. LookupError if none matches."""
+    name = name or DEFAULT_NAME
+    if not MODEL_NAME.fullmatch(name):
+        raise LookupError(f"{name!r} is not a model name (name or name-X.Y.Z, not a path)")
+    folders = [WEIGHTS_DIR, *([Path(extra)] if extra else [])]
+    for folder in folders:
+        if (folder / f"{name}.pt").is_file():
+            return folder / f"{name}.pt"
+        try:
+            return default_weights(name, folder)
+        except FileNotFoundError:
+            pass
+    known = sorted({n for f in folders if f.is_dir() for n in shipped_models(f)})
+    raise LookupError(f"no model {name!r} in {', '.join(map(str, folders))} "
+                      f"(models there: {', '.join(known)})")
+
+
+def resolve_weights(weights: str | Path | None) -> Path:
+    """The weights file ``weights`` names: None -> the newest default model; a shipped
+    model's name (``unet-s2-water-fast``) -> its newest version; a shipped file's name
+    (``unet-s2-water-1.2.0``, with or without ``.pt``) -> that file; else a path."""
+    if weights is None:
+        return default_weights()
+    text = str(weights)
+    if not any(sep in text for sep in ("/", "\\")) and not Path(text).exists():
+        try:
+            return find_model(text[:-3] if text.endswith(".pt") else text)
+        except LookupError:
+            pass
+    return Path(weights)
 
 
 def sha256_file(path: Path) -> str:
@@ -147,7 +194,8 @@ class WaterModel:
         self.device = device or torch.device("cpu")
         self.net = net.to(self.device).eval()
         if self.device.type == "cpu":                 # ~1.6x faster convolutions on CPU
-            self.net = self.net.to(memory_format=torch.channels_last)
+            # torch's stub of Module.to lacks memory_format
+            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.meta = meta
         self.path = path
         self.name: str = str(meta.get("name", DEFAULT_NAME))
@@ -160,6 +208,8 @@ class WaterModel:
         self.tile: int = max(int(meta.get("tile", 512)), MIN_TILE)
         self.overlap: int = int(meta.get("overlap", 64))
         self.scale: int = int(meta.get("scale", 1))
+        # guided refinement at full resolution when scale > 1 (None: bilinear upsampling)
+        self.refine: dict | None = meta.get("refine")
         self.batch_size: int = max(1, MAX_BATCH_PIXELS // (self.tile * self.tile))
         norm = meta["normalisation"]
         self._mean = torch.tensor(norm["mean"], dtype=torch.float32)
@@ -182,8 +232,9 @@ class WaterModel:
     @classmethod
     def load(cls, weights: str | Path | None = None, device: str | None = None, *,
              precision: str | None = None, engine: str | None = None) -> "WaterModel":
-        """Load a weights file (None: the newest shipped one) onto ``device`` (None: auto)."""
-        path = Path(weights) if weights is not None else default_weights()
+        """Load weights onto ``device`` (None: auto): a file, a shipped model's name (its
+        newest version) or None (the newest default model); see :func:`resolve_weights`."""
+        path = resolve_weights(weights)
         blob = torch.load(path, map_location="cpu", weights_only=True)
         fmt = blob.get("format")
         if fmt not in SUPPORTED_FORMATS:
@@ -200,7 +251,8 @@ class WaterModel:
         return {"name": self.name, "version": self.version, "sha256": self.weights_sha256,
                 "bands": list(self.bands), "threshold": self.threshold,
                 "temperature": self.temperature, "device": str(self.device),
-                "scale": self.scale, "precision": self.precision, "engine": self.engine}
+                "scale": self.scale, "refine": self.refine, "precision": self.precision,
+                "engine": self.engine}
 
     # ------------------------------------------------------------------ export
     def export_torchscript(self, path: str | Path | None = None, tile: int = 256):
@@ -267,36 +319,65 @@ class WaterModel:
                 weight[r:r + th, c:c + tw] += win
         return out / weight
 
-    def predict(self, bands: np.ndarray, *, scale: int | None = None) -> np.ndarray:
-        """Water probability (H, W) float32 in [0, 1] for (6, H, W) reflectance x 10000,
-        NaN where any band is NaN. ``scale`` overrides the model's network resolution factor
-        for this call (1: run at the input's own resolution)."""
+    def _check(self, bands: np.ndarray) -> None:
         if bands.ndim != 3 or bands.shape[0] != N_BANDS:
             raise ValueError(f"expected ({N_BANDS}, H, W) bands {self.bands}, "
                              f"got shape {bands.shape}")
+
+    def _inputs(self, bands: np.ndarray, scale: int | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
+        """(bands as a tensor, the no-data mask or None when there is no NaN, standardised
+        network features (1, 8, h, w), the scale used): the input averaged over scale x scale
+        cells (no-data aware: a cell is no data only where all of it is) when it is at least
+        two cells across."""
         s = max(1, int(self.scale if scale is None else scale))
+        x = torch.from_numpy(np.ascontiguousarray(bands, dtype=np.float32))
+        nodata = None
+        if bool(torch.isnan(x.sum())):                     # one cheap pass when all is valid
+            nodata = torch.isnan(x).any(dim=0)
+            x = torch.where(nodata, torch.nan, x)          # no data in one band: in all
+        if s > 1 and min(x.shape[1:]) >= 2 * s:
+            coarse, _ = masked_mean_pool(x, s, has_nan=nodata is not None)
+        else:
+            s, coarse = 1, x
+        return x, nodata, network_input(coarse, self._mean, self._std), s
+
+    def network_features(self, bands: np.ndarray, scale: int | None = None) -> torch.Tensor:
+        """The standardised features (1, 8, h, w) the network sees for (6, H, W) bands: the
+        input of the forward pass inside :meth:`predict` (for benchmarks)."""
+        self._check(bands)
+        with torch.inference_mode():
+            return self._inputs(bands, scale)[2]
+
+    def predict(self, bands: np.ndarray, *, scale: int | None = None,
+                refine: bool | None = None) -> np.ndarray:
+        """Water probability (H, W) float32 in [0, 1] for (6, H, W) reflectance x 10000,
+        NaN where any band is NaN. ``scale`` overrides the model's network resolution factor
+        for this call (1: run at the input's own resolution, e.g. for 30 m input);
+        ``refine`` overrides whether the guided refinement draws the edges at full
+        resolution when ``scale`` > 1 (default: the weights' ``refine``)."""
+        self._check(bands)
         _, h, w = bands.shape
         if h == 0 or w == 0:
             return np.zeros((h, w), dtype=np.float32)
+        use_refine = self.refine if refine is None or refine else None
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(bands, dtype=np.float32))
-            nodata = torch.isnan(x).any(dim=0)
-            if bool(nodata.all()):
+            x, nodata, feats, s = self._inputs(bands, scale)
+            if nodata is not None and bool(nodata.all()):
                 return np.full((h, w), np.nan, dtype=np.float32)
-            if s > 1 and min(h, w) >= 2 * s:
-                # no-data-aware s x s mean: NaN only where the whole cell is no data
-                valid = (~nodata).to(torch.float32)[None, None]
-                num = F.avg_pool2d(torch.where(nodata, 0.0, x)[None] * valid, s,
-                                   ceil_mode=True)
-                den = F.avg_pool2d(valid, s, ceil_mode=True)
-                x = torch.where(den > 0, num / den.clamp(min=1e-6), torch.nan)
-            else:
-                s = 1
-            feats = network_input(x, self._mean, self._std)
             z = self._tiled_logits(feats)
-            if s > 1:
+            inv_t = 1.0 / self.temperature
+            if s == 1:
+                prob = torch.sigmoid(z * inv_t)
+            elif use_refine:
+                guide = guide_bands(x, use_refine["guides"])
+                guide_coarse, _ = masked_mean_pool(guide, s, has_nan=nodata is not None)
+                prob = guided_upsample(torch.sigmoid(z * inv_t), guide_coarse, guide, s,
+                                       int(use_refine["radius"]), float(use_refine["eps"]))
+            else:
                 z = F.interpolate(z[None, None], scale_factor=s, mode="bilinear",
                                   align_corners=False)[0, 0, :h, :w]
-            prob = torch.sigmoid(z * (1.0 / self.temperature))
-            prob = torch.where(nodata, torch.nan, prob)
+                prob = torch.sigmoid(z * inv_t)
+            if nodata is not None:
+                prob = torch.where(nodata, torch.nan, prob)
             return prob.numpy().astype(np.float32, copy=False)

@@ -7,6 +7,15 @@ base, ``ogc.base.as_ogc_error``, and the job manager) turns them into pygeoapi's
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
+
+# OGC API - Processes 1.0's exception types (RFC 7807 ``type`` URIs); other errors are
+# ``about:blank`` (the HTTP status says it all) with the OWS code beside it
+PROCESSES_EXCEPTIONS = "http://www.opengis.net/def/exceptions/ogcapi-processes-1/1.0/"
+EXCEPTION_TYPES = {"NoSuchProcess": "no-such-process", "NoSuchJob": "no-such-job",
+                   "ResultNotReady": "result-not-ready"}
+EXCEPTION_TITLES = {"NoSuchProcess": "No such process", "NoSuchJob": "No such job",
+                    "ResultNotReady": "The results are not ready"}
 
 
 class AquamaskError(Exception):
@@ -64,6 +73,16 @@ class UpstreamError(AquamaskError):
 
     http_status_code = HTTPStatus.BAD_GATEWAY
     ogc_exception_code = "NoApplicableCode"
+
+
+def exception_document(status: int, code: str, detail: str) -> dict[str, Any]:
+    """An OGC API exception (RFC 7807 problem details): ``type`` (the spec's URI where it has
+    one), ``title``, ``status``, ``detail``; and the OWS ``code`` and ``description`` older
+    clients read."""
+    spec = EXCEPTION_TYPES.get(code)
+    return {"type": PROCESSES_EXCEPTIONS + spec if spec else "about:blank",
+            "title": EXCEPTION_TITLES.get(code) or HTTPStatus(status).phrase,
+            "status": int(status), "detail": detail, "code": code, "description": detail}
 
 
 class ConfigError(ValueError):

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 from contextvars import ContextVar
 from dataclasses import fields
-from functools import cached_property
+from functools import cached_property, lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -49,7 +51,7 @@ Percent = Annotated[float, Field(ge=0, le=100)]
 
 @dataclass(config=_SECTION)
 class ServerSettings:
-    url: str
+    url: str | None  # None: derived from bind (Settings.url)
     bind: str
     workers: Count
     timeout: Count  # gunicorn's --timeout takes whole seconds
@@ -89,7 +91,8 @@ class JobsSettings:
 class DetectionSettings:
     method: str
     threshold: Fraction | None  # None: the method's own default
-    weights: str | None
+    model: str | None  # a model's name or name-version (never a path); None: the default
+    weights_dir: str | None  # the operator's own weights, beside the shipped ones
     device: str | None
     fan_out_pixels: Size
 
@@ -376,7 +379,13 @@ class Settings:
 
     @property
     def url(self) -> str:
-        return self.server.url.rstrip("/")
+        """The URL clients reach the server at, in every link, Location and OnlineResource:
+        ``server.url``, else the one of ``server.bind``; a wildcard host (``0.0.0.0``,
+        ``::``: listening everywhere, which no client can reach) stands for this machine's
+        name."""
+        if self.server.url:
+            return reachable_url(self.server.url).rstrip("/")
+        return http_url(*split_bind(self.server.bind))
 
     @property
     def data_root(self) -> Path:
@@ -406,6 +415,46 @@ class Settings:
     def ensure_dirs(self) -> None:
         for directory in (self.home, self.data_root, self.results_dir):
             directory.mkdir(parents=True, exist_ok=True)
+
+
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
+
+
+def split_bind(bind: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as (host without brackets, port)."""
+    host, _, port = bind.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def format_bind(host: str, port: int) -> str:
+    """A gunicorn ``--bind`` address: an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@lru_cache(maxsize=1)
+def machine_name() -> str:
+    """This machine's fully qualified name (its host name when the FQDN is only
+    ``localhost``): what a wildcard address stands for in links."""
+    fqdn = socket.getfqdn()
+    if fqdn and fqdn.split(".")[0] != "localhost":
+        return fqdn
+    return socket.gethostname()
+
+
+def http_url(host: str, port: int) -> str:
+    """The http URL of a listening address, a wildcard host made this machine's name."""
+    if host in WILDCARD_HOSTS:
+        host = machine_name()
+    return f"http://{format_bind(host, port)}"
+
+
+def reachable_url(url: str) -> str:
+    """``url`` with a wildcard host made this machine's name (other URLs unchanged)."""
+    parts = urlsplit(url)
+    if parts.hostname not in WILDCARD_HOSTS or not parts.netloc:
+        return url
+    netloc = machine_name() + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# mypy over aquamask.processes and aquamask.server. The card's folders are installed as
+# mypy over aquamask.model, aquamask.processes and aquamask.server. The card's folders are installed as
 # aquamask.* through package-dir (an editable install is an import hook mypy cannot follow),
 # so mypy reads them through a temporary aquamask/ folder of links to them.
 set -euo pipefail
@@ -11,4 +11,4 @@ cp aquamask/__init__.py "$view/aquamask/"
 for folder in model processes server config; do
   ln -s "$PWD/$folder" "$view/aquamask/$folder"
 done
-.venv/bin/mypy --config-file pyproject.toml "$view/aquamask/processes" "$view/aquamask/server"
+.venv/bin/mypy --config-file pyproject.toml "$view/aquamask/model" "$view/aquamask/processes" "$view/aquamask/server"

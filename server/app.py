@@ -2,7 +2,6 @@
 (result files, the /ows map services, health)."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -10,7 +9,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import yaml
-from flask import Blueprint, Flask, current_app, request, send_from_directory
+from flask import Blueprint, Flask, request
 from jinja2 import Template
 from pygeoapi.process.base import JobNotFoundError
 from werkzeug.exceptions import HTTPException
@@ -19,13 +18,14 @@ from aquamask.processes.constants import PRODUCT_ID
 from aquamask.processes.files import write_atomic
 from aquamask.processes.ogc import PROCESSES, result_files
 from aquamask.processes.publishing import service as publishing
-from aquamask.processes.settings import Settings
+from aquamask.processes.settings import Settings, split_bind
 from aquamask.processes.storage.jobstore import StoreUnavailable
 from aquamask.processes.storage.results import results_store
-from aquamask.server import metrics
+from aquamask.server import metrics, processes_api
 from aquamask.server.auth import Auth
 from aquamask.server.errors import ogc_exception
 from aquamask.server.health import health_blueprint
+from aquamask.server.result_files import serve_file
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,11 +36,11 @@ def render_pygeoapi_config(settings: Settings) -> tuple[Path, Path]:
 
     from aquamask.server.pygeoapi_pages import write_templates
 
-    host, _, port = settings.server.bind.rpartition(":")
+    host, port = split_bind(settings.server.bind)
     template = Template((files("aquamask.config") / "pygeoapi.yml.j2").read_text())
     text = template.render(
         templates=write_templates(settings.home / "pygeoapi-templates"),
-        host=host or "127.0.0.1", port=int(port or 5000), url=settings.url,
+        host=host or "127.0.0.1", port=port, url=settings.url,
         database=settings.database_url, results=settings.results_dir,
         log_level=settings.logging.level, processes=PROCESSES,
         # pygeoapi's HTML pages need an XYZ map; the viewer's own default is offline
@@ -65,78 +65,15 @@ def results_blueprint(settings: Settings, manager) -> Blueprint:
         missing = ogc_exception(404, "NotFound", f"no result file {name!r} for job {job_id!r}")
         if name not in served or not PRODUCT_ID.match(job_id):
             return missing
-        if not store.remote:
-            directory = settings.results_dir / job_id
-            if not (directory / name).is_file():
-                return missing
+        if not store.remote and not (settings.results_dir / job_id / name).is_file():
+            return missing
         try:
             manager.get_job(job_id)  # the owner's (or a manager's) only
         except JobNotFoundError:
             return missing
-        if store.remote:
-            return stored_file(store, job_id, name, served[name], missing)
-        # conditional and range requests are honoured, so GDAL can read the COG over HTTP
-        return send_from_directory(directory, name, mimetype=served[name],
-                                   conditional=True)
+        return serve_file(store, settings, job_id, name, served[name], missing)
 
     return blueprint
-
-
-def stored_file(store, job_id: str, name: str, mimetype: str, missing):
-    """A result file streamed from an object store, with conditional and range requests. A
-    single range (what GDAL asks for when it reads a COG over HTTP) is one ranged read of
-    exactly its bytes from the store; anything else is the whole file, streamed."""
-    from werkzeug.http import is_resource_modified
-    from werkzeug.wsgi import wrap_file
-
-    try:
-        info = store.info(job_id, name)
-    except Exception as err:  # noqa: BLE001 - the store is down: the server's side
-        LOGGER.error("/results/%s/%s: the results store failed: %s", job_id, name, err)
-        return ogc_exception(503, "NoApplicableCode", "the results store is not available")
-    if info is None:
-        return missing
-    size = info["size"]
-    mtime = (dt.datetime.fromtimestamp(info["mtime"], dt.timezone.utc)
-             if info.get("mtime") is not None else None)
-    etag = info.get("etag") or f"{size:x}-{int(info.get('mtime') or 0):x}"
-
-    def finish(response):
-        response.set_etag(etag)
-        if mtime is not None:
-            response.last_modified = mtime
-        response.accept_ranges = "bytes"
-        return response
-
-    if not is_resource_modified(request.environ, etag=etag, last_modified=mtime):
-        return finish(current_app.response_class(status=304))
-    wanted = request.range
-    if_range = request.if_range
-    if wanted is not None and wanted.units == "bytes" and len(wanted.ranges) == 1 \
-            and ((if_range.etag is None and if_range.date is None) or if_range.etag == etag):
-        bounds = wanted.range_for_length(size)
-        if bounds is None:
-            response = current_app.response_class(status=416)
-            response.headers["Content-Range"] = f"bytes */{size}"
-            return finish(response)
-        start, stop = bounds
-        try:
-            data = store.read_range(job_id, name, start, stop)
-        except Exception as err:  # noqa: BLE001
-            LOGGER.error("/results/%s/%s: the results store failed: %s", job_id, name, err)
-            return ogc_exception(503, "NoApplicableCode", "the results store is not available")
-        response = current_app.response_class(data, status=206, mimetype=mimetype)
-        response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-        return finish(response)
-    try:
-        handle = store.open(job_id, name)
-    except Exception as err:  # noqa: BLE001
-        LOGGER.error("/results/%s/%s: the results store failed: %s", job_id, name, err)
-        return ogc_exception(503, "NoApplicableCode", "the results store is not available")
-    response = current_app.response_class(wrap_file(request.environ, handle, 1 << 20),
-                                          mimetype=mimetype, direct_passthrough=True)
-    response.content_length = size
-    return finish(response)
 
 
 SECURITY_HEADERS = {
@@ -257,6 +194,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     publishing.rebuild(settings)
     reconcile.report(settings)  # results without a job record: logged, never silently kept
     APP.register_blueprint(viewer_blueprint(settings))
+    processes_api.install(APP, api_, settings)
 
     @APP.errorhandler(HTTPException)
     def http_error(err: HTTPException):

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from aquamask import __version__
 from aquamask.processes.errors import AquamaskError, ConfigError
 from aquamask.processes.pipeline import methods
-from aquamask.processes.settings import Settings
+from aquamask.processes.settings import Settings, format_bind, split_bind
 from aquamask.server.cli_publish import publish_command, reconcile_command, unpublish_command
 from aquamask.server.cli_search import search
 
@@ -60,8 +60,8 @@ def main() -> None:
 
 def gunicorn_command(settings: Settings, host: str | None, port: int | None,
                      workers: int | None) -> list[str]:
-    bind_host, _, bind_port = settings.server.bind.rpartition(":")
-    bind = f"{host or bind_host}:{port or bind_port}"
+    bind_host, bind_port = split_bind(settings.server.bind)
+    bind = format_bind(host or bind_host, port or bind_port)
     config = files("aquamask.server") / "gunicorn.conf.py"
     return [sys.executable, "-m", "gunicorn", "--config", str(config), "--bind", bind,
             "--workers", str(workers or settings.server.workers),
@@ -83,11 +83,14 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def _serve_environment(host: str | None, port: int | None) -> dict[str, str]:
+    """The server's environment: ``--host``/``--port`` become its bind address, from which
+    its URL follows unless ``server.url`` is set (Settings.url)."""
     env = dict(os.environ)
-    settings = Settings.load()
-    if (host or port) and "AQUAMASK__SERVER__URL" not in env:
-        bind_host, _, bind_port = settings.server.bind.rpartition(":")
-        env["AQUAMASK__SERVER__URL"] = f"http://{host or bind_host}:{port or bind_port}"
+    if host or port:
+        bind_host, bind_port = split_bind(Settings.load().server.bind)
+        # quoted: environment values are YAML, where [::]:5000 would be a list
+        env["AQUAMASK__SERVER__BIND"] = json.dumps(format_bind(host or bind_host,
+                                                               port or bind_port))
     return env
 
 
@@ -118,8 +121,10 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 @click.option("--bands", help='band indexes as JSON, e.g. \'{"B02": 1, ...}\'')
 @click.option("--probability/--no-probability", default=True, show_default=True,
               help="also write the water probability COG beside the mask")
+@click.option("--weights", help="the unet model: a weights file (e.g. one `aquamask train` "
+              "wrote) or a shipped model's name [default: detection.model]")
 def detect(image: str, out: Path, method: str, threshold: float, bands: str | None,
-           probability: bool) -> None:
+           probability: bool, weights: str | None) -> None:
     """Detect water in IMAGE without a server; write the mask COG, the probability COG and
     a STAC item (statistics, provenance) beside it."""
     from aquamask.processes.pipeline.flow import detect_to_file, item_path
@@ -128,12 +133,20 @@ def detect(image: str, out: Path, method: str, threshold: float, bands: str | No
         mapping = json.loads(bands) if bands else None
     except json.JSONDecodeError as err:
         fail(f"--bands is not valid JSON: {err}")
+    if weights is not None and not methods.get(method).needs_model:
+        fail(f"--weights is for the unet method, not {method}")
+    settings = Settings.load()
     try:
+        # before the scene is read: a bad weights file fails at once
+        model = (methods.load_weights_file(weights, settings.detection.device)
+                 if weights is not None else None)
         with progress_bar(f"detecting water ({method})") as update:
-            mask = detect_to_file(image, out, Settings.load(), method, threshold, mapping,
-                                  progress=update, with_probability=probability)
+            mask = detect_to_file(image, out, settings, method, threshold, mapping,
+                                  progress=update, with_probability=probability, model=model)
     except AquamaskError as err:
         fail(err.message)
+    except ConfigError as err:
+        fail(str(err))
     stats = mask.stats
     written = ", ".join([str(out)] + ([str(out.with_suffix(".probability.tif"))]
                                       if probability else []) + [str(item_path(out))])
@@ -285,8 +298,8 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
             f"STAC item:    {outputs['stac_item']['href']}",
             f"water area:   {outputs['water_area_km2']:.3f} km² "
             f"({outputs['water_fraction']:.1%} of valid pixels)",
-            f"WMS GetMap:   {outputs['layer']['getmap']}",
-            f"WMS:          {outputs['layer']['getcapabilities']}",
+            f"WMS GetMap:   {outputs['layer']['value']['getmap']}",
+            f"WMS:          {outputs['layer']['value']['getcapabilities']}",
             f"processes:    {base}/processes",
             f"viewer:       {base}/viewer",
         ]))

@@ -31,6 +31,7 @@ from typing import IO, Any, Callable, Iterator
 from flask import Blueprint, Response, request
 
 from aquamask.processes.identity import current_identity
+from aquamask.server import wcs_documents
 from aquamask.server.fastcgi import FastCGIError, MapServerPool, PoolBusy
 from aquamask.server.ows_gateway import Limits, OwsError, OwsRequest, parse
 
@@ -303,6 +304,17 @@ class LayerAccess:
             return None, False
         return identity.owner, identity.sees_all_jobs
 
+    def facts(self, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """The facts of the rows of ``names`` (layers the request was allowed to name)."""
+        rows = {name: self._row(name) for name in names}
+        return {name: row["facts"] for name, row in rows.items() if row is not None}
+
+    def visible_facts(self) -> dict[str, dict[str, Any]]:
+        """The facts of every layer the caller may see."""
+        owner, everyone = self._caller()
+        _, rows = self.store.visible_layers(owner, everyone=everyone)
+        return {row["name"]: row["facts"] for row in rows}
+
     def _visible(self, rows: list[dict[str, Any]], owner: str | None, everyone: bool) -> bool:
         return bool(rows) and all(
             r["engine"] == self.publisher.name
@@ -368,6 +380,18 @@ class LayerAccess:
                                 f"{name} (see its Dimension in the capabilities)", "TIME")
 
 
+def corrected(response: Response, fix: Callable[[bytes], bytes]) -> Response:
+    """A successful answer of MapServer with its document rewritten by ``fix``."""
+    if response.status_code != 200:
+        return response
+    try:
+        body = b"".join(response.response)  # type: ignore[arg-type]  # bytes here
+    finally:
+        response.close()
+    headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
+    return Response(fix(body), status=200, headers=headers)
+
+
 def _client_pairs() -> list[tuple[str, str]] | Response:
     """The KVP pairs of a GET, or of a POSTed form (bounded); the XML POST binding is not
     offered."""
@@ -422,9 +446,16 @@ def ows_blueprint(settings, name: str = "aquamask_ows") -> Blueprint:
         except OwsError as err:
             return error_response(err)
         query = ogc.query()
-        if ogc.operation == "GetCapabilities":
+        if ogc.operation == "GetCapabilities" and ogc.service == "WCS":
+            response = capabilities.answer(mapfile, query, lambda: corrected(
+                engine.run(query, mapfile, ogc),
+                lambda body: wcs_documents.capabilities(body, access.visible_facts())))
+        elif ogc.operation == "GetCapabilities":
             response = capabilities.answer(mapfile, query,
                                            lambda: engine.run(query, mapfile, ogc))
+        elif ogc.operation == "DescribeCoverage":
+            response = corrected(engine.run(query, mapfile, ogc), lambda body: (
+                wcs_documents.describe_coverage(body, access.facts(ogc.layers))))
         elif ogc.operation in CACHEABLE and len(set(ogc.layers)) == 1:
             response = revalidated(mapfile, query, lambda: engine.run(query, mapfile, ogc))
         else:

@@ -24,13 +24,14 @@ from html import escape
 from typing import Iterable, Sequence
 from urllib.parse import quote
 
+from aquamask.processes.publishing.mapserver import INFO_FORMATS
+
 WMS_VERSIONS = ("1.3.0", "1.1.1")
 WCS_VERSION = "2.0.1"
 WMS_OPERATIONS = ("GetCapabilities", "GetMap", "GetFeatureInfo", "GetLegendGraphic")
 WCS_OPERATIONS = ("GetCapabilities", "DescribeCoverage", "GetCoverage")
 # what the embedded engine draws and describes (config/mapfile.j2 declares the same)
 MAP_FORMATS = ("image/png",)
-INFO_FORMATS = ("text/plain", "application/vnd.ogc.gml")
 COVERAGE_FORMATS = ("image/tiff",)
 EXCEPTION_FORMATS = {
     "1.3.0": {"XML": "XML", "INIMAGE": "INIMAGE", "BLANK": "BLANK"},
@@ -466,6 +467,9 @@ def _wcs(p: _Params, raw_operation: str, raw_version: str, limits: Limits) -> Ow
     params = [("SERVICE", "WCS"), ("VERSION", WCS_VERSION), ("REQUEST", operation),
               ("COVERAGEID", ",".join(ids))]
     if operation == "DescribeCoverage":
+        # GDAL's WCS driver (3.6, Debian 12's, under QGIS) asks for FORMAT=text/xml: the XML
+        # it answers in anyway; accepted with that value only, not passed on
+        _choice(p, "FORMAT", ("text/xml", "application/xml"))
         p.refuse_others(operation)
         return OwsRequest("WCS", WCS_VERSION, operation, tuple(params), tuple(ids))
     if len(ids) != 1:

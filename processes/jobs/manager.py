@@ -22,6 +22,7 @@ import os
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Optional, Tuple
 
@@ -37,7 +38,7 @@ from pygeoapi.util import (
 
 from aquamask.processes.errors import AquamaskError, TooManyJobs
 from aquamask.processes.identity import current_identity
-from aquamask.processes.jobs import worker
+from aquamask.processes.jobs import callbacks, worker
 from aquamask.processes.jobs.executors import (
     LocalExecutor,
     executor_from_settings,
@@ -47,6 +48,7 @@ from aquamask.processes.jobs.executors import (
 )
 from aquamask.processes.jobs.worker import ACTIVE, HOST, remove_job_files
 from aquamask.processes.ogc.base import AquamaskProcessor, as_ogc_error
+from aquamask.processes.ogc.results import Execution, parse_execution
 from aquamask.processes.procfs import process_start
 from aquamask.processes.publishing import service as publishing
 from aquamask.processes.settings import Settings
@@ -82,11 +84,24 @@ class JobDismissed(ProcessorExecuteError):
     ogc_exception_code = "NoApplicableCode"
 
 
+@dataclass(frozen=True)
+class Submitted:
+    """An execution accepted: the job as added (``record``), the outputs of a synchronous one
+    that succeeded, its status, how its client asked for the results, and the preference
+    applied (``Preference-Applied``)."""
+
+    record: dict[str, Any]
+    outputs: dict[str, Any] | None
+    status: JobStatus
+    execution: Execution
+    preference_applied: str | None
+
+
 class AquamaskManager(BaseManager):
     def __init__(self, manager_def: dict) -> None:
         super().__init__(manager_def)
         self.is_async = True
-        self.supports_subscribing = False
+        self.supports_subscribing = True
         self.settings = Settings.load()
         self.settings.ensure_dirs()
         self.database = manager_def.get("connection") or self.settings.database_url
@@ -206,6 +221,7 @@ class AquamaskManager(BaseManager):
             LOGGER.warning("job %s: %s", job_id, reason)
             kill_worker(record)  # a silent or overdue worker would hold its slot
             self._take_down(job_id)
+            worker.notify_failed(self.settings, dict(record, **changes))
         return self.store.get(job_id) or dict(record, **changes)
 
     def _take_down(self, job_id: str) -> None:
@@ -220,42 +236,64 @@ class AquamaskManager(BaseManager):
     def execute_process(self, process_id: str, data_dict: dict, execution_mode=None,
                         requested_outputs: Optional[dict] = None, subscriber=None,
                         requested_response=RequestedResponse.raw.value):
-        """pygeoapi's ``execute_process``, with the input checks before a job exists (bad
-        input is a 4xx with nothing stored), random (uuid4) job ids rather than pygeoapi's
-        uuid1 (time and host), and the owner's limit of active jobs applied atomically when
-        the job is added. Core errors (``AquamaskError``) become pygeoapi's here."""
+        """pygeoapi's ``execute_process``, over ``submit`` (aquamask's own execution endpoint
+        calls ``submit`` itself, for the statusInfo and results it answers with)."""
+        prefer = None if execution_mode is None else RequestedProcessExecutionMode(
+            execution_mode).value
+        urls = {key: getattr(subscriber, attr) for key, attr in (
+            ("successUri", "success_uri"), ("inProgressUri", "in_progress_uri"),
+            ("failedUri", "failed_uri")) if getattr(subscriber, attr, None)}
+        submitted = self.submit(process_id, data_dict, prefer=prefer, outputs=requested_outputs,
+                                response=requested_response, subscriber=urls or None)
+        applied = submitted.preference_applied
+        return (submitted.record["identifier"], "application/json", submitted.outputs,
+                submitted.status, {"Preference-Applied": applied} if applied else None)
+
+    def submit(self, process_id: str, inputs: Any, *, prefer: str | None = None,
+               outputs: Any = None, response: Any = None, subscriber: Any = None
+               ) -> Submitted:
+        """Execute ``process_id``: asynchronously when ``prefer`` is ``respond-async`` (and the
+        process allows it), else synchronously. Everything that can be checked is checked
+        before a job exists (bad input is a 4xx with nothing stored): the inputs, the outputs
+        and response asked for, the callback URLs. Job ids are random (uuid4, rather than
+        pygeoapi's uuid1 of time and host) and the owner's limit of active jobs is applied
+        atomically when the job is added. Core errors (``AquamaskError``) become pygeoapi's
+        here."""
         try:
-            return self._execute_process(process_id, data_dict, execution_mode,
-                                         requested_outputs, requested_response)
+            return self._submit_job(process_id, inputs, prefer, outputs, response, subscriber)
         except AquamaskError as err:
             raise as_ogc_error(err) from err
 
-    def _execute_process(self, process_id: str, data_dict: dict, execution_mode,
-                         requested_outputs: Optional[dict], requested_response):
+    def _submit_job(self, process_id: str, inputs: Any, prefer: str | None, outputs: Any,
+                    response: Any, subscriber: Any) -> Submitted:
         self._ensure_sweeper()
         processor: AquamaskProcessor = self.get_processor(process_id)
-        self._validated.pixels = processor.validate(data_dict)
+        execution = parse_execution(outputs, response, subscriber,
+                                    processor.metadata["outputs"])
+        callbacks.check(execution.subscriber, self.settings)
+        self._validated.pixels = processor.validate(inputs)
         job_id = str(uuid.uuid4())
         processor.set_job_id(job_id)
-        wants_async = execution_mode == RequestedProcessExecutionMode.respond_async
         can_async = ProcessExecutionMode.async_execute.value in \
             processor.metadata.get("jobControlOptions", [])
-        if wants_async and can_async:
-            handler, applied = self._execute_handler_async, \
-                RequestedProcessExecutionMode.respond_async.value
-        else:
-            handler = self._execute_handler_sync
-            applied = RequestedProcessExecutionMode.wait.value if execution_mode else None
+        asynchronous = prefer == RequestedProcessExecutionMode.respond_async.value and can_async
         now = get_current_datetime()
+        # started stays empty until a worker runs the job
         self.add_job({"type": "process", "identifier": job_id, "process_id": process_id,
-                      "created": now, "started": now, "updated": now, "finished": None,
+                      "created": now, "started": None, "updated": now, "finished": None,
                       "status": JobStatus.accepted.value, "location": None,
                       "mimetype": "application/json",
-                      "message": "Job accepted and ready for execution", "progress": 0})
-        mime_type, outputs, status = handler(processor, job_id, data_dict, requested_outputs,
-                                             requested_response=requested_response)
-        return (job_id, mime_type, outputs, status,
-                {"Preference-Applied": applied} if applied else None)
+                      "message": "Job accepted and ready for execution", "progress": 0,
+                      "execution": execution.as_dict()})
+        record = dict(self._validated.added)
+        if asynchronous:
+            self._spawn(processor, job_id, inputs)
+            results, status = None, JobStatus.accepted
+        else:
+            _, results, status = self._execute_handler_sync(processor, job_id, inputs)
+        applied = RequestedProcessExecutionMode.respond_async.value if asynchronous else (
+            RequestedProcessExecutionMode.wait.value if prefer else None)
+        return Submitted(record, results, status, execution, applied)
 
     def _submit(self, job_id: str, process_id: str):
         dotted = self.processes[process_id]["processor"]["name"]
@@ -271,11 +309,6 @@ class AquamaskManager(BaseManager):
                                    "message": "queued: waiting for a worker"})
         return self._submit(job_id, p.metadata["id"])
 
-    def _execute_handler_async(self, p, job_id, data_dict, requested_outputs=None,
-                               subscriber=None, requested_response=None):
-        self._spawn(p, job_id, data_dict)
-        return "application/json", None, JobStatus.accepted
-
     def _inline(self) -> bool:
         """Whether a synchronous job is small enough to run in this web worker's thread: no
         fork, the processor and model already warm (the request waits either way)."""
@@ -283,8 +316,7 @@ class AquamaskManager(BaseManager):
         return isinstance(self.executor, LocalExecutor) and pixels is not None \
             and pixels <= self.inline_max_pixels
 
-    def _execute_handler_sync(self, p, job_id, data_dict, requested_outputs=None,
-                              subscriber=None, requested_response=None):
+    def _execute_handler_sync(self, p, job_id, data_dict):
         if self._inline():
             # the record this thread just added: neither read back first nor after success
             added = getattr(self._validated, "added", None)
@@ -341,6 +373,8 @@ class AquamaskManager(BaseManager):
             return False
         if record.get("runner") != "inline":  # that one stops at its next progress
             self.executor.stop(record)
+        if status == JobStatus.failed:
+            worker.notify_failed(self.settings, dict(record, **changes))
         return True
 
     # -- job records ----------------------------------------------------------------------
@@ -356,7 +390,18 @@ class AquamaskManager(BaseManager):
         records, total = self.store.list(limit, offset,
                                          status.value if isinstance(status, JobStatus)
                                          else status, self._caller_owner(), process_id)
-        return {"jobs": [self._checked(r) for r in records], "numberMatched": total}
+        # pygeoapi's own (HTML) job list sorts on "started", which a queued job has not
+        return {"jobs": [dict(r, started=r.get("started") or "") for r in
+                         map(self._checked, records)], "numberMatched": total}
+
+    def list_jobs(self, *, limit: int, offset: int = 0, status: list[str] | None = None,
+                  process_ids: list[str] | None = None) -> tuple[list[dict[str, Any]], int]:
+        """The caller's jobs, newest first, filtered by status and process, and how many
+        match."""
+        self._ensure_sweeper()
+        records, total = self.store.list(limit, offset, status, self._caller_owner(),
+                                         process_ids)
+        return [self._checked(r) for r in records], total
 
     def add_job(self, job_metadata: dict) -> str:
         """Add the job with the web worker that accepted it answering for it until an

@@ -26,6 +26,8 @@ from pygeoapi.process.base import ProcessorExecuteError
 from pygeoapi.util import JobStatus, get_current_datetime
 
 from aquamask.processes.errors import AquamaskError, Cancelled, Overdue
+from aquamask.processes.jobs import callbacks
+from aquamask.processes.jobs.documents import execution_of, failure, job_outputs, status_info
 from aquamask.processes.procfs import process_start
 from aquamask.processes.settings import Settings
 from aquamask.processes.storage.disk import explain
@@ -209,7 +211,7 @@ def run_job(store: JobStore, settings: Settings, job_id: str,
     except (Cancelled, Overdue) as stop:
         if isinstance(stop, Overdue) or watchdog.fired:
             message = str(stop) if isinstance(stop, Overdue) else runtime_exceeded
-            _fail(store, job_id, 504 if message != runtime_exceeded else 500,
+            _fail(store, settings, record, 504 if message != runtime_exceeded else 500,
                   "NoApplicableCode", message)
             LOGGER.warning("job %s stopped at its time limit", job_id)
             remove_job_files(settings, job_id)
@@ -218,13 +220,15 @@ def run_job(store: JobStore, settings: Settings, job_id: str,
         remove_job_files(settings, job_id)
         return 0
     except (AquamaskError, ProcessorExecuteError) as err:  # the request's: recorded, its 4xx
-        _fail(store, job_id, int(err.http_status_code), err.ogc_exception_code, err.message)
+        _fail(store, settings, record, int(err.http_status_code), err.ogc_exception_code,
+              err.message)
     except OSError as err:  # disk full, permission denied, ...: the server's side
         LOGGER.exception("job %s failed", job_id)
-        _fail(store, job_id, 500, "NoApplicableCode", _storage_message(err, settings))
+        _fail(store, settings, record, 500, "NoApplicableCode",
+              _storage_message(err, settings))
     except Exception as err:  # noqa: BLE001 - recorded on the job, logged with its traceback
         LOGGER.exception("job %s failed", job_id)
-        _fail(store, job_id, 500, "NoApplicableCode", f"internal error: {err}")
+        _fail(store, settings, record, 500, "NoApplicableCode", f"internal error: {err}")
     remove_job_files(settings, job_id)
     return 1
 
@@ -234,14 +238,14 @@ def _execute(store: JobStore, settings: Settings, job_id: str,
              extra: dict, progress: "ProgressReporter") -> int:
     now = get_current_datetime()
     # this process's identity, so that its death is seen (Dask: the worker's process)
-    if not store.update(job_id, {"status": JobStatus.running.value, "started": now,
-                                 "updated": now, "progress": 1, "message": "started",
-                                 "host": HOST, "pid": os.getpid(),
-                                 "pid_start": process_start("self"), "runner": runner,
-                                 "submitted": True,
-                                 "heartbeat": time.time(), **extra},
-                        only_if_status=(JobStatus.accepted.value,)):
+    claim = {"status": JobStatus.running.value, "started": now, "updated": now, "progress": 1,
+             "message": "started", "host": HOST, "pid": os.getpid(),
+             "pid_start": process_start("self"), "runner": runner, "submitted": True,
+             "heartbeat": time.time(), **extra}
+    if not store.update(job_id, claim, only_if_status=(JobStatus.accepted.value,)):
         return 0
+    running = dict(record, **claim)
+    notify(settings, running, "inProgressUri", lambda: status_info(running, settings.url))
     processor = make_processor()
     processor.set_job_id(job_id)
     progress.last = time.monotonic()
@@ -253,6 +257,8 @@ def _execute(store: JobStore, settings: Settings, job_id: str,
                 "location": results_store(settings).location_of(job_id)}
     if store.update(job_id, finished, only_if_status=RUNNING):
         record.update(finished)  # not when dismissed meanwhile
+        notify(settings, record, "successUri",
+               lambda: job_outputs(record, settings).document(execution_of(record)))
     return 0
 
 
@@ -268,11 +274,35 @@ def _storage_message(err: OSError, settings: Settings) -> str:
             f"kept. Tell the server's operator ({folder}: {settings.results_dir})")
 
 
-def _fail(store: JobStore, job_id: str, status: int, code: str, message: str) -> None:
+def _fail(store: JobStore, settings: Settings, record: dict, status: int, code: str,
+          message: str) -> None:
     now = get_current_datetime()
-    store.update(job_id, {"status": JobStatus.failed.value, "error_status": status,
-                          "error_code": code, "message": message, "finished": now,
-                          "updated": now}, only_if_status=(JobStatus.accepted.value,) + RUNNING)
+    changes = {"status": JobStatus.failed.value, "error_status": status, "error_code": code,
+               "message": message, "finished": now, "updated": now}
+    if store.update(record["identifier"], changes,
+                    only_if_status=(JobStatus.accepted.value,) + RUNNING):
+        notify_failed(settings, dict(record, **changes))
+
+
+def notify(settings: Settings, record: dict, callback: str,
+           document: Callable[[], dict]) -> None:
+    """Send the job's ``callback`` (a key of its subscriber), if its client gave one, the
+    ``document``; in the background, never failing the job."""
+    url = execution_of(record).subscriber.get(callback)
+    if not url:
+        return
+    try:
+        body = document()
+    except Exception:  # noqa: BLE001 - e.g. an output too large by value: not the job's fault
+        LOGGER.exception("job %s: the %s document could not be made", record["identifier"],
+                         callback)
+        return
+    callbacks.send(settings, url, body)
+
+
+def notify_failed(settings: Settings, record: dict) -> None:
+    """The failed job's ``failedUri``, with its exception."""
+    notify(settings, record, "failedUri", lambda: failure(record))
 
 
 def run_forked(job_id: str, processor_path: str, database: str) -> None:
@@ -281,7 +311,9 @@ def run_forked(job_id: str, processor_path: str, database: str) -> None:
     os.setsid()
     signal.signal(signal.SIGTERM, _raise_cancelled)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    sys.exit(run(job_id, processor_path, database))
+    code = run(job_id, processor_path, database)
+    callbacks.drain()  # the job's callbacks go out before its process ends
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from aquamask.processes.monitoring.parallel import run_parallel
 from aquamask.processes.monitoring.rasters import change_raster
 from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.pipeline.products import to_cog
+from aquamask.processes.publishing.names import layer_title
 from aquamask.processes.settings import Settings
 from aquamask.processes.styles import write_style_files
 from aquamask.processes.types import ProgressCallback
@@ -91,7 +92,8 @@ def run_change(request: MonitoringRequest, settings: Settings, job_id: str,
         final = staging.commit()
         progress(95, "publishing the change layer")
         layer = publish_styled(job_id, final, CHANGE_TIF, profile,
-                               f"Water change {rows[0]['date']} to {rows[1]['date']}",
+                               layer_title("Water change", request.method,
+                                           f"{rows[0]['date']} to {rows[1]['date']}"),
                                settings, areas["gained"] + areas["permanent"],
                                sum(v for k, v in areas.items() if k != "invalid"))
         return {

@@ -40,7 +40,7 @@ from aquamask.processes.monitoring.files import (
 )
 from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.publishing import service as publishing
-from aquamask.processes.publishing.names import series_name
+from aquamask.processes.publishing.names import layer_title, series_name
 from aquamask.processes.settings import Settings
 from aquamask.processes.types import Layer, Product, ProgressCallback, scaled
 
@@ -100,8 +100,7 @@ def _run(request: MonitoringRequest, settings: Settings, job_id: str,
         moved = replace(product, directory=final / DATES_DIR / product.id,
                         mask_cog=final / DATES_DIR / product.id / product.mask_cog.name,
                         stac_item=final / DATES_DIR / product.id / product.stac_item.name,
-                        title=f"Water mask ({request.method}) of {row['date']}, "
-                              f"series {job_id[:8]}")
+                        title=layer_title("Water time series", request.method, row["date"]))
         published.append(moved.id)
         layer = publishing.publish(moved, settings, background=False,
                                    series=series_name(job_id))

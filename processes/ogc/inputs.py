@@ -225,7 +225,10 @@ MONITORING_INPUTS: dict[str, dict[str, Any]] = {
                       "[lon, lat] or a GeoJSON Point: with radius_m, the disc around it is the "
                       "place (pixels outside it are no data)."),
     "radius_m": optional("Radius around the point (m)",
-                         {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_RADIUS_M}),
+                         # OpenAPI 3.0's form (the 1.0 schema.yaml): a minimum, and a boolean
+                         # saying it is excluded
+                         {"type": "number", "minimum": 0, "exclusiveMinimum": True,
+                          "maximum": MAX_RADIUS_M}),
     "max_cloud_cover": optional("Maximum cloud cover (%)",
                                 {"type": "number", "minimum": 0, "maximum": 100},
                                 "Scenes with more cloud (their eo:cloud_cover) are not used; in "

@@ -11,7 +11,15 @@ from aquamask.processes.monitoring.files import AFTER_TIF, BEFORE_TIF, CHANGE_TI
 from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.ogc.base import MonitoringProcessor, describe_process
 from aquamask.processes.ogc.inputs import MONITORING_INPUTS, parse_monitoring
-from aquamask.processes.ogc.outputs import cog_output
+from aquamask.processes.ogc.outputs import (
+    BBOX_OUTPUT,
+    LAYER_OUTPUT,
+    METHOD_OUTPUTS,
+    STAC_ITEM_OUTPUT,
+    cog_output,
+    described,
+    object_output,
+)
 from aquamask.processes.settings import Settings
 from aquamask.processes.styles import style_files
 
@@ -36,14 +44,15 @@ PROCESS_METADATA = describe_process("water-change", "Water change between two da
                              "data"),
         "before_mask": cog_output("Water mask of the before date"),
         "after_mask": cog_output("Water mask of the after date"),
-        "stac_item": {"title": "STAC Item", "schema": {"type": "object"}},
-        "area_km2": {"title": "Area of each class (km², on the ellipsoid)",
-                     "schema": {"type": "object"}},
-        "net_change_km2": {"title": "Gained minus lost (km²)", "schema": {"type": "number"}},
-        "before": {"title": "The before date: its statistics and source products",
-                   "schema": {"type": "object"}},
-        "after": {"title": "The after date", "schema": {"type": "object"}},
-        "layer": {"title": "WMS/WCS layer", "schema": {"type": "object"}},
+        "stac_item": STAC_ITEM_OUTPUT,
+        "area_km2": object_output("Area of each class (km², on the ellipsoid)"),
+        "pixels": object_output("Pixels of each class"),
+        "net_change_km2": described("Gained minus lost (km²)", {"type": "number"}),
+        "before": object_output("The before date: its statistics and source products"),
+        "after": object_output("The after date"),
+        **METHOD_OUTPUTS,
+        "bbox": BBOX_OUTPUT,
+        "layer": LAYER_OUTPUT,
     },
     example={"bbox": [-1.2, 38.0, -1.1, 38.1],
              "before": "2023-03-01/2023-03-31",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aquamask.processes.constants import DETECTION_BANDS, GEOJSON_MEDIA_TYPE
+from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import InvalidInput, MissingInput
 from aquamask.processes.ogc.base import AquamaskProcessor, describe_process
 from aquamask.processes.ogc.inputs import (
@@ -19,7 +19,16 @@ from aquamask.processes.ogc.inputs import (
     place_query,
     threshold_input,
 )
-from aquamask.processes.ogc.outputs import MASK_RESULT_FILES, cog_output, result_link
+from aquamask.processes.ogc.outputs import (
+    BBOX_OUTPUT,
+    LAYER_OUTPUT,
+    MASK_RESULT_FILES,
+    METHOD_OUTPUTS,
+    STAC_ITEM_OUTPUT,
+    cog_output,
+    described,
+    result_link,
+)
 from aquamask.processes.pipeline.flow import DetectionRequest, run_detection
 from aquamask.processes.pipeline.sources import place_source
 from aquamask.processes.pipeline.sources.query import iso, parse_instant
@@ -91,18 +100,20 @@ PROCESS_METADATA = describe_process("water-detection", "Water detection",
     },
     outputs={
         "mask": cog_output("Water mask", "uint8 COG: 1 water, 0 dry, 255 no data"),
-        "probability": cog_output("Water probability", "float32 COG, 0-1"),
-        "stac_item": {"title": "STAC Item", "description": "provenance and statistics",
-                      "schema": {"type": "object", "contentMediaType": GEOJSON_MEDIA_TYPE}},
-        "water_area_km2": {"title": "Water area (km²), on the ellipsoid",
-                           "schema": {"type": "number"}},
-        "water_fraction": {"title": "Water fraction of the valid pixels",
-                           "schema": {"type": "number"}},
-        "valid_fraction": {"title": "Fraction of pixels with valid data",
-                           "schema": {"type": "number"}},
-        "acquired": {"title": "Acquisition time of the image (null: unknown)",
-                     "schema": {"type": "string", "format": "date-time", "nullable": True}},
-        "layer": {"title": "WMS/WCS layer", "schema": {"type": "object"}},
+        "probability": cog_output("Water probability", "float32 COG, 0-1 (unless the input "
+                                  "probability is false)"),
+        "stac_item": STAC_ITEM_OUTPUT,
+        "water_area_km2": described("Water area (km²), on the ellipsoid", {"type": "number"}),
+        "water_fraction": described("Water fraction of the valid pixels", {"type": "number"}),
+        "valid_fraction": described("Fraction of pixels with valid data", {"type": "number"}),
+        "valid_area_km2": described("Area with valid data (km²), on the ellipsoid",
+                                    {"type": "number"}),
+        "bbox": BBOX_OUTPUT,
+        "crs": described("CRS of the mask", {"type": "string"}, "e.g. EPSG:32630"),
+        "acquired": described("Acquisition time of the image (null: unknown)",
+                              {"type": "string", "format": "date-time", "nullable": True}),
+        **METHOD_OUTPUTS,
+        "layer": LAYER_OUTPUT,
     },
     example={"image": {"href": "demo/demo-scene.tif"}, "method": "unet"},
 )

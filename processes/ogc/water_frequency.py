@@ -15,7 +15,16 @@ from aquamask.processes.ogc.inputs import (
     MONITORING_INPUTS,
     parse_monitoring,
 )
-from aquamask.processes.ogc.outputs import cog_output
+from aquamask.processes.ogc.outputs import (
+    BBOX_OUTPUT,
+    DATES_OUTPUT,
+    LAYER_OUTPUT,
+    METHOD_OUTPUTS,
+    STAC_ITEM_OUTPUT,
+    cog_output,
+    described,
+    object_output,
+)
 from aquamask.processes.settings import Settings
 from aquamask.processes.styles import style_files
 
@@ -32,12 +41,16 @@ PROCESS_METADATA = describe_process("water-frequency", "Water frequency",
         "frequency": cog_output("Water frequency: percent of the valid observations that saw "
                                 "water (uint8 0-100, 255 none valid)"),
         "observations": cog_output("Valid (band 1) and water (band 2) observations, uint16"),
-        "stac_item": {"title": "STAC Item", "schema": {"type": "object"}},
-        "statistics": {"title": "Areas (km²): observed, ever wet, never wet, by frequency "
-                                "class; mean frequency; observations per pixel",
-                       "schema": {"type": "object"}},
-        "dates": {"title": "The dates used and skipped", "schema": {"type": "array"}},
-        "layer": {"title": "WMS/WCS layer", "schema": {"type": "object"}},
+        "stac_item": STAC_ITEM_OUTPUT,
+        "statistics": object_output("Areas (km²): observed, ever wet, never wet, by frequency "
+                                    "class; mean frequency; observations per pixel"),
+        "observations_used": described("Dates used", {"type": "integer"}),
+        "dates": described("The dates used and skipped",
+                           {"type": "array", "items": {"type": "object"}}),
+        **METHOD_OUTPUTS,
+        "datetime": DATES_OUTPUT,
+        "bbox": BBOX_OUTPUT,
+        "layer": LAYER_OUTPUT,
     },
     example={"bbox": [-1.2, 38.0, -1.1, 38.1],
              "datetime": "2023-01-01/2023-12-31", "method": "ndwi"},

@@ -24,10 +24,15 @@ from aquamask.processes.ogc.inputs import (
     number,
     parse_monitoring,
 )
+from aquamask.processes.ogc.outputs import (
+    BBOX_OUTPUT,
+    DATES_OUTPUT,
+    METHOD_OUTPUTS,
+    described,
+    file_output,
+    object_output,
+)
 from aquamask.processes.settings import Settings
-
-LINK = {"type": "object", "required": ["href"],
-        "properties": {"href": {"type": "string"}, "type": {"type": "string"}}}
 
 PROCESS_METADATA = describe_process("water-timeseries", "Water extent over time",
     (        "For every acquisition date of an interval over a place (bbox, polygon, or point with "
@@ -61,19 +66,24 @@ PROCESS_METADATA = describe_process("water-timeseries", "Water extent over time"
         },
     },
     outputs={
-        "timeseries": {"title": "One row per date: date, datetime, status (ok, skipped, "
+        "timeseries": described("One row per date: date, datetime, status (ok, skipped, "
                                 "failed), water_area_km2, valid_fraction, water_fraction, "
                                 "cloud_cover, source_ids, method, reason or error, layer_time",
-                       "schema": {"type": "array"}},
-        "summary": {"title": "Counts of dates and the range of the water area",
-                    "schema": {"type": "object"}},
-        "json": {"title": "The series (JSON)", "schema": LINK},
-        "csv": {"title": "The series (CSV)", "schema": LINK},
-        "chart": {"title": "Water area over time (PNG), skipped dates marked", "schema": LINK},
-        "layer": {"title": "The time-enabled WMS layer of the dates' masks (TIME values and "
-                           "a GetMap for each)", "schema": {"type": "object"}},
-        "field_validation": {"title": "Matched pairs, Pearson r, Spearman rho, CSV and chart",
-                             "schema": {"type": "object"}},
+                                {"type": "array", "items": {"type": "object"}}),
+        "summary": object_output("Counts of dates and the range of the water area"),
+        "json": file_output("The series (JSON)", JSON_MEDIA_TYPE),
+        "csv": file_output("The series (CSV)", CSV_MEDIA_TYPE),
+        "chart": file_output("Water area over time (PNG), skipped dates marked",
+                             PNG_MEDIA_TYPE),
+        "layer": object_output("The time-enabled WMS layer of the dates' masks (TIME values "
+                               "and a GetMap for each)"),
+        "field_validation": object_output("Matched pairs, Pearson r, Spearman rho, and links "
+                                          "to their CSV and chart (with field_data only)"),
+        **METHOD_OUTPUTS,
+        "datetime": DATES_OUTPUT,
+        "bbox": BBOX_OUTPUT,
+        "max_cloud_cover": described("Maximum cloud cover applied (%)", {"type": "number"}),
+        "min_valid_fraction": described("Minimum valid fraction applied", {"type": "number"}),
     },
     example={"bbox": [-1.2, 38.0, -1.1, 38.1],
              "datetime": "2023-01-01/2023-12-31", "max_cloud_cover": 40,

@@ -6,6 +6,8 @@ than dask: the blocks must be written in order into two open GDAL datasets, and 
 work fits in one process."""
 from __future__ import annotations
 
+import os
+import threading
 import time
 import uuid
 from collections import deque
@@ -27,20 +29,35 @@ from aquamask.processes.styles import colormap
 from aquamask.processes.types import Mask, MaskStats, ProgressCallback, Scene
 
 PREFETCH = 2  # blocks read ahead of the one being predicted
+# niceness added to the reader and writer threads: on few cores they would preempt one of
+# torch's intra-op threads, and every parallel operator then waits for the one preempted; run
+# below them, they fill the cores' idle moments (PREFETCH blocks ahead) instead
+IO_NICENESS = 5
+
+
+def _below_compute() -> None:
+    """Thread initializer: this thread's scheduling priority lowered (Linux: per thread)."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + IO_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not allowed: run at the same priority
+        pass
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """How a Dask worker finds the model of a fanned-out block: the weights and device the
-    job's settings name (``methods.load_model`` caches it per worker process)."""
+    """How a Dask worker finds the model of a fanned-out block: the model, weights folder and
+    device the job's settings name (``methods.load_model`` caches it per worker process)."""
 
-    weights: str | None
+    model: str | None
     device: str | None
+    weights_dir: str | None = None
 
 
 def predict_block(method: str, spec: ModelSpec | None, bands: np.ndarray) -> np.ndarray:
     """One block's probability, as a task on a Dask worker."""
-    model = methods.load_model(spec.weights, spec.device) if spec is not None else None
+    model = (methods.load_model(spec.model, spec.device, spec.weights_dir)
+             if spec is not None else None)
     return methods.get(method).predictor(model)[0](bands)
 
 
@@ -110,13 +127,20 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
     waiting for them).
     """
     started = time.perf_counter()
-    predict, halo = methods.get(method).predictor(model)
+    chosen = methods.get(method)
+    if chosen.fit is not None:
+        # index arithmetic is cheap: the fitted predictor runs here, not on a cluster
+        predict, halo, fan_out = chosen.fit(
+            scene.read(w) for w in windows(scene.width, scene.height, block)), 0, None
+    else:
+        predict, halo = chosen.predictor(model)
+    fit_seconds = time.perf_counter() - started
     folder = intermediate_folder(workdir, scene.width * scene.height, with_probability)
     # not the COGs' names: a caller may write those into the same work folder
     classes_path = folder / "classes.raw.tif"
     probability_path = folder / "probability.raw.tif"
     timings = stage_seconds if stage_seconds is not None else {}
-    timings.update(read=0.0, predict=0.0, write=0.0)
+    timings.update(read=fit_seconds, predict=0.0, write=0.0)  # a fit's pass is reading
     try:
         stats = _detect_into(scene, classes_path, probability_path if with_probability
                              else None, predict, halo, method, threshold, block, progress,
@@ -180,8 +204,10 @@ def _detect_into(scene: Scene, classes_path: Path, probability_path: Path | None
             areas_km2["valid"] += float(np.sum(areas, where=valid))
             timings["write"] += time.perf_counter() - start
 
-        with ThreadPoolExecutor(1, thread_name_prefix="aquamask-read") as reader, \
-                ThreadPoolExecutor(1, thread_name_prefix="aquamask-write") as writer:
+        with ThreadPoolExecutor(1, thread_name_prefix="aquamask-read",
+                                initializer=_below_compute) as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="aquamask-write",
+                                   initializer=_below_compute) as writer:
             reads = deque(reader.submit(read, w) for w in blocks[:PREFETCH])
             next_read = len(reads)
             # blocks whose prediction is under way: one here, several on a cluster

@@ -78,7 +78,8 @@ def block_fan_out(settings: Settings, pixels: int, method: str) -> Iterator[Bloc
     except ValueError:  # not a Dask task
         yield None
         return
-    spec = ModelSpec(settings.detection.weights, settings.detection.device) \
+    spec = ModelSpec(settings.detection.model, settings.detection.device,
+                     settings.detection.weights_dir) \
         if methods.get(method).needs_model else None
     with worker_client() as client:
         threads = sum(client.nthreads().values())
@@ -146,12 +147,13 @@ def item_path(out: Path) -> Path:
 def detect_to_file(href: str, out: Path, settings: Settings, method: str = "unet",
                    threshold: float = 0.5, bands: dict[str, int] | None = None,
                    progress: ProgressCallback = no_progress,
-                   with_probability: bool = True) -> Mask:
+                   with_probability: bool = True, model: "WaterModel | None" = None) -> Mask:
     """The CLI's detection: one mask COG at ``out``, ``out``'s .probability.tif and its STAC
     item (``item_path``), no server.
 
     Local paths are read as given (the data-root rule protects the server, not the CLI user),
-    and messages name the IMAGE argument and the file as given.
+    and messages name the IMAGE argument and the file as given. ``model``: the CLI user's own
+    weights (``--weights``), else the configured model.
     """
     started = dt.datetime.now(dt.timezone.utc)
     out = out.resolve()
@@ -163,7 +165,7 @@ def detect_to_file(href: str, out: Path, settings: Settings, method: str = "unet
             raise InvalidInput(f"IMAGE: no such file '{href}'")
         href = str(path)
     scene = source.read(href, bands)
-    model = methods.model_for(method, settings)
+    model = model or methods.model_for(method, settings)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".aquamask-", dir=out.parent))
     try:

@@ -9,13 +9,21 @@ configuration error, not a silent mix-up.
 """
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from aquamask.model.indices import mndwi, ndwi
+from aquamask.model.indices import (
+    INDEX_BINS,
+    index_histogram,
+    mndwi,
+    ndwi,
+    otsu_threshold_from_histogram,
+    threshold_probability,
+)
 from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import ConfigError
 
@@ -32,17 +40,21 @@ _BAND = {name: i for i, name in enumerate(DETECTION_BANDS)}
 class Method:
     """``build(model)`` gives the per-block predictor (``model`` is None unless
     ``needs_model``); ``halo``: context pixels each block is read with, None for the model's
-    own (``WaterModel.halo``)."""
+    own (``WaterModel.halo``). A scene-level method has ``fit`` instead: a first pass over
+    the scene's blocks (no halo) gives its predictor."""
 
     name: str
     description: str
-    build: Callable[["WaterModel | None"], Predict]
+    build: Callable[["WaterModel | None"], Predict] | None = None
     needs_model: bool = False
     halo: int | None = 0
     default_threshold: float = 0.5
+    fit: Callable[[Iterable[np.ndarray]], Predict] | None = None
 
     def predictor(self, model: "WaterModel | None") -> tuple[Predict, int]:
         """The per-block function and the halo it needs."""
+        if self.build is None:
+            raise ValueError(f"the {self.name} method is fitted to a whole scene (fit)")
         if self.needs_model and model is None:
             raise ValueError(f"the {self.name} method needs a loaded WaterModel")
         halo = self.halo if self.halo is not None else int(model.halo)  # type: ignore[union-attr]
@@ -85,29 +97,91 @@ def _index(index: Callable[[np.ndarray, np.ndarray], np.ndarray], a: str, b: str
                                                                  bands[_BAND[b]])))
 
 
-register(Method("unet", "the trained model", build=lambda model: model.predict,  # type: ignore[union-attr]
-                needs_model=True, halo=None))
+def _unet(model: "WaterModel | None") -> Predict:
+    """The model's probability with its calibrated cut (``model.threshold``, fitted on
+    out-of-fold logits) moved to 0.5 by a logit shift, so that the pipeline's threshold 0.5
+    is the cut the model was evaluated at."""
+    assert model is not None
+    shift = float(np.log(model.threshold / (1.0 - model.threshold)))
+    if shift == 0.0:
+        return model.predict
+
+    def predict(bands: np.ndarray) -> np.ndarray:
+        p = np.clip(model.predict(bands), 1e-7, 1.0 - 1e-7)
+        return (1.0 / (1.0 + (1.0 - p) / p * np.exp(shift))).astype(np.float32)
+    return predict
+
+
+register(Method("unet", "the trained model", build=_unet, needs_model=True, halo=None))
 register(Method("ndwi", "spectral index > 0", build=_index(ndwi, "B03", "B08")))
 register(Method("mndwi", "spectral index > 0", build=_index(mndwi, "B03", "B11")))
 
 
-@lru_cache(maxsize=2)
-def load_model(weights: str | None, device: str | None) -> "WaterModel":
-    """The U-Net, loaded once per process (job workers run many blocks, the CLI one scene)."""
-    from aquamask.model.inference import WaterModel  # torch is imported only when needed
+def _scene_mndwi(bands: np.ndarray) -> np.ndarray:
+    return mndwi(bands[_BAND["B03"]], bands[_BAND["B11"]])
 
-    model = WaterModel.load(weights, device=None if device in (None, "auto") else device)
+
+def _fit_otsu_mndwi(blocks: Iterable[np.ndarray]) -> Predict:
+    """MNDWI above Otsu's threshold of the whole scene's histogram (block histograms add up,
+    so memory stays bounded); a scene without valid pixels falls back to 0."""
+    counts = np.zeros(INDEX_BINS, np.int64)
+    for bands in blocks:
+        counts += index_histogram(_scene_mndwi(bands))
+    t = otsu_threshold_from_histogram(counts)
+    t = t if np.isfinite(t) else 0.0
+    return lambda bands: threshold_probability(_scene_mndwi(bands), t)
+
+
+register(Method("otsu-mndwi", "spectral index > the scene's own Otsu threshold",
+                fit=_fit_otsu_mndwi))
+
+
+def _checked(model: "WaterModel", key: str) -> "WaterModel":
     if tuple(model.bands) != DETECTION_BANDS:
-        raise ConfigError(f"detection.weights: the model reads the bands {model.bands}, the "
-                          f"sources give {DETECTION_BANDS}")
+        raise ConfigError(f"{key}: the model reads the bands {model.bands}, the sources give "
+                          f"{DETECTION_BANDS}")
     return model
 
 
+def _device(device: str | None) -> str | None:
+    return None if device in (None, "auto") else device
+
+
+@lru_cache(maxsize=2)
+def load_model(model: str | None, device: str | None, weights_dir: str | None = None
+               ) -> "WaterModel":
+    """The U-Net ``model`` names (shipped, or in ``weights_dir``; by name, never a path),
+    loaded once per process (job workers run many blocks, the CLI one scene)."""
+    from aquamask.model.inference import WaterModel, find_model  # torch only when needed
+
+    try:
+        path = find_model(model, weights_dir)
+    except LookupError as err:
+        raise ConfigError(f"detection.model: {err}") from None
+    return _checked(WaterModel.load(path, device=_device(device)), "detection.model")
+
+
+def load_weights_file(weights: str, device: str | None) -> "WaterModel":
+    """Any weights file the CLI's user names (``aquamask train`` writes them), or a shipped
+    model's name; a file that is not aquamask weights is the user's error, told in one line."""
+    from aquamask.model.inference import WaterModel
+
+    try:
+        model = WaterModel.load(weights, device=_device(device))
+    # torch.load's failures on a foreign file: unpickling, zip, missing keys, shapes
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError,
+            pickle.UnpicklingError) as err:
+        raise ConfigError(f"--weights {weights}: cannot be loaded as aquamask weights "
+                          f"({err})") from None
+    return _checked(model, f"--weights {weights}")
+
+
 def model_for(method: str, settings: "Settings") -> "WaterModel | None":
-    """The loaded model ``method`` needs (``detection.weights`` on ``detection.device``)."""
+    """The loaded model ``method`` needs (``detection.model`` on ``detection.device``)."""
     if not get(method).needs_model:
         return None
-    return load_model(settings.detection.weights, settings.detection.device)
+    d = settings.detection
+    return load_model(d.model, d.device, d.weights_dir)
 
 
 def threshold_for(method: str, settings: "Settings") -> float:

@@ -24,6 +24,7 @@ from aquamask import __version__
 from aquamask.processes.constants import COG_MEDIA_TYPE, INVALID
 from aquamask.processes.files import write_atomic
 from aquamask.processes.pipeline.detection import release
+from aquamask.processes.publishing.names import layer_title
 from aquamask.processes.styles import style_files, write_style_files
 from aquamask.processes.types import Mask, Product, Scene
 
@@ -203,12 +204,6 @@ def wgs84_bounds(profile: dict[str, Any]) -> tuple[float, float, float, float]:
                                   densify_pts=21))  # type: ignore[return-value]
 
 
-def product_title(product_id: str, mask: Mask, scene: Scene) -> str:
-    """A layer title that tells one result from another of the same input."""
-    return (f"Water mask ({mask.method}, threshold {mask.threshold:g}) of "
-            f"{Path(scene.href).name}, {acquired_text(scene.acquired)}, job {product_id[:8]}")
-
-
 def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, Any],
                   results: "Path | ResultStore", started: dt.datetime) -> Product:
     """Write COGs and STAC item into a staging folder, then commit it to the results store
@@ -237,5 +232,7 @@ def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[st
                    stac_item=final / ITEM_FILE,
                    stats=mask.stats, bbox_wgs84=wgs84_bounds(mask.profile),
                    crs=f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_wkt(),
-                   title=product_title(product_id, mask, scene),
+                   title=layer_title("Water detection", mask.method, Path(scene.href).name
+                                     + (f", acquired {scene.acquired:%Y-%m-%d}"
+                                        if scene.acquired else ""), started),
                    datetime=scene.acquired)

@@ -68,9 +68,13 @@ TEMPLATE = "mapfile.j2"
 LAYER_TEMPLATE = "mapfile-layer.j2"
 SERIES_TEMPLATE = "mapfile-series.j2"
 # the first line of every file written; a file of another format is rendered again
-FORMAT = "aquamask mapfile format 3"
+FORMAT = "aquamask mapfile format 4"
 END_MARKER = "# end of aquamask file\n"
 BASE_SRS = ("EPSG:4326", "EPSG:3857")
+# what GetFeatureInfo answers in: the mapfile advertises these (config/mapfile.j2) and /ows
+# accepts these and no other (aquamask.server.ows_gateway); MapServer writes the first two
+# itself, GeoJSON through OGR
+INFO_FORMATS = ("text/plain", "application/vnd.ogc.gml", "application/json")
 
 
 def _mapserver_string(value: Any) -> str:
@@ -94,16 +98,32 @@ def _write(path: Path, text: str, durable: bool = False, mode: int = 0o644) -> N
     write_atomic(path, text, durable=durable, mode=mode)
 
 
+# files found whole, by path: (inode, mtime, size) when they were read. Every derived file is
+# replaced by a rename (a new inode), so an unchanged signature is the same whole file, and a
+# GetMap's check costs one stat instead of an open and two reads
+_FOUND_INTACT: dict[Path, tuple[int, int, int]] = {}
+
+
 def _intact(path: Path) -> bool:
     """Whether a derived file is there whole: of this format and ending with the marker."""
     try:
+        info = os.stat(path)
+        signature = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if _FOUND_INTACT.get(path) == signature:
+            return True
         with open(path, "rb") as fh:
             head = fh.read(len(FORMAT) + 2)
-            fh.seek(max(0, os.fstat(fh.fileno()).st_size - len(END_MARKER)))
+            fh.seek(max(0, info.st_size - len(END_MARKER)))
             tail = fh.read()
     except FileNotFoundError:
+        _FOUND_INTACT.pop(path, None)
         return False
-    return head == f"# {FORMAT}".encode() and tail == END_MARKER.encode()
+    whole = head == f"# {FORMAT}".encode() and tail == END_MARKER.encode()
+    if whole:
+        if len(_FOUND_INTACT) > 4096:
+            _FOUND_INTACT.clear()
+        _FOUND_INTACT[path] = signature
+    return whole
 
 
 @lru_cache(maxsize=1)
@@ -263,7 +283,7 @@ class MapServerPublisher(Publisher):
             abstract="Water detected in satellite imagery by aquamask: blue is water; dry land "
                      "and no data are transparent. WCS coverages hold the classes "
                      "(0 dry, 1 water, 255 no data).",
-            srs=srs, map_extent=box, maxsize=self.max_size,
+            srs=srs, map_extent=box, maxsize=self.max_size, info_formats=INFO_FORMATS,
             includes=[safe_path(p) for p in includes], end_marker=END_MARKER)
 
     def render(self, row: dict[str, Any]) -> None:

@@ -66,7 +66,9 @@ jobs = Table(
     Column("location", Text),
     Column("mimetype", String(128)),
     Column("inputs", Text),       # JSON of the execute request's inputs
-    Column("outputs", Text),      # JSON results document
+    Column("outputs", Text),      # JSON: every output the processor made
+    # JSON: how the client asked for the results (outputs, response) and its callbacks
+    Column("execution", Text),
     Column("error_status", Integer),  # HTTP status of a failure the user caused
     Column("error_code", String(64)),
     # the process answering for the job now: the web worker that accepted it, then its worker
@@ -123,7 +125,8 @@ catalogue = Table(
     Column("id", Integer, primary_key=True),
     Column("revision", Integer, nullable=False),
 )
-JSON_COLUMNS = {"jobs": ("inputs", "outputs"), "layers": ("facts", "product", "geoserver")}
+JSON_COLUMNS = {"jobs": ("inputs", "outputs", "execution"),
+                "layers": ("facts", "product", "geoserver")}
 COLUMNS = {c.name for c in jobs.columns}
 LAYER_COLUMNS = {c.name for c in layers.columns}
 

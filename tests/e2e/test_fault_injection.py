@@ -156,7 +156,7 @@ def test_lost_and_broken_map_files_are_rebuilt_and_dismissals_never_break_reader
     try:
         jobs = [srv.execute({"image": {"href": "demo.tif"}, "method": "ndwi"}).json()
                 for _ in range(6)]
-        names = [j["layer"]["name"] for j in jobs]
+        names = [j["layer"]["value"]["name"] for j in jobs]
         caps = f"{srv.url}/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities"
         layers = home / "mapserver" / "layers"
         (layers / f"{names[0]}.layer").write_text("  LAYER\n    NAME \"cut")  # truncated
@@ -166,7 +166,7 @@ def test_lost_and_broken_map_files_are_rebuilt_and_dismissals_never_break_reader
         assert response.status_code == 200
         assert all(f"<Name>{n}</Name>" in response.text for n in names)
         for job in jobs[:2]:
-            drawn = requests.get(job["layer"]["getmap"], timeout=30)
+            drawn = requests.get(job["layer"]["value"]["getmap"], timeout=30)
             assert drawn.headers["Content-Type"] == "image/png", drawn.text[:300]
         # dismissals while clients read the capabilities and draw other layers: no errors
         errors: list[str] = []
@@ -174,7 +174,7 @@ def test_lost_and_broken_map_files_are_rebuilt_and_dismissals_never_break_reader
 
         def read() -> None:
             while not stop.is_set():
-                for url in (caps, jobs[-1]["layer"]["getmap"]):
+                for url in (caps, jobs[-1]["layer"]["value"]["getmap"]):
                     answer = requests.get(url, timeout=30)
                     if answer.status_code != 200:
                         errors.append(f"{answer.status_code} {answer.text[:200]}")

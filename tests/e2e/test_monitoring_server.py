@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import rasterio
 import requests
+from owslib.util import ServiceException
+from owslib.wms import WebMapService
 from PIL import Image
 
 from aquamask.processes.styles import CHANGE_CLASSES
@@ -91,7 +93,7 @@ def test_a_series_as_a_job_with_progress_files_and_a_time_layer(site):
     for key in USABLE:
         assert rows[scenes.dates[key].day]["water_area_km2"] == pytest.approx(areas[key],
                                                                                rel=1e-3)
-    assert results["field_validation"]["spearman_rho"] == pytest.approx(rho)
+    assert results["field_validation"]["value"]["spearman_rho"] == pytest.approx(rho)
     # the files, served by /results
     table = requests.get(results["csv"]["href"], timeout=10)
     assert table.status_code == 200 and table.headers["Content-Type"].startswith("text/csv")
@@ -101,11 +103,11 @@ def test_a_series_as_a_job_with_progress_files_and_a_time_layer(site):
     with Image.open(io.BytesIO(chart.content)) as image:
         assert image.format == "PNG" and image.size == (1200, 600)
     document = requests.get(results["json"]["href"], timeout=10).json()
-    assert document["summary"] == results["summary"]
-    validation = requests.get(results["field_validation"]["chart"]["href"], timeout=10)
+    assert document["summary"] == results["summary"]["value"]
+    validation = requests.get(results["field_validation"]["value"]["chart"]["href"], timeout=10)
     assert Image.open(io.BytesIO(validation.content)).size == (1200, 600)
     # one WMS layer with a TIME dimension: two dates, two different maps
-    layer = results["layer"]
+    layer = results["layer"]["value"]
     times = [scenes.dates[k].time for k in USABLE]
     assert layer["times"] == times
     caps = requests.get(f"{server.url}/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities",
@@ -119,6 +121,19 @@ def test_a_series_as_a_job_with_progress_files_and_a_time_layer(site):
     wet_last = ((last[..., :3] == blue).all(-1) & (last[..., 3] == 255)).sum()
     assert wet_last > wet_first > 1000, "the planted lakes show on the later date"
     assert not np.array_equal(first, last)
+    # the same through OWSLib: a TIME of the dimension draws, one outside it is an exception
+    wms = WebMapService(f"{server.url}/ows", version="1.3.0")
+    assert wms.contents[layer["name"]].dimensions["time"]["values"] == times
+    box = wms.contents[layer["name"]].boundingBoxWGS84
+    shown = wms.getmap(layers=[layer["name"]], srs="EPSG:4326", bbox=box, size=(64, 64),
+                       format="image/png", time=times[0], transparent=True)
+    assert Image.open(io.BytesIO(shown.read())).size == (64, 64)
+    for wrong in ("2019-01-01T00:00:00Z", "not-a-date"):
+        with pytest.raises(ServiceException) as refused:
+            wms.getmap(layers=[layer["name"]], srs="EPSG:4326", bbox=box, size=(64, 64),
+                       format="image/png", time=wrong)
+        assert "InvalidDimensionValue" in str(refused.value) or \
+            "TIME" in str(refused.value), refused.value
     # each date is also a coverage of its own
     d2 = rows[scenes.dates["d2"].day]
     coverage = requests.get(f"{server.url}/ows?SERVICE=WCS&VERSION=2.0.1&REQUEST=GetCoverage"
@@ -142,10 +157,10 @@ def test_change_and_frequency_layers_in_their_styles(site):
                             process_id="water-change")
     assert change.status_code == 200, change.text
     outputs = change.json()
-    assert outputs["after"]["date"] == scenes.dates["d2"].day
+    assert outputs["after"]["value"]["date"] == scenes.dates["d2"].day
     gained = (scenes.water("d2") & ~scenes.water("d1") & scenes.valid("d1")).sum()
-    assert outputs["pixels"]["gained"] == gained
-    image = png(requests.get(outputs["layer"]["getmap"], timeout=30))
+    assert outputs["pixels"]["value"]["gained"] == gained
+    image = png(requests.get(outputs["layer"]["value"]["getmap"], timeout=30))
     colours = {label: rgb for label, _, rgb in CHANGE_CLASSES}
     gained_px = ((image[..., :3] == colours["Water gained"]).all(-1)).sum()
     lost_px = ((image[..., :3] == colours["Water lost"]).all(-1)).sum()
@@ -156,10 +171,10 @@ def test_change_and_frequency_layers_in_their_styles(site):
     assert frequency.status_code == 200, frequency.text
     result = frequency.json()
     assert result["observations_used"] == 5
-    image = png(requests.get(result["layer"]["getmap"], timeout=30))
+    image = png(requests.get(result["layer"]["value"]["getmap"], timeout=30))
     darkest = ((image[..., :3] == (8, 48, 107)).all(-1)).sum()
     assert darkest > 1000, "always-wet water in the darkest blue"
-    legend = requests.get(result["layer"]["legend"], timeout=30)
+    legend = requests.get(result["layer"]["value"]["legend"], timeout=30)
     assert legend.status_code == 200 and legend.headers["Content-Type"] == "image/png"
 
 

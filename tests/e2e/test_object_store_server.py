@@ -112,7 +112,7 @@ def test_a_sync_result_is_stored_served_and_drawn_from_the_bucket(site, s3, tmp_
     assert requests.get(outputs["mask"]["href"].replace(job, "0" * 8),
                         timeout=30).status_code == 404
     # MapServer draws the layer from /vsis3/
-    assert blue_pixels(outputs["layer"]["getmap"]) > 1000
+    assert blue_pixels(outputs["layer"]["value"]["getmap"]) > 1000
     health = requests.get(f"{server.url}/health", timeout=30).json()
     assert health["checks"]["results_store"] == "ok", health
 
@@ -125,12 +125,12 @@ def test_an_async_unet_job_is_stored_and_dismissal_deletes_its_objects(site, s3)
     results = requests.get(f"{server.url}/jobs/{job}/results?f=json", timeout=10).json()
     assert 0 < results["water_fraction"] < 1
     assert len(s3.keys(bucket, f"results/{job}/")) == len(MASK_FILES)
-    assert blue_pixels(results["layer"]["getmap"]) > 1000
+    assert blue_pixels(results["layer"]["value"]["getmap"]) > 1000
     assert requests.delete(f"{server.url}/jobs/{job}", timeout=30).status_code == 200
     assert s3.keys(bucket, f"results/{job}/") == []
     caps = requests.get(f"{server.url}/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities",
                         timeout=30).text
-    assert results["layer"]["name"] not in caps
+    assert results["layer"]["value"]["name"] not in caps
 
 
 def test_a_time_series_publishes_its_dates_from_the_bucket(site, s3):
@@ -143,7 +143,7 @@ def test_a_time_series_publishes_its_dates_from_the_bucket(site, s3):
                          "method": "ndwi", "max_cloud_cover": 50, "min_valid_fraction": 0.5}})
     assert response.status_code == 200, response.text
     outputs = response.json()
-    layer = outputs["layer"]
+    layer = outputs["layer"]["value"]
     assert len(layer["times"]) == 2
     job = outputs["json"]["href"].split("/results/", 1)[1].split("/", 1)[0]
     keys = s3.keys(bucket, f"results/{job}/")
@@ -173,7 +173,7 @@ def test_a_change_is_stored_and_drawn_from_the_bucket(site, s3):
             ["after.tif", "before.tif", "change.tif", "item.json",
              *style_files("after.tif", "water"), *style_files("before.tif", "water"),
              *style_files("change.tif", "change")])], outputs
-    image = requests.get(outputs["layer"]["getmap"], timeout=30)
+    image = requests.get(outputs["layer"]["value"]["getmap"], timeout=30)
     assert image.status_code == 200 and image.headers["Content-Type"] == "image/png", \
         image.text[:500]
     pixels = np.asarray(Image.open(io.BytesIO(image.content)).convert("RGBA"))
@@ -241,7 +241,7 @@ def test_jobs_on_dask_workers_upload_to_the_bucket(s3, tmp_path_factory):
         results = requests.get(f"{server.url}/jobs/{job}/results?f=json", timeout=10).json()
         mask = requests.get(results["mask"]["href"], timeout=30)
         assert mask.status_code == 200 and mask.content[:4] in (b"II*\x00", b"II+\x00")
-        assert blue_pixels(results["layer"]["getmap"]) > 100
+        assert blue_pixels(results["layer"]["value"]["getmap"]) > 100
         assert not (home / "results").exists()
         assert requests.delete(f"{server.url}/jobs/{job}", timeout=30).status_code == 200
         assert s3.keys(bucket, f"results/{job}/") == []

@@ -508,7 +508,7 @@ def test_change_and_frequency_results_show_their_own_numbers_legend_and_cog(page
 
     done = by_process["water-change"]
     page.get_by_label("Show an earlier result").select_option(done["id"])
-    gained = done["outputs"]["area_km2"]["gained"]
+    gained = value(done["outputs"]["area_km2"])["gained"]
     expect(page.locator("#stats-other")).to_contain_text(f"Water gained{gained:.3f} km²")
     assert page.locator("#stats-water").is_hidden()
     expect(page.locator("#legend-other")).to_be_visible()
@@ -520,7 +520,7 @@ def test_change_and_frequency_results_show_their_own_numbers_legend_and_cog(page
 
     done = by_process["water-frequency"]
     page.get_by_label("Show an earlier result").select_option(done["id"])
-    mean = done["outputs"]["statistics"]["mean_frequency"]
+    mean = value(done["outputs"]["statistics"])["mean_frequency"]
     expect(page.locator("#stats-other")).to_contain_text(f"Mean frequency{mean * 100:.1f} %")
     cog = page.get_attribute("#downloads a:has-text('Water frequency (COG)')", "href")
     assert cog == done["outputs"]["frequency"]["href"]
@@ -632,6 +632,11 @@ def series_server(tmp_path_factory):
     srv.process.wait(timeout=30)
 
 
+def value(output):
+    """An output's value: a results document qualifies object values ({"value", "mediaType"})."""
+    return output["value"] if isinstance(output, dict) and "mediaType" in output else output
+
+
 def chart_dates(page) -> list[str]:
     """The dates the chart draws, as its text alternative lists them."""
     return re.findall(r"\d{4}-\d{2}-\d{2}", page.get_attribute("#chart", "aria-label"))
@@ -664,8 +669,8 @@ def test_the_chart_shows_one_series_and_nothing_else(page, series_server):
     page.wait_for_selector("#map[data-layer-state=shown]", timeout=60_000)
     job = requests.get(f"{srv.url}/jobs?f=json&limit=1", timeout=30).json()["jobs"][0]
     assert job["processID"] == "water-timeseries"
-    rows = requests.get(f"{srv.url}/jobs/{job['jobID']}/results?f=json",
-                        timeout=30).json()["timeseries"]
+    rows = value(requests.get(f"{srv.url}/jobs/{job['jobID']}/results?f=json",
+                              timeout=30).json()["timeseries"])
     assert [r["date"] for r in rows if r["status"] == "ok"] == ["2024-05-10", "2024-06-12"]
     # exactly the series' own dates: not the other box's result, not the undated image
     assert chart_dates(page) == ["2024-05-10", "2024-06-12"]

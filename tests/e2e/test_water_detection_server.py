@@ -92,7 +92,7 @@ def test_statistics_and_provenance(spain_job):
 
 
 def test_wms_getmap_draws_water_blue_and_dry_transparent(spain_job, server, tmp_path):
-    layer = spain_job["layer"]
+    layer = spain_job["layer"]["value"]
     wms = WebMapService(f"{server.url}/ows", version="1.3.0")
     assert layer["name"] in wms.contents
     mask_path = fetch_raster(spain_job["mask"]["href"], tmp_path, "mask.tif")
@@ -119,7 +119,7 @@ def test_wms_getmap_draws_water_blue_and_dry_transparent(spain_job, server, tmp_
 
 
 def test_wcs_getcoverage_returns_the_mask_values(spain_job, server, tmp_path):
-    layer = spain_job["layer"]
+    layer = spain_job["layer"]["value"]
     coverage = fetch_raster(layer["getcoverage"], tmp_path, "coverage.tif")
     mask_path = fetch_raster(spain_job["mask"]["href"], tmp_path, "mask.tif")
     with rasterio.open(coverage) as cov, rasterio.open(mask_path) as mask:

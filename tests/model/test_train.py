@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+import pytest
 import torch
 
 from aquamask.model.inference import WaterModel
@@ -64,6 +66,16 @@ def test_cross_validation_runs_every_fold(chips_dir, tmp_path):
     assert [x["fold"] for x in r["runs"]] == [0, 1]
     assert 0 <= r["mean_val_iou"] <= 1 and (tmp_path / "cv" / "cv.json").exists()
     assert (tmp_path / "cv" / "fold-1" / "unet-s2-water-0.0.0.pt").exists()
+    # the out-of-fold calibration: a temperature and the IoU-best threshold of the grid
+    assert r["temperature"] > 0 and 0.2 <= r["threshold"] <= 0.8
+    assert len(r["threshold_nested_iou"]) == 2
+    assert len(r["mean_val_iou_per_epoch"]) == 1
+    # evaluate scores every chip once, by the fold model that did not train on it
+    from aquamask.model.evaluate import evaluate
+    report = evaluate(data, "chips128", ["unet", "ndwi"], cv=tmp_path / "cv")
+    assert report["split"] == "cv" and sorted(report["chips"]) == sorted(
+        p.stem for p in (data / "images").glob("*.tif"))
+    assert report["models"]["unet"]["threshold"] == r["threshold"]
 
 
 def test_one_command_training_on_the_sen1floods11_layout(tmp_path):
@@ -120,3 +132,44 @@ def test_ema_and_lovasz_options_train_reproducibly(chips_dir, tmp_path):
     b = train(data, "chips128", tmp_path / "b", **kwargs)
     assert a["val_iou"] == b["val_iou"] and a["loss"] == "bce-lovasz" and a["ema"] == 0.9
     assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+
+
+def test_coarse_batches_average_bands_and_turn_labels_into_water_fractions():
+    """Scale-aware training: a 3x coarser view of a batch, as the network sees a 10 m scene
+    at 30 m, with the water fraction of each cell as the target."""
+    from aquamask.model.train import _loss, coarsen
+    x = torch.arange(2 * 6 * 7 * 8, dtype=torch.float32).reshape(2, 6, 7, 8)
+    x[0, :, :3, :3] = float("nan")                                # a whole cell of no data
+    x[1, 2, 4, 4] = float("nan")                                  # one pixel of one band
+    y = torch.zeros(2, 7, 8, dtype=torch.long)
+    y[:, :, 0] = 1                                                # a 1-px river
+    y[0, :3, :3] = 255
+    y[1, 6, :] = 255                                              # the last row ignored
+    xc, frac = coarsen(x, y, 3)
+    assert xc.shape == (2, 6, 3, 3) and frac.shape == (2, 3, 3)
+    assert torch.isnan(xc[0, :, 0, 0]).all() and torch.isnan(frac[0, 0, 0])
+    assert torch.isclose(xc[1, 2, 1, 1], x[1, 2, 3:6, 3:6].nanmean())
+    assert torch.isclose(xc[1, 0, 2, 2], x[1, 0, 6:, 6:].mean())   # a partial corner cell
+    np.testing.assert_allclose(frac[1, :2, 0].numpy(), [1 / 3, 1 / 3], rtol=1e-6)
+    assert (frac[1, :2, 1:] == 0).all() and torch.isnan(frac[1, 2]).all()  # all ignored
+    assert torch.isclose(frac[0, 1, 0], torch.tensor(1 / 3))
+    # the loss takes fractions (NaN ignored) as it takes labels (255 ignored)
+    assert torch.isfinite(_loss(torch.zeros(2, 3, 3), frac))
+    hard = torch.where(y == 255, torch.nan, y.float())
+    assert torch.isclose(_loss(torch.ones(2, 7, 8), hard), _loss(torch.ones(2, 7, 8), y))
+
+
+def test_training_on_every_chip_takes_the_cross_validated_calibration(chips_dir, tmp_path):
+    """The shipped way: every chip trained on, the temperature and threshold from the
+    out-of-fold predictions of cross-validation; WaterModel cuts at that threshold."""
+    data = _tiny_dataset(chips_dir, tmp_path / "data", n=4)
+    refine = {"guides": ["ndwi", "mndwi"], "radius": 1, "eps": 0.01}
+    m = train(data, "chips128", tmp_path / "w", epochs=1, batch_size=4, base_channels=4,
+              depth=2, holdout=False, select="last", scale=3, refine=refine,
+              calibration={"temperature": 1.7, "threshold": 0.38}, version="0.0.3")
+    assert m["train_chips"] == 4 and m["val_chips"] == 0 and m["val_iou"] is None
+    model = WaterModel.load(tmp_path / "w" / "unet-s2-water-0.0.3.pt", device="cpu")
+    assert model.threshold == 0.38 and model.temperature == 1.7
+    assert model.scale == 3 and model.refine == refine and model.meta["val_ids"] == []
+    with pytest.raises(ValueError):
+        train(data, "chips128", tmp_path / "x", epochs=1, holdout=False, select="best")

@@ -6,7 +6,7 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from aquamask.model.indices import mndwi
+from aquamask.model.indices import index_histogram, mndwi, otsu_threshold_from_histogram
 from aquamask.processes.pipeline.detection import detect
 from aquamask.processes.pipeline.methods import index_probability
 from aquamask.processes.pipeline.sources.raster import RasterSource
@@ -38,6 +38,18 @@ def test_blocks_and_threads_change_nothing(scene, tmp_path):
                                                       rel=1e-4)
     assert progress == sorted(progress) and progress[-1] == 100 and len(progress) == 9
     assert set(timings) == {"read", "predict", "write"} and all(v >= 0 for v in timings.values())
+
+
+def test_otsu_mndwi_thresholds_every_block_at_the_whole_scenes_otsu(scene, tmp_path):
+    mask = detect(scene, "otsu-mndwi", 0.5, tmp_path / "w", block=200)
+    whole = scene.read(Window(0, 0, scene.width, scene.height))
+    index = mndwi(whole[1], whole[4])
+    t = otsu_threshold_from_histogram(index_histogram(index))
+    assert -0.5 < t < 0.5                                 # the demo scene is bimodal
+    with rasterio.open(mask.path) as classes:
+        got = classes.read(1)
+    assert np.array_equal(got == 1, index >= t)
+    assert np.array_equal(got == 255, np.isnan(index))
 
 
 def test_an_error_in_the_middle_stops_the_stream_and_surfaces(scene, tmp_path):
@@ -98,3 +110,36 @@ def test_only_the_cogs_reach_the_disk_and_the_rasters_in_between_are_freed(
     with pytest.raises(RuntimeError):
         detect(scene, "ndwi", 0.5, tmp_path / "x", block=128, progress=failing)
     assert not exists(str(folders[0] / "classes.raw.tif"))
+
+
+def test_reads_run_below_the_prediction_s_priority(scene, tmp_path):
+    """The reader thread yields the cores to the model's threads (Linux per-thread niceness)."""
+    import dataclasses
+    import os
+    import threading
+
+    seen: list[int] = []
+    read = scene.read
+
+    def noting_read(window):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return read(window)
+
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    detect(dataclasses.replace(scene, read=noting_read), "ndwi", 0.5, tmp_path / "w",
+           with_probability=False)
+    assert seen and all(nice > here for nice in seen), (here, seen)
+
+
+def test_unet_cuts_at_the_models_calibrated_threshold_when_asked_for_0_5():
+    from aquamask.processes.pipeline import methods
+    from tests.model.conftest import synthetic_scene
+    model = methods.load_model(None, "cpu")
+    assert model.threshold != 0.5                        # 2.0.0's out-of-fold cut
+    bands = synthetic_scene(96, 96)[0]
+    shifted = methods.get("unet").predictor(model)[0](bands)
+    raw = model.predict(bands)
+    assert np.array_equal(np.isnan(shifted), np.isnan(raw))
+    near = np.abs(raw - model.threshold) < 1e-5          # float rounding at the cut itself
+    assert np.array_equal((shifted >= 0.5)[~near], (raw >= model.threshold)[~near])
+    assert np.all(np.diff(shifted.ravel()[np.argsort(raw.ravel())]) >= -1e-6)  # monotone

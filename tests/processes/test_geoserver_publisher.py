@@ -686,7 +686,7 @@ def test_server_job_pending_then_switched_then_dismissed(tmp_path, standin):
         job_id = job_url.rstrip("/").rsplit("/", 1)[1]
         status, _ = server.wait_job(job_url, timeout=120)
         assert status["status"] == "successful"
-        first = requests.get(f"{job_url}/results?f=json", timeout=10).json()["layer"]
+        first = requests.get(f"{job_url}/results?f=json", timeout=10).json()["layer"]["value"]
         assert first["published"] == "pending" and first["wms"] == f"{server.url}/ows"
         assert requests.get(first["getmap"], timeout=30).headers["Content-Type"] == "image/png"
         standin.heal()
@@ -694,7 +694,7 @@ def test_server_job_pending_then_switched_then_dismissed(tmp_path, standin):
         layer = first
         while time.monotonic() < deadline and layer["published"] != "geoserver":
             time.sleep(0.3)
-            layer = requests.get(f"{job_url}/results?f=json", timeout=10).json()["layer"]
+            layer = requests.get(f"{job_url}/results?f=json", timeout=10).json()["layer"]["value"]
         assert layer["published"] == "geoserver"
         assert layer["wms"] == f"{standin.url}/aquamask/wms"
         assert ("aquamask", f"water-{job_id}") in standin.stores

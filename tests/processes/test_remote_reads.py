@@ -402,6 +402,20 @@ def test_unreadable_local_files_name_no_server_path(source, root):
     no_server_path(err, root)
 
 
+def test_a_truncated_local_image_is_the_request_s_error_not_the_server_s(source, root):
+    """Its header opens; the blocks past the cut fail mid-read: an InvalidInput naming no
+    path (it was reported as a failed write of the results)."""
+    data = (root / "scene.tif").read_bytes()
+    (root / "cut.tif").write_bytes(data[:len(data) * 2 // 3])
+    scene = source.read("cut.tif")
+    try:
+        with pytest.raises(InvalidInput, match="missing or damaged") as err:
+            scene.read(Window(0, 0, scene.width, scene.height))
+    finally:
+        scene.close()
+    no_server_path(err, root)
+
+
 @pytest.mark.parametrize("host", ["localhost", "2130706435", "[::ffff:127.0.0.3]", "127.3"])
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_names_resolving_to_internal_addresses_are_refused(source, internal, host, scheme):

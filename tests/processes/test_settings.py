@@ -53,3 +53,13 @@ def test_serve_refuses_a_bad_configuration_before_starting(tmp_path):
                          "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "jobs.max_running: input should be a valid integer" in result.stderr
+
+
+def test_the_model_is_named_from_the_allow_listed_folders(tmp_path):
+    from aquamask.processes.pipeline import methods
+    settings = load(tmp_path, AQUAMASK__DETECTION__MODEL="unet-s2-water-1.1.0",
+                    AQUAMASK__DETECTION__DEVICE="cpu")
+    assert methods.model_for("unet", settings).version == "1.1.0"
+    for name in ("no-such-model", "/tmp/x.pt"):
+        with pytest.raises(ConfigError, match="detection.model"):
+            methods.load_model(name, "cpu", str(tmp_path))

@@ -18,6 +18,13 @@ def test_defaults_come_from_settings(settings):
     assert (request.href, request.method, request.threshold) == ("scene.tif", "unet", 0.5)
 
 
+def test_otsu_mndwi_is_offered_and_accepted(settings):
+    from aquamask.processes.ogc.inputs import method_input
+    assert "otsu-mndwi" in method_input()["schema"]["enum"]
+    request = parse_inputs({"image": {"href": "a.tif"}, "method": "otsu-mndwi"}, settings)
+    assert (request.method, request.threshold) == ("otsu-mndwi", 0.5)
+
+
 @pytest.mark.parametrize("inputs,error,match", [
     ({}, MissingInput, "'image' is required"),
     ({"image": {"href": ""}}, InvalidInput, "string 'href'"),

@@ -119,6 +119,11 @@ def test_wcs_capabilities_and_describe_coverage(client):
     assert "<gml:high>255 255</gml:high>" in text
     assert "<wcs:nativeFormat>image/tiff</wcs:nativeFormat>" in text
     assert "<swe:nilValue" in text and ">255</swe:nilValue>" in text
+    # GDAL 3.6's WCS driver asks for the XML it gets; any other format is still refused
+    assert get(client, SERVICE="WCS", VERSION="2.0.1", REQUEST="DescribeCoverage",
+               COVERAGEID="water-utm", FORMAT="text/xml").data == described.data
+    assert get(client, SERVICE="WCS", VERSION="2.0.1", REQUEST="DescribeCoverage",
+               COVERAGEID="water-utm", FORMAT="image/png").status_code == 400
 
 
 def read_tiff(data: bytes):

@@ -293,8 +293,13 @@ class _Opened:
     def run(self, read: Callable[..., T], *args: Any) -> T:
         try:
             return self.context.copy().run(read, *args)
-        except RasterioIOError as err:  # a remote read refused or failed mid-job
-            raise ((self.image and self.image.failure) or err) from err
+        except RasterioIOError as err:
+            if self.image is not None:  # a remote read refused or failed mid-job
+                raise (self.image.failure or err) from err
+            # the input's own bytes (a truncated or damaged file): the request's fault, said
+            # without GDAL's message, which names the server's path
+            raise InvalidInput("the image could not be read: part of it is missing or "
+                               "damaged (a truncated or corrupt file?)") from err
 
     def close(self) -> None:
         self.context.copy().run(self.dataset.close)

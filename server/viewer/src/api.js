@@ -205,6 +205,9 @@ export function buildInputs(caps, state) {
 }
 
 const hrefOf = (value) => (typeof value === "string" ? value : value && value.href) || null;
+// an object output of OGC API - Processes 1.0 results is a qualified value: {value, mediaType}
+export const valueOf = (output) => (output && typeof output === "object" && "mediaType" in output
+  && "value" in output ? output.value : output);
 
 function entryOf(doc, extra = {}) {
   return {
@@ -214,7 +217,7 @@ function entryOf(doc, extra = {}) {
     water_fraction: doc.water_fraction ?? null,
     valid_fraction: doc.valid_fraction ?? null,
     bbox: doc.bbox || extra.bbox || null,
-    layer: doc.layer || extra.layer || null,
+    layer: valueOf(doc.layer) || extra.layer || null,
     time: extra.time || null,
     mask: hrefOf(doc.mask),
     probability: hrefOf(doc.probability),
@@ -231,11 +234,11 @@ const OK = "ok";  // a series row that has a mask (the others were skipped or fa
  * that have a mask (each drawn from the series' time-enabled layer at its TIME), or the one
  * result. */
 export function seriesFromResults(doc, extra = {}) {
-  const rows = Array.isArray(doc.timeseries) ? doc.timeseries : null;
-  if (rows) {
+  const rows = valueOf(doc.timeseries);
+  if (Array.isArray(rows)) {
     return rows.filter((row) => row.status === OK).map((row) => entryOf(
       { ...row, acquired: row.datetime, layer: null },
-      { layer: doc.layer, time: row.layer_time, bbox: doc.bbox, method: doc.method,
+      { layer: valueOf(doc.layer), time: row.layer_time, bbox: doc.bbox, method: doc.method,
         job: extra.job, href: extra.href }));
   }
   return [entryOf(doc, extra)];

@@ -8,7 +8,7 @@ import "./viewer.css";
 import {
   authHeaders, buildInputs, call, capabilities, getJSON, getToken, historyFor, inputHref, parseBbox,
   placeCapable, pointBox, root, sceneUnder, seriesCSV, seriesFromResults, ServerError, setToken,
-  takeTokenFromFragment,
+  takeTokenFromFragment, valueOf,
 } from "./api.js";
 import { createMap } from "./map.js";
 import { drawChart } from "./chart.js";
@@ -447,16 +447,18 @@ const km2 = (v) => (v === null || v === undefined ? "–" : `${fmt(v, 3)} km²`)
  * water mask or a series (their own fields show them). */
 function otherStats(doc) {
   if (doc.change) {
-    const a = doc.area_km2 || {};
+    const a = valueOf(doc.area_km2) || {};
+    const [before, after] = [valueOf(doc.before) || {}, valueOf(doc.after) || {}];
     return [["Water gained", km2(a.gained)], ["Water lost", km2(a.lost)],
-            ["Net change", km2(doc.net_change_km2)], ["Permanent water", km2(a.permanent)],
-            ["Dates", `${(doc.before || {}).date || "?"} → ${(doc.after || {}).date || "?"}`]];
+            ["Net change", km2(valueOf(doc.net_change_km2))],
+            ["Permanent water", km2(a.permanent)],
+            ["Dates", `${before.date || "?"} → ${after.date || "?"}`]];
   }
   if (doc.frequency) {
-    const f = doc.statistics || {};
+    const f = valueOf(doc.statistics) || {};
     return [["Ever water", km2(f.ever_wet_area_km2)], ["Never water", km2(f.never_wet_area_km2)],
             ["Mean frequency", pct(f.mean_frequency)],
-            ["Observations", String(doc.observations_used ?? "–")]];
+            ["Observations", String(valueOf(doc.observations_used) ?? "–")]];
   }
   return null;
 }
@@ -475,7 +477,8 @@ function showKind(doc) {
     return div;
   }));
   // the water legend for masks; the layer's own legend (its classes) for the others
-  const legend = rows && doc.layer && doc.layer.legend;
+  const layer = valueOf(doc.layer);
+  const legend = rows && layer && layer.legend;
   el.legend.hidden = Boolean(legend);
   el.legendOther.hidden = !legend;
   if (legend) el.legendImage.src = legend;
