@@ -24,11 +24,12 @@ SIGNATURES = {
 NODATA = 0
 
 
-def demo_truth(size: int = 512) -> np.ndarray:
-    """The scene's ground truth: 1 water, 0 dry, 255 no data."""
+def demo_truth(size: int = 512, lake_scale: float = 1.0) -> np.ndarray:
+    """The scene's ground truth: 1 water, 0 dry, 255 no data. ``lake_scale`` widens the lake
+    (a flood)."""
     rows, cols = np.mgrid[0:size, 0:size]
-    lake = ((rows - 0.35 * size) / (0.16 * size)) ** 2 \
-        + ((cols - 0.6 * size) / (0.22 * size)) ** 2 < 1
+    lake = ((rows - 0.35 * size) / (0.16 * size * lake_scale)) ** 2 \
+        + ((cols - 0.6 * size) / (0.22 * size * lake_scale)) ** 2 < 1
     river_centre = 0.75 * size + 0.08 * size * np.sin(cols / (0.12 * size))
     river = np.abs(rows - river_centre) < 0.025 * size
     truth = (lake | river).astype(np.uint8)
@@ -36,9 +37,10 @@ def demo_truth(size: int = 512) -> np.ndarray:
     return truth
 
 
-def make_demo_scene(path: Path, size: int = 512, seed: int = 7) -> Path:
+def make_demo_scene(path: Path, size: int = 512, seed: int = 7,
+                    lake_scale: float = 1.0) -> Path:
     rng = np.random.default_rng(seed)
-    truth = demo_truth(size)
+    truth = demo_truth(size, lake_scale)
     rows, cols = np.mgrid[0:size, 0:size]
     soil = (np.sin(rows / 37.0) + np.cos(cols / 53.0)) > 0.9
     bands = np.empty((len(DETECTION_BANDS), size, size), np.float32)
@@ -60,3 +62,18 @@ def make_demo_scene(path: Path, size: int = 512, seed: int = 7) -> Path:
             dst.set_band_description(i, name)
     tmp.replace(path)
     return path
+
+
+# The demo's dated scene library: the demo scene before and after its lake floods. The local
+# source reads each file's date from its name.
+LIBRARY = {"demo_2024-05-10.tif": 1.0, "demo_2024-06-12.tif": 1.3}
+
+
+def make_demo_library(folder: Path) -> list[Path]:
+    """Dated demo scenes in ``folder`` (the local source's), so "Sentinel-2 by place and date"
+    works offline on a fresh install; the files written, none when the folder already holds
+    GeoTIFFs or a STAC catalog (an operator's own library is left alone)."""
+    if folder.is_dir() and any(p.suffix.lower() in (".tif", ".tiff", ".json")
+                               for p in folder.rglob("*")):
+        return []
+    return [make_demo_scene(folder / name, lake_scale=scale) for name, scale in LIBRARY.items()]

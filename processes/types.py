@@ -47,6 +47,9 @@ class Scene:
     close: Callable[[], None] = lambda: None
     # one record per source product (id, product_id, href of its STAC item or OData entry, ...)
     source_items: list[dict[str, Any]] = field(default_factory=list)
+    # the pixels inside the place when the raster is a place's envelope (the rest is no data
+    # and counts in no fraction); None: every pixel of the raster is the scene's
+    place_pixels: int | None = None
 
     @property
     def width(self) -> int:
@@ -55,6 +58,11 @@ class Scene:
     @property
     def height(self) -> int:
         return int(self.profile["height"])
+
+    @property
+    def pixels(self) -> int:
+        """The pixels the scene's fractions are of."""
+        return self.place_pixels if self.place_pixels is not None else self.width * self.height
 
 
 @dataclass

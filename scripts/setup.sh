@@ -59,7 +59,8 @@ if [[ ! -f $VIEWER/node_modules/.aquamask-lock ]] \
   (cd "$VIEWER" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$lock_sum" > "$VIEWER/node_modules/.aquamask-lock"
 fi
-build_sum="$(cat "$VIEWER/package-lock.json" "$VIEWER/build.mjs" "$VIEWER"/src/* | sha256sum | cut -c1-16)"
+build_sum="$(cat "$VIEWER/package-lock.json" "$VIEWER/build.mjs" "$VIEWER"/src/* "$VIEWER"/pygeoapi/* \
+  | sha256sum | cut -c1-16)"
 if [[ ! -f $VIEWER/static/.aquamask-build ]] \
     || [[ "$(cat "$VIEWER/static/.aquamask-build")" != "$build_sum" ]]; then
   echo "setup: building the viewer"

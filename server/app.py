@@ -34,9 +34,12 @@ def render_pygeoapi_config(settings: Settings) -> tuple[Path, Path]:
     """Write pygeoapi's config and OpenAPI document under ``home`` from our settings."""
     from pygeoapi.openapi import get_oas
 
+    from aquamask.server.pygeoapi_pages import write_templates
+
     host, port = split_bind(settings.server.bind)
     template = Template((files("aquamask.config") / "pygeoapi.yml.j2").read_text())
     text = template.render(
+        templates=write_templates(settings.home / "pygeoapi-templates"),
         host=host or "127.0.0.1", port=port, url=settings.url,
         database=settings.database_url, results=settings.results_dir,
         log_level=settings.logging.level, processes=PROCESSES,
@@ -78,17 +81,12 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Cross-Origin-Opener-Policy": "same-origin",
-    # pages load scripts and styles from this server only; map tiles and images may come from
-    # a configured base map
+    # pages load scripts and styles from this server only (pygeoapi's too: see
+    # aquamask.server.pygeoapi_pages); map tiles and images may come from a configured base map
     "Content-Security-Policy": ("default-src 'self'; img-src 'self' data: blob: https:; "
                                 "style-src 'self' 'unsafe-inline'; script-src 'self'; "
                                 "connect-src 'self'; frame-ancestors 'none'"),
 }
-
-
-PYGEOAPI_HTML_CSP = ("default-src 'self' https:; img-src 'self' data: blob: https:; "
-                     "style-src 'self' 'unsafe-inline' https:; "
-                     "script-src 'self' 'unsafe-inline' https:; frame-ancestors 'none'")
 
 
 def add_security_headers(app: Flask, settings: Settings) -> None:
@@ -98,9 +96,6 @@ def add_security_headers(app: Flask, settings: Settings) -> None:
     def headers(response):
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
-        if response.mimetype == "text/html" and not request.path.startswith("/viewer"):
-            # pygeoapi's own HTML pages use inline scripts and a CDN map library
-            response.headers["Content-Security-Policy"] = PYGEOAPI_HTML_CSP
         if request.is_secure:
             response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         origin = request.headers.get("Origin")

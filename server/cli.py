@@ -1,8 +1,10 @@
 """The ``aquamask`` command: serve, detect, train, evaluate, demo."""
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -25,16 +27,24 @@ from aquamask.server.cli_search import search
 
 @contextmanager
 def progress_bar(description: str):
-    """A tqdm bar fed by the pipeline's (percent, message) progress callbacks."""
-    with tqdm(total=100, desc=description, unit="%", bar_format=(
-            "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")) as bar:
-        def update(percent: float, message: str) -> None:
-            bar.n = round(percent, 1)
-            bar.set_postfix_str(message[:60])
-            bar.refresh()
+    """A tqdm bar fed by the pipeline's (percent, message) progress callbacks. It appears with
+    the first progress (an input refused before that prints no bar), advances by each step so
+    its rate and ETA are right, and draws each update once."""
+    bar: tqdm | None = None
+
+    def update(percent: float, message: str) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=100, desc=description, unit="%", bar_format=(
+                "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}"))
+        bar.set_postfix_str(message[:60], refresh=False)
+        bar.update(max(round(percent, 1) - bar.n, 0))
+    try:
         yield update
-        bar.n = 100
-        bar.refresh()
+        update(100, "done")
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def fail(message: str) -> NoReturn:
@@ -56,6 +66,20 @@ def gunicorn_command(settings: Settings, host: str | None, port: int | None,
     return [sys.executable, "-m", "gunicorn", "--config", str(config), "--bind", bind,
             "--workers", str(workers or settings.server.workers),
             "--timeout", str(settings.server.timeout)]
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, with the cause and the way out, a port another program listens on: gunicorn
+    would only say so in its log, and the other program would answer the demo."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            cause = "another program listens on it" if err.errno == errno.EADDRINUSE \
+                else err.strerror
+            fail(f"cannot listen on {host}:{port}: {cause}; stop it or choose another port "
+                 f"with --port")
 
 
 def _serve_environment(host: str | None, port: int | None) -> dict[str, str]:
@@ -82,6 +106,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     except ConfigError as err:  # refused before anything starts, naming the key
         fail(f"bad configuration: {err}")
     command = gunicorn_command(settings, host, port, workers)
+    bind_host, _, bind_port = command[command.index("--bind") + 1].rpartition(":")
+    check_port_free(bind_host.strip("[]"), int(bind_port))
     os.execve(sys.executable, command, env)
 
 
@@ -99,8 +125,9 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
               "wrote) or a shipped model's name [default: detection.model]")
 def detect(image: str, out: Path, method: str, threshold: float, bands: str | None,
            probability: bool, weights: str | None) -> None:
-    """Detect water in IMAGE without a server and write the mask COG."""
-    from aquamask.processes.pipeline.flow import detect_to_file
+    """Detect water in IMAGE without a server; write the mask COG, the probability COG and
+    a STAC item (statistics, provenance) beside it."""
+    from aquamask.processes.pipeline.flow import detect_to_file, item_path
 
     try:
         mapping = json.loads(bands) if bands else None
@@ -121,7 +148,8 @@ def detect(image: str, out: Path, method: str, threshold: float, bands: str | No
     except ConfigError as err:
         fail(str(err))
     stats = mask.stats
-    written = f"{out} and {out.with_suffix('.probability.tif')}" if probability else str(out)
+    written = ", ".join([str(out)] + ([str(out.with_suffix(".probability.tif"))]
+                                      if probability else []) + [str(item_path(out))])
     click.echo(f"wrote {written}\n"
                f"water: {stats.water_area_km2:.4f} km² ({stats.water_fraction:.1%} of valid "
                f"pixels); valid: {stats.valid_fraction:.1%} of the image")
@@ -186,9 +214,29 @@ def evaluate(data_dir: Path, layout: str, methods: tuple[str, ...], split: str,
                else ev.format_table(report, per_chip=per_chip))
 
 
-def wait_for(url: str, timeout: float = 120.0) -> None:
+def _demo_library(settings: Settings) -> None:
+    """Dated demo scenes for "Sentinel-2 by place and date", when the default source is a
+    local folder that holds none yet."""
+    from aquamask.processes.demo import make_demo_library
+
+    config = settings.sources.entries.get(settings.sources.default) or {}
+    if config.get("kind") != "local":
+        return
+    folder = settings.path(config.get("path") or "scenes")
+    if make_demo_library(folder):
+        click.echo(f"dated demo scenes for place and date searches: {folder}")
+
+
+def wait_for(url: str, server: subprocess.Popen, log_path: Path,
+             timeout: float = 120.0) -> None:
+    """Wait until the server just started answers ``url``; fail with its log's last lines
+    if it exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if server.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-5:]
+            fail(f"the server stopped at start (exit {server.returncode}); the end of "
+                 f"{log_path}:\n" + "\n".join(tail))
         try:
             if requests.get(url, timeout=2).status_code < 500:
                 return
@@ -215,6 +263,8 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
     else:
         href = "demo/demo-scene.tif"
         make_demo_scene(settings.data_root / href)
+    check_port_free("127.0.0.1", port)
+    _demo_library(settings)
     log_path = settings.home / "server.log"
     log = open(log_path, "ab")  # the terminal keeps the demo's own lines and progress bar
     server = subprocess.Popen(gunicorn_command(Settings.load(environ=env), "127.0.0.1", port,
@@ -222,7 +272,7 @@ def demo(image: str | None, port: int, exit_after: bool) -> None:
                               stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for(f"{base}/health")
+        wait_for(f"{base}/health", server, log_path)
         click.echo(f"server up at {base} (log: {log_path}); "
                    f"executing water-detection on {href}")
         response = requests.post(f"{base}/processes/water-detection/execution",

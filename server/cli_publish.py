@@ -3,17 +3,20 @@
 
 ``publish`` (re)publishes a finished job's mask now: on GeoServer when it is configured (the
 embedded engine keeps serving it when GeoServer fails), and writes the layer into the job's
-outputs. ``unpublish`` takes the layer off both engines and keeps the job and its files. Both
-print the layer output as JSON and exit 1 when GeoServer could not be reached.
+outputs, its URLs those of the server the job was made on. ``unpublish`` takes the layers off
+both engines and keeps the job and its files. ``publish`` prints the layer output as JSON,
+``unpublish`` the layers it removed; both exit 1 when GeoServer could not be reached.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import NoReturn
 
 import click
 
+from aquamask.processes.ogc.outputs import served_url
 from aquamask.processes.settings import Settings
 from aquamask.processes.storage.jobstore import job_store
 
@@ -44,6 +47,10 @@ def publish_command(job_id: str) -> None:
     record = job_store(settings).get(job_id)
     if record is None:
         _fail(f"no job {job_id}")
+    served_at = served_url(record)
+    if served_at and "AQUAMASK__SERVER__URL" not in os.environ:
+        # the layer URLs keep the server (its port) the job was made on, not the default's
+        settings = Settings.load(environ={**os.environ, "AQUAMASK__SERVER__URL": served_at})
     if record["status"] != "successful":
         _fail(f"job {job_id} is {record['status']}: only a successful job has a mask to publish")
     try:
@@ -63,18 +70,24 @@ def publish_command(job_id: str) -> None:
 @click.command("unpublish")
 @click.argument("job_id")
 def unpublish_command(job_id: str) -> None:
-    """Take the layer of JOB_ID off GeoServer and the embedded engine (files and job stay)."""
+    """Take the layers of JOB_ID off GeoServer and the embedded engine (files and job stay);
+    print the layers removed."""
     from aquamask.processes.publishing import service as publishing
     from aquamask.processes.publishing.names import layer_name
 
     settings = _settings_for(job_id)
+    names = [row["name"] for row in job_store(settings).layers(job_id=job_id)]
     result = publishing.unpublish(job_id, settings, background=False)
     output = {"name": layer_name(job_id), "published": publishing.NONE}
     publishing.update_job_layer(job_id, output, settings)
-    click.echo(json.dumps({"name": layer_name(job_id), "unpublished": result}, indent=2))
-    if result != publishing.NONE:
+    pending = result != publishing.NONE
+    click.echo(json.dumps({"job": job_id, "removed": names,
+                           **({"still_on_geoserver": names} if pending else {})}, indent=2))
+    if pending:
         _fail("GeoServer could not be reached; its layer is still there: run this again "
               "when it is back", 1)
+    if not names:
+        click.echo(f"job {job_id} had no published layer", err=True)
 
 
 @click.command("reconcile")

@@ -31,9 +31,10 @@ def _fail(message: str) -> NoReturn:
 def search(bbox: str | None, bbox_crs: str | None, geometry: str | None, when: str,
            source: str | None, collection: str | None, max_cloud: float | None, limit: int,
            as_json: bool) -> None:
-    """List the Sentinel-2 scenes of a place and dates: id, date, cloud cover, coverage.
+    """List the Sentinel-2 scenes of a place and dates: date, cloud cover and id.
 
-    The scene water-detection would use is marked with *.
+    The scenes water-detection would read are marked with *; the last line says how much of
+    the place they cover. --json gives every field of each scene.
     """
     from aquamask.processes.ogc.inputs import place_query
     from aquamask.processes.pipeline.sources import place_source

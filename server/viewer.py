@@ -48,8 +48,15 @@ def _scene_entry(path: Path, relative: str) -> dict[str, Any] | None:
     from rasterio.errors import RasterioError
     from rasterio.warp import transform_bounds
 
+    from aquamask.processes.errors import InvalidInput
+    from aquamask.processes.pipeline.sources.raster import band_indexes
+
     try:
         with rasterio.open(path) as ds:
+            try:  # a scene holds the detection bands: a label or mask raster is no scene
+                band_indexes(ds.descriptions, ds.count)
+            except InvalidInput:
+                return None
             entry: dict[str, Any] = {
                 "href": relative, "name": path.name, "width": ds.width, "height": ds.height,
                 "count": ds.count, "crs": ds.crs.to_string() if ds.crs else None,
@@ -128,7 +135,10 @@ def _acquired(results, job_id: str) -> str | None:
     except Exception:  # noqa: BLE001 - missing, unreadable, or the store is down: no time
         return None
     properties = item.get("properties") or {}
-    acquired = properties.get("datetime") or properties.get("start_datetime")
+    # aquamask:acquired is null when no input said it (then datetime is null and
+    # start/end_datetime only bound it); items written before it have their datetime
+    acquired = properties["aquamask:acquired"] if "aquamask:acquired" in properties \
+        else properties.get("datetime")
     if store.remote and acquired:
         if len(_ACQUIRED) >= 4096:
             _ACQUIRED.clear()
@@ -136,8 +146,15 @@ def _acquired(results, job_id: str) -> str | None:
     return acquired
 
 
-def result_summary(record: dict[str, Any], results_dir) -> dict[str, Any]:
+def result_summary(record: dict[str, Any], results_dir, base_url: str) -> dict[str, Any]:
+    """An earlier result for the page, its links on this server (``base_url``) even when the
+    job was made by a server at another address (port)."""
+    from aquamask.processes.ogc.outputs import rebased, served_url
+
     outputs = record.get("outputs")
+    made_at = served_url(record)
+    if made_at and made_at != base_url:
+        outputs = rebased(outputs, made_at, base_url)
     return {
         "id": record["identifier"],
         "process_id": record.get("process_id"),
@@ -254,7 +271,8 @@ def viewer_blueprint(settings: Settings) -> Blueprint:
         except ValueError:
             return ogc_exception(400, "InvalidParameterValue", "limit must be an integer")
         jobs = api_.manager.get_jobs(status=JobStatus.successful, limit=limit)
-        results = [result_summary(r, results_store(settings)) for r in jobs["jobs"]]
+        results = [result_summary(r, results_store(settings), settings.url)
+                   for r in jobs["jobs"]]
         return jsonify({"results": results, "numberMatched": jobs.get("numberMatched"),
                         "numberReturned": len(results)})
 

@@ -14,8 +14,9 @@
     <UserStyle>
       <Name>water-change</Name>
       <Title>Water change</Title>
-      <Abstract>Green where water was gained, red where it was lost, blue where it stayed, sand
-        where both dates were dry, grey where either date had no valid data.</Abstract>
+      <Abstract>Sky blue where water was gained, orange where it was lost (colours told apart
+        with any colour vision), blue where it stayed, sand where both dates were dry, grey
+        where either date had no valid data.</Abstract>
       <IsDefault>1</IsDefault>
       <FeatureTypeStyle>
         <Rule>
@@ -25,8 +26,8 @@
             <Opacity>1.0</Opacity>
             <ColorMap type="values">
               <ColorMapEntry color="#ede8d0" quantity="0" opacity="1" label="Dry at both dates"/>
-              <ColorMapEntry color="#1a9850" quantity="1" opacity="1" label="Water gained"/>
-              <ColorMapEntry color="#d73027" quantity="2" opacity="1" label="Water lost"/>
+              <ColorMapEntry color="#56b4e9" quantity="1" opacity="1" label="Water gained"/>
+              <ColorMapEntry color="#e69f00" quantity="2" opacity="1" label="Water lost"/>
               <ColorMapEntry color="#0070ff" quantity="3" opacity="1" label="Permanent water"/>
               <ColorMapEntry color="#a0a0a0" quantity="255" opacity="1" label="No data at either date"/>
             </ColorMap>

@@ -32,6 +32,7 @@ from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.pipeline.products import to_cog
 from aquamask.processes.publishing.names import layer_title
 from aquamask.processes.settings import Settings
+from aquamask.processes.styles import write_style_files
 from aquamask.processes.types import ProgressCallback
 
 SIDES = ("before", "after")
@@ -69,10 +70,12 @@ def run_change(request: MonitoringRequest, settings: Settings, job_id: str,
         profile = ctx.grid.profile()
         masks = [work / p.stamp / "mask.tif" for p in plans]
         change_gtiff = work / "change.tif"
-        totals = change_raster(masks[0], masks[1], change_gtiff)
+        totals = change_raster(masks[0], masks[1], change_gtiff, inside=ctx.place.inside)
         to_cog(change_gtiff, staging.path / CHANGE_TIF, nodata=INVALID, resampling="mode")
-        shutil.copyfile(masks[0], staging.path / BEFORE_TIF)
-        shutil.copyfile(masks[1], staging.path / AFTER_TIF)
+        write_style_files(staging.path / CHANGE_TIF, "change")
+        for mask, name in zip(masks, (BEFORE_TIF, AFTER_TIF)):
+            shutil.copyfile(mask, staging.path / name)
+            write_style_files(staging.path / name, "water")
         rows = [public_record(r) for r in records]
         areas = {name: round(v["area_km2"], 6) for name, v in totals.items()}
         pixels = {name: v["pixels"] for name, v in totals.items()}

@@ -22,7 +22,7 @@ from aquamask.processes.pipeline.products import write_cogs
 from aquamask.processes.pipeline.sources import PlaceSource, place_source
 from aquamask.processes.pipeline.sources.bands import SourceItem
 from aquamask.processes.pipeline.sources.compose import footprint, no_scene, select
-from aquamask.processes.pipeline.sources.grid import Grid, grid_for
+from aquamask.processes.pipeline.sources.grid import Grid, PlaceMask, grid_for, place_mask
 from aquamask.processes.pipeline.sources.query import PlaceQuery, iso
 from aquamask.processes.publishing.names import derived_id
 from aquamask.processes.settings import Settings
@@ -86,12 +86,13 @@ def plan_dates(items: list[SourceItem], query: PlaceQuery,
 def find_dates(request: MonitoringRequest, settings: Settings, source: PlaceSource,
                progress: ProgressCallback) -> list[DatePlan]:
     config = settings.monitoring
-    query = request.query()
-    progress(1, f"searching {source.name} for {query.describe()}")
+    query = request.query()  # every cloud cover: a cloudier date is planned as skipped
+    asked = replace(query, max_cloud_cover=request.max_cloud_cover)  # what messages repeat
+    progress(1, f"searching {source.name} for {asked.describe()}")
     items = source.search(query, limit=config.max_scenes)
     plans = plan_dates(items, query, request.max_cloud_cover)
     if not plans:
-        raise no_scene(source.name, query, len(items))
+        raise no_scene(source.name, asked, len(items))
     todo = [p for p in plans if p.skip is None]
     if len(todo) > config.max_dates:
         raise TooLarge(f"{len(todo)} dates match the place and the dates; this server "
@@ -112,6 +113,7 @@ class DateContext:
 
     source: PlaceSource
     grid: Grid
+    place: PlaceMask  # the place's pixels on the grid: change and frequency count only them
     query: PlaceQuery
     method: str
     threshold: float
@@ -132,8 +134,10 @@ def date_context(request: MonitoringRequest, settings: Settings, job_id: str, wo
                   "threshold": request.threshold, "place": request.place,
                   "source": request.source, "max_cloud_cover": request.max_cloud_cover,
                   "min_valid_fraction": request.min_valid_fraction, "job": job_id}
-    return DateContext(source=place_source(settings, request.source),
-                       grid=grid_for(query.geometry), query=query, method=request.method,
+    grid = grid_for(query.geometry)
+    return DateContext(source=place_source(settings, request.source), grid=grid,
+                       place=place_mask(query.geometry, grid), query=query,
+                       method=request.method,
                        threshold=request.threshold,
                        model=methods.model_for(request.method, settings), workdir=workdir,
                        parameters=parameters, products_dir=products_dir, job_id=job_id)

@@ -28,6 +28,7 @@ from aquamask.processes.monitoring.request import MonitoringRequest
 from aquamask.processes.pipeline.products import to_cog
 from aquamask.processes.publishing.names import layer_title
 from aquamask.processes.settings import Settings
+from aquamask.processes.styles import write_style_files
 from aquamask.processes.types import ProgressCallback, scaled
 
 
@@ -48,10 +49,11 @@ def run_frequency(request: MonitoringRequest, settings: Settings, job_id: str,
         profile = ctx.grid.profile()
         frequency_gtiff, observations_gtiff = work / "frequency.tif", work / "observations.tif"
         stats = frequency_rasters([r["_mask"] for r in used], profile, frequency_gtiff,
-                                  observations_gtiff)
+                                  observations_gtiff, inside=ctx.place.inside)
         progress(92, "writing the cloud-optimized GeoTIFFs")
         to_cog(frequency_gtiff, staging.path / FREQUENCY_TIF, nodata=FREQUENCY_NODATA,
                resampling="nearest")
+        write_style_files(staging.path / FREQUENCY_TIF, "frequency")
         to_cog(observations_gtiff, staging.path / OBSERVATIONS_TIF, resampling="nearest")
         rows = [public_record(r) for r in records]
         query = request.query()

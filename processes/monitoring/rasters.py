@@ -5,20 +5,28 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+from rasterio.windows import Window
 
 from aquamask.processes.constants import INVALID, WATER
 from aquamask.processes.pipeline.areas import pixel_areas_km2
 from aquamask.processes.pipeline.blocks import BLOCK, gtiff_profile, windows
-from aquamask.processes.publishing.styles import FREQUENCY_CLASSES, STYLE_TAG
+from aquamask.processes.styles import FREQUENCY_CLASSES, STYLE_TAG, colormap
 
 # change classes (uint8; 255 no data at either date)
 CHANGE_DRY, CHANGE_GAINED, CHANGE_LOST, CHANGE_PERMANENT = 0, 1, 2, 3
 CHANGE_NAMES = {CHANGE_DRY: "dry", CHANGE_GAINED: "gained", CHANGE_LOST: "lost",
                 CHANGE_PERMANENT: "permanent", INVALID: "invalid"}
 FREQUENCY_NODATA = 255  # frequency.tif: uint8 percent, 255 where no observation was valid
+Inside = Callable[[Window], np.ndarray]
+"""Whether each pixel of a window lies inside the place (``PlaceMask.inside``): the grid is
+the place's envelope, and what lies outside is counted in no class."""
+
+
+def everywhere(window: Window) -> np.ndarray:
+    return np.ones((int(window.height), int(window.width)), bool)
 
 
 def change_classes(before: np.ndarray, after: np.ndarray) -> np.ndarray:
@@ -34,10 +42,10 @@ def change_classes(before: np.ndarray, after: np.ndarray) -> np.ndarray:
     return out
 
 
-def change_raster(before: Path, after: Path, target: Path, block: int = BLOCK
-                  ) -> dict[str, dict[str, float]]:
+def change_raster(before: Path, after: Path, target: Path, block: int = BLOCK,
+                  inside: Inside = everywhere) -> dict[str, dict[str, float]]:
     """The change GeoTIFF of two masks on one grid, block by block; area (km², ellipsoidal) and
-    pixels of each class."""
+    pixels of each class inside the place."""
     import rasterio
 
     totals = {name: {"area_km2": 0.0, "pixels": 0} for name in CHANGE_NAMES.values()}
@@ -48,24 +56,27 @@ def change_raster(before: Path, after: Path, target: Path, block: int = BLOCK
         crs_wkt = b.crs.to_wkt()
         with rasterio.open(target, "w", **gtiff_profile(profile, "uint8", INVALID)) as out:
             out.update_tags(**{STYLE_TAG: "change"})
+            out.write_colormap(1, colormap("change"))
             for window in windows(b.width, b.height, block):
                 classes = change_classes(b.read(1, window=window), a.read(1, window=window))
                 out.write(classes, 1, window=window)
                 areas = pixel_areas_km2(profile["transform"], crs_wkt, window)
+                place = inside(window)
                 for value, name in CHANGE_NAMES.items():
-                    hit = classes == value
+                    hit = (classes == value) & place
                     totals[name]["pixels"] += int(np.count_nonzero(hit))
                     totals[name]["area_km2"] += float(np.sum(areas, where=hit))
     return totals
 
 
 def frequency_rasters(masks: list[Path], profile: dict[str, Any], frequency: Path,
-                      observations: Path, block: int = BLOCK) -> dict[str, Any]:
+                      observations: Path, block: int = BLOCK,
+                      inside: Inside = everywhere) -> dict[str, Any]:
     """Per pixel over the date masks: the percentage of valid observations that saw water
     (uint8 0-100 rounded half up, 255 where none was valid: a byte layer like every other; the
     exact fraction is wet / valid of the counts) and the counts of valid and wet observations
-    (uint16, 2 bands). One block of each date at a time: memory does not grow with the
-    dates."""
+    (uint16, 2 bands). The areas count the place's pixels only. One block of each date at a
+    time: memory does not grow with the dates."""
     import rasterio
 
     crs_wkt = profile["crs"].to_wkt()
@@ -80,6 +91,7 @@ def frequency_rasters(masks: list[Path], profile: dict[str, Any], frequency: Pat
         freq_out = stack.enter_context(rasterio.open(
             frequency, "w", **gtiff_profile(profile, "uint8", FREQUENCY_NODATA)))
         freq_out.update_tags(**{STYLE_TAG: "frequency"})
+        freq_out.write_colormap(1, colormap("frequency"))
         freq_out.set_band_description(1, "water frequency (%)")
         obs_out = stack.enter_context(rasterio.open(
             observations, "w", **gtiff_profile(profile, "uint16", None, count=2)))
@@ -105,7 +117,7 @@ def frequency_rasters(masks: list[Path], profile: dict[str, Any], frequency: Pat
             area["valid_area_km2"] += float(np.sum(areas, where=seen))
             area["ever_wet_area_km2"] += float(np.sum(areas, where=wet > 0))
             area["never_wet_area_km2"] += float(np.sum(areas, where=seen & (wet == 0)))
-            area["no_observation_area_km2"] += float(np.sum(areas, where=~seen))
+            area["no_observation_area_km2"] += float(np.sum(areas, where=~seen & inside(window)))
             wet_weighted += float(np.sum(areas * fraction, where=seen))
             if seen.any():
                 seen_counts += [int(valid[seen].min()), int(valid[seen].max())]

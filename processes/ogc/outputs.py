@@ -12,10 +12,11 @@ from aquamask.processes.constants import (
     JSON_MEDIA_TYPE,
 )
 from aquamask.processes.pipeline.products import ITEM_FILE, MASK_FILE, PROBABILITY_FILE
+from aquamask.processes.styles import style_files
 
 # the files of a water mask result (water-detection, and a result imported by reconcile)
 MASK_RESULT_FILES = {MASK_FILE: COG_MEDIA_TYPE, PROBABILITY_FILE: COG_MEDIA_TYPE,
-                     ITEM_FILE: GEOJSON_MEDIA_TYPE}
+                     ITEM_FILE: GEOJSON_MEDIA_TYPE, **style_files(MASK_FILE, "water")}
 
 
 def described(title: str, schema: dict[str, Any], description: str | None = None
@@ -75,3 +76,33 @@ def result_links(base_url: str, job_id: str, files: Mapping[str, str]
     """(name, title) -> the link of that file of ``job_id``'s result (``files``: its media
     types by name)."""
     return lambda name, title: result_link(base_url, job_id, name, files[name], title)
+
+
+def served_url(record: dict[str, Any]) -> str | None:
+    """The URL of the server a job's outputs were made for: its layer's /ows, or the folder
+    of its result links; None when they name neither."""
+    outputs = record.get("outputs")
+    if not isinstance(outputs, dict):
+        return None
+    layer = outputs.get("layer") or {}
+    wms = (layer.get("value") or {}).get("wms") if "value" in layer else layer.get("wms")
+    if isinstance(wms, str) and wms.endswith("/ows"):
+        return wms[:-len("/ows")]
+    marker = f"/results/{record['identifier']}/"
+    for value in outputs.values():
+        href = value.get("href") if isinstance(value, dict) else None
+        if isinstance(href, str) and marker in href:
+            return href.split(marker)[0]
+    return None
+
+
+def rebased(value: Any, old: str, new: str) -> Any:
+    """``value`` (outputs: dicts, lists, strings) with each URL under ``old`` moved under
+    ``new``: a job's links once its server answers at another address."""
+    if isinstance(value, str):
+        return new + value[len(old):] if value.startswith(old + "/") else value
+    if isinstance(value, dict):
+        return {k: rebased(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rebased(v, old, new) for v in value]
+    return value

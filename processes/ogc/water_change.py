@@ -21,6 +21,7 @@ from aquamask.processes.ogc.outputs import (
     object_output,
 )
 from aquamask.processes.settings import Settings
+from aquamask.processes.styles import style_files
 
 SIDE = {
     "schema": {"type": "string"}, "minOccurs": 1, "maxOccurs": 1,
@@ -72,6 +73,8 @@ def parse_inputs(data: dict[str, Any], settings: Settings) -> MonitoringRequest:
 class WaterChangeProcessor(MonitoringProcessor):
     METADATA = PROCESS_METADATA
     RESULT_FILES = {CHANGE_TIF: COG_MEDIA_TYPE, BEFORE_TIF: COG_MEDIA_TYPE,
-                    AFTER_TIF: COG_MEDIA_TYPE, ITEM_JSON: GEOJSON_MEDIA_TYPE}
+                    AFTER_TIF: COG_MEDIA_TYPE, ITEM_JSON: GEOJSON_MEDIA_TYPE,
+                    **style_files(CHANGE_TIF, "change"), **style_files(BEFORE_TIF, "water"),
+                    **style_files(AFTER_TIF, "water")}
     PARSE = staticmethod(parse_inputs)
     RUN = staticmethod(run_change)

@@ -31,6 +31,7 @@ from aquamask.processes.ogc.outputs import (
 )
 from aquamask.processes.pipeline.flow import DetectionRequest, run_detection
 from aquamask.processes.pipeline.sources import place_source
+from aquamask.processes.pipeline.sources.query import iso, parse_instant
 from aquamask.processes.pipeline.sources.raster import RasterSource
 from aquamask.processes.publishing import service as publishing
 from aquamask.processes.settings import Settings
@@ -68,7 +69,9 @@ PROCESS_METADATA = describe_process("water-detection", "Water detection",
             "Date or dates", {"type": "string"},
             "With a place: an RFC 3339 date-time, a date (its whole UTC day) or an interval "
             "start/end ('..' open). Over an interval the least cloudy scene (or same-day "
-            "mosaic) covering the place is used."),
+            "mosaic) covering the place is used. With an image: when it was acquired (a "
+            "date-time or a date), for an image whose file does not say (a time tag, or a "
+            "date in its name); else the result's acquisition time is unknown."),
         "max_cloud_cover": optional(
             "Maximum cloud cover (%)", {"type": "number", "minimum": 0, "maximum": 100},
             "With a place: scenes with more cloud (their eo:cloud_cover) are not considered."),
@@ -107,13 +110,15 @@ PROCESS_METADATA = describe_process("water-detection", "Water detection",
                                     {"type": "number"}),
         "bbox": BBOX_OUTPUT,
         "crs": described("CRS of the mask", {"type": "string"}, "e.g. EPSG:32630"),
+        "acquired": described("Acquisition time of the image (null: unknown)",
+                              {"type": "string", "format": "date-time", "nullable": True}),
         **METHOD_OUTPUTS,
         "layer": LAYER_OUTPUT,
     },
     example={"image": {"href": "demo/demo-scene.tif"}, "method": "unet"},
 )
 PLACE_INPUTS = ("bbox", "geometry")
-PLACE_OPTIONS = ("bbox-crs", "datetime", "max_cloud_cover", "source", "collection")
+PLACE_OPTIONS = ("bbox-crs", "max_cloud_cover", "source", "collection")
 
 
 def parse_inputs(data: dict[str, Any], settings: Settings) -> DetectionRequest:
@@ -156,8 +161,11 @@ def parse_inputs(data: dict[str, Any], settings: Settings) -> DetectionRequest:
         if not isinstance(bands, dict) or set(bands) != set(DETECTION_BANDS):
             raise InvalidInput("bands must map each of " + ", ".join(DETECTION_BANDS)
                                + " to a 1-based band index")
+    acquired = data.get("datetime")
+    if acquired is not None:
+        acquired = iso(parse_instant(acquired))
     return DetectionRequest(href=image["href"].strip(), method=method, threshold=threshold,
-                            bands=bands, probability=probability)
+                            bands=bands, probability=probability, acquired=acquired)
 
 
 def outputs_document(product: Product, layer: Layer, request: DetectionRequest,
@@ -179,6 +187,7 @@ def outputs_document(product: Product, layer: Layer, request: DetectionRequest,
         "water_fraction": round(stats.water_fraction, 6),
         "valid_fraction": round(stats.valid_fraction, 6),
         "valid_area_km2": round(stats.valid_area_km2, 6),
+        "acquired": iso(product.datetime) if product.datetime else None,
         "bbox": list(product.bbox_wgs84),
         "crs": product.crs,
         "method": request.method,

@@ -26,6 +26,7 @@ from aquamask.processes.ogc.outputs import (
     object_output,
 )
 from aquamask.processes.settings import Settings
+from aquamask.processes.styles import style_files
 
 PROCESS_METADATA = describe_process("water-frequency", "Water frequency",
     (        "Over every usable acquisition date of an interval over a place: per pixel, the "
@@ -63,6 +64,6 @@ def parse_inputs(data: dict[str, Any], settings: Settings) -> MonitoringRequest:
 class WaterFrequencyProcessor(MonitoringProcessor):
     METADATA = PROCESS_METADATA
     RESULT_FILES = {FREQUENCY_TIF: COG_MEDIA_TYPE, OBSERVATIONS_TIF: COG_MEDIA_TYPE,
-                    ITEM_JSON: GEOJSON_MEDIA_TYPE}
+                    ITEM_JSON: GEOJSON_MEDIA_TYPE, **style_files(FREQUENCY_TIF, "frequency")}
     PARSE = staticmethod(parse_inputs)
     RUN = staticmethod(run_frequency)

@@ -21,10 +21,11 @@ import rasterio
 from rasterio.windows import Window
 
 from aquamask.processes import telemetry
-from aquamask.processes.constants import DRY, INVALID, WATER
+from aquamask.processes.constants import INVALID
 from aquamask.processes.pipeline import methods
 from aquamask.processes.pipeline.areas import pixel_areas_km2
 from aquamask.processes.pipeline.blocks import BLOCK, gtiff_profile, windows
+from aquamask.processes.styles import colormap
 from aquamask.processes.types import Mask, MaskStats, ProgressCallback, Scene
 
 PREFETCH = 2  # blocks read ahead of the one being predicted
@@ -185,8 +186,7 @@ def _detect_into(scene: Scene, classes_path: Path, probability_path: Path | None
         prob_ds = files.enter_context(rasterio.open(
             probability_path, "w", **gtiff_profile(scene.profile, "float32", float("nan")))
         ) if probability_path is not None else None
-        cls_ds.write_colormap(1, {DRY: (0, 0, 0, 0), WATER: (0, 112, 255, 255),
-                                  INVALID: (0, 0, 0, 0)})
+        cls_ds.write_colormap(1, colormap("water"))
 
         def write(window: Window, probability: np.ndarray) -> None:
             start = time.perf_counter()
@@ -235,5 +235,5 @@ def _detect_into(scene: Scene, classes_path: Path, probability_path: Path | None
             if written is not None:
                 written.result()
     return MaskStats(water_pixels=counts["water_px"], valid_pixels=counts["valid_px"],
-                     total_pixels=scene.width * scene.height,
+                     total_pixels=scene.pixels,
                      water_area_km2=areas_km2["water"], valid_area_km2=areas_km2["valid"])

@@ -16,15 +16,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from aquamask.processes.errors import InvalidInput
 from aquamask.processes.pipeline import methods
 from aquamask.processes.pipeline.detection import BlockFanOut, ModelSpec, detect
-from aquamask.processes.pipeline.products import write_cogs, write_product
+from aquamask.processes.pipeline.products import (
+    STYLE_ASSETS,
+    stac_item,
+    write_cogs,
+    write_item,
+    write_product,
+)
 from aquamask.processes.pipeline.sources import place_source
+from aquamask.processes.pipeline.sources.acquired import parse_time
 from aquamask.processes.pipeline.sources.query import PlaceQuery
 from aquamask.processes.pipeline.sources.raster import RasterSource
+from aquamask.processes.pipeline.sources.urls import HrefPolicy
 from aquamask.processes.settings import Settings
 from aquamask.processes.storage.disk import explain
 from aquamask.processes.storage.results import ResultStoreError, results_store
+from aquamask.processes.styles import style_files, write_style_files
 from aquamask.processes.types import Mask, Product, ProgressCallback, Scene, no_progress, scaled
 
 if TYPE_CHECKING:
@@ -44,6 +54,7 @@ class DetectionRequest:
     place: dict[str, Any] | None = field(default=None)
     source: str | None = None
     probability: bool = True
+    acquired: str | None = None  # an image's acquisition time, when its file does not say
 
     def parameters(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k != "href" and v is not None}
@@ -95,6 +106,8 @@ def run_detection(request: DetectionRequest, settings: Settings, product_id: str
     if request.href is not None:
         progress(2, f"opening {request.href}")
         scene = RasterSource.from_settings(settings).read(request.href, request.bands)
+        if request.acquired:
+            scene.acquired = parse_time(request.acquired)
     else:  # a place and a date: search the configured source, read the chosen scenes
         scene = place_source(settings, request.source).read(request.query(),
                                                             scaled(progress, 1, 4))
@@ -126,19 +139,31 @@ def _detection_progress(progress: ProgressCallback) -> ProgressCallback:
     return report
 
 
+def item_path(out: Path) -> Path:
+    """Where the CLI writes the STAC item of the mask ``out``: beside it."""
+    return out.with_suffix(".item.json")
+
+
 def detect_to_file(href: str, out: Path, settings: Settings, method: str = "unet",
                    threshold: float = 0.5, bands: dict[str, int] | None = None,
                    progress: ProgressCallback = no_progress,
                    with_probability: bool = True, model: "WaterModel | None" = None) -> Mask:
-    """The CLI's detection: one mask COG at ``out`` (and ``out``'s .probability.tif), no server.
+    """The CLI's detection: one mask COG at ``out``, ``out``'s .probability.tif and its STAC
+    item (``item_path``), no server.
 
-    Local paths are read as given (the data-root rule protects the server, not the CLI user).
-    ``model``: the CLI user's own weights (``--weights``), else the configured model.
+    Local paths are read as given (the data-root rule protects the server, not the CLI user),
+    and messages name the IMAGE argument and the file as given. ``model``: the CLI user's own
+    weights (``--weights``), else the configured model.
     """
+    started = dt.datetime.now(dt.timezone.utc)
     out = out.resolve()
-    source = RasterSource(Path("/"), settings.limits.max_pixels, ["http", "https"])
+    source = RasterSource(Path("/"), settings.limits.max_pixels, (), policy=HrefPolicy.of(
+        ["http", "https"], field="IMAGE", local="a file path"))
     if "://" not in href:
-        href = str(Path(href).expanduser().resolve())
+        path = Path(href).expanduser().resolve()
+        if not path.is_file():
+            raise InvalidInput(f"IMAGE: no such file '{href}'")
+        href = str(path)
     scene = source.read(href, bands)
     model = model or methods.model_for(method, settings)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,9 +172,19 @@ def detect_to_file(href: str, out: Path, settings: Settings, method: str = "unet
         mask = detect(scene, method, threshold, work, model=model, progress=progress,
                       with_probability=with_probability)
         mask_cog, probability_cog = write_cogs(mask, work)
+        parameters = {"method": method, "threshold": threshold,
+                      **({"bands": bands} if bands else {})}
+        item = stac_item(out.stem, mask, scene, parameters, started)
+        for key, name in zip(STYLE_ASSETS, style_files(out.name, "water")):
+            item.assets[key].href = f"./{name}"
+        item.assets["mask"].href = f"./{out.name}"
         mask_cog.replace(out)
         if probability_cog is not None:
-            probability_cog.replace(out.with_suffix(".probability.tif"))
+            probability = out.with_suffix(".probability.tif")
+            item.assets["probability"].href = f"./{probability.name}"
+            probability_cog.replace(probability)
+        write_item(item, item_path(out))
+        write_style_files(out, "water")
     finally:
         scene.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -25,6 +25,7 @@ from aquamask.processes.constants import COG_MEDIA_TYPE, INVALID
 from aquamask.processes.files import write_atomic
 from aquamask.processes.pipeline.detection import release
 from aquamask.processes.publishing.names import layer_title
+from aquamask.processes.styles import style_files, write_style_files
 from aquamask.processes.types import Mask, Product, Scene
 
 if TYPE_CHECKING:
@@ -35,6 +36,13 @@ PROBABILITY_FILE = "probability.tif"
 ITEM_FILE = "item.json"
 PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
+# the mask's style files (``style_files``), as STAC assets
+STYLE_ASSETS = {"qgis_style": "QGIS style of the mask (.qml)",
+                "sld": "OGC SLD style of the mask",
+                "gdal_metadata": "GDAL auxiliary metadata: the class names"}
+# An image whose acquisition time is unknown: STAC needs a time, so its item gives the interval
+# that surely holds it, from the first Earth observation satellite (Landsat 1) to processing
+EARLIEST_ACQUISITION = dt.datetime(1972, 7, 23, tzinfo=dt.timezone.utc)
 
 
 # 256 px blocks: overviews start at 512 px, and WMS clients read small tiles
@@ -119,9 +127,16 @@ def write_item(item: pystac.Item, path: Path) -> None:
     write_atomic(path, json.dumps(item.to_dict(include_self_link=False), indent=2))
 
 
+def acquired_text(when: dt.datetime | None) -> str:
+    """An acquisition time as titles say it: its UTC day, or that it is unknown."""
+    return f"acquired {when.astimezone(dt.timezone.utc):%Y-%m-%d}" if when \
+        else "acquisition date unknown"
+
+
 def stac_item(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, Any],
               started: dt.datetime) -> pystac.Item:
     now = dt.datetime.now(dt.timezone.utc)
+    acquired = scene.acquired
     stats = mask.stats
     sources = source_records(scene)
     lineage = {"input": {"href": scene.href, "sha256": scene.sha256,
@@ -129,8 +144,11 @@ def stac_item(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, A
                          **({"source_items": sources} if sources else {})},
                "method": mask.method, "parameters": parameters, "model": mask.model}
     item = new_item(product_id, mask.profile, {
-        "title": f"Water mask ({mask.method})",
+        "title": f"Water mask ({mask.method}), {acquired_text(acquired)}",
         "created": now.isoformat(),
+        # the acquisition time, null when no input says it (then `datetime` is null too and
+        # start/end_datetime only bound it)
+        "aquamask:acquired": acquired.isoformat() if acquired else None,
         "aquamask:water_area_km2": stats.water_area_km2,
         "aquamask:valid_area_km2": stats.valid_area_km2,
         "aquamask:water_fraction": stats.water_fraction,
@@ -140,11 +158,15 @@ def stac_item(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, A
                                + (f" with {mask.model['name']} {mask.model['version']}"
                                   if mask.model else "")),
         "processing:datetime": started.isoformat(),
-    }, datetime=scene.acquired or now, wkt2=True)
+    }, datetime=acquired, start=None if acquired else EARLIEST_ACQUISITION,
+        end=None if acquired else now, wkt2=True)
     item.add_asset("mask", cog_asset(
         MASK_FILE, "Water mask: 1 water, 0 dry, 255 no data", **{"classification:classes": [
             {"value": 0, "name": "dry"}, {"value": 1, "name": "water"},
             {"value": 255, "name": "nodata", "nodata": True}]}))
+    for key, (name, media_type) in zip(STYLE_ASSETS, style_files(MASK_FILE, "water").items()):
+        item.add_asset(key, pystac.Asset(href=f"./{name}", media_type=media_type,
+                                         roles=["metadata"], title=STYLE_ASSETS[key]))
     if mask.probability_path is not None:
         item.add_asset("probability", cog_asset(PROBABILITY_FILE,
                                                 "Water probability (0-1, NaN no data)"))
@@ -196,6 +218,7 @@ def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[st
     staging = store.staging(product_id)
     try:
         mask_cog, probability_cog = write_cogs(mask, staging)
+        write_style_files(mask_cog, "water")
         item = stac_item(product_id, mask, scene, parameters, started)
         write_item(item, staging / ITEM_FILE)
         store.commit(product_id, staging)

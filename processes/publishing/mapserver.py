@@ -44,7 +44,9 @@ import jinja2
 from aquamask.processes.files import write_atomic
 from aquamask.processes.publishing.base import Publisher, getmap_params, ogc_url, service_layer
 from aquamask.processes.publishing.names import SERIES_PREFIX, utc_time
-from aquamask.processes.publishing.styles import (
+from aquamask.processes.storage.jobstore import job_store
+from aquamask.processes.storage.results import results_store
+from aquamask.processes.styles import (
     BAND_DESCRIPTIONS,
     CHANGE_CLASSES,
     FREQUENCY_CLASSES,
@@ -54,8 +56,6 @@ from aquamask.processes.publishing.styles import (
     WATER_RGB,
     raster_style,
 )
-from aquamask.processes.storage.jobstore import job_store
-from aquamask.processes.storage.results import results_store
 from aquamask.processes.types import Layer, Product
 
 LOGGER = logging.getLogger(__name__)

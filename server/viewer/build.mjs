@@ -2,7 +2,9 @@
 // bundle (our sources + OpenLayers + uPlot, from node_modules), the offline world layer and the
 // third-party licences. Run by scripts/setup.sh (`npm ci && npm run build`); no network needed.
 import { build } from "esbuild";
-import { copyFileSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync, cpSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync,
+} from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -27,7 +29,21 @@ await build({
 // The offline base map: Natural Earth countries at 1:50m as TopoJSON (public domain).
 copyFileSync(join(here, "node_modules", "world-atlas", "countries-50m.json"),
              join(tmp, "countries-50m.json"));
-const licences = ["ol", "uplot", "world-atlas"].map((name) => {
+// pygeoapi's HTML pages, under the same Content-Security-Policy: the assets its templates take
+// from CDNs, from npm (vendor/), and the scripts it inlines, as files of ours (pygeoapi/);
+// aquamask.server.pygeoapi_pages points the templates at them
+const vendor = join(tmp, "vendor");
+mkdirSync(vendor);
+const modules = join(here, "node_modules");
+copyFileSync(join(modules, "bootstrap", "dist", "css", "bootstrap.min.css"),
+             join(vendor, "bootstrap.min.css"));
+for (const file of ["swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js",
+                    "favicon-16x16.png", "favicon-32x32.png"]) {
+  copyFileSync(join(modules, "swagger-ui-dist", file), join(vendor, file));
+}
+cpSync(join(here, "pygeoapi"), join(tmp, "pygeoapi"), { recursive: true });
+
+const licences = ["ol", "uplot", "world-atlas", "bootstrap", "swagger-ui-dist"].map((name) => {
   const dir = join(here, "node_modules", name);
   const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"));
   let text = "";

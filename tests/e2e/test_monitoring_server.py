@@ -19,6 +19,7 @@ from owslib.util import ServiceException
 from owslib.wms import WebMapService
 from PIL import Image
 
+from aquamask.processes.styles import CHANGE_CLASSES
 from tests.support.monitoring_scenes import USABLE, build_scenes, field_csv
 from tests.support.server import start_server
 
@@ -160,9 +161,10 @@ def test_change_and_frequency_layers_in_their_styles(site):
     gained = (scenes.water("d2") & ~scenes.water("d1") & scenes.valid("d1")).sum()
     assert outputs["pixels"]["value"]["gained"] == gained
     image = png(requests.get(outputs["layer"]["value"]["getmap"], timeout=30))
-    green = ((image[..., :3] == (26, 152, 80)).all(-1)).sum()
-    red = ((image[..., :3] == (215, 48, 39)).all(-1)).sum()
-    assert green > 500 and red > 500, "gained and lost water drawn in their colours"
+    colours = {label: rgb for label, _, rgb in CHANGE_CLASSES}
+    gained_px = ((image[..., :3] == colours["Water gained"]).all(-1)).sum()
+    lost_px = ((image[..., :3] == colours["Water lost"]).all(-1)).sum()
+    assert gained_px > 500 and lost_px > 500, "gained and lost water drawn in their colours"
     with rasterio.open(f"/vsicurl/{outputs['change']['href']}") as cog:
         assert cog.tags()["AQUAMASK_STYLE"] == "change" and (cog.read(1) == 1).sum() == gained
     frequency = server.execute(series_inputs(scenes), process_id="water-frequency")

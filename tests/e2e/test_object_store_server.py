@@ -19,7 +19,12 @@ import requests
 from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
+from aquamask.processes.styles import style_files
 from tests.support.server import job_id_of, start_server
+
+# a water mask's objects: the COGs, the STAC item and the style files beside the mask
+MASK_FILES = sorted(["item.json", "mask.tif", "probability.tif",
+                     *style_files("mask.tif", "water")])
 
 BLUE = np.array([0, 112, 255])
 
@@ -71,7 +76,7 @@ def test_a_sync_result_is_stored_served_and_drawn_from_the_bucket(site, s3, tmp_
     outputs = response.json()
     job = job_id_of(response.json())
     assert s3.keys(bucket, f"results/{job}/") == [
-        f"results/{job}/{name}" for name in ("item.json", "mask.tif", "probability.tif")]
+        f"results/{job}/{name}" for name in MASK_FILES]
     assert not (server.home / "results").exists()  # nothing written to a local results folder
     assert not any((server.home / "staging").iterdir())  # the staging copy is gone
 
@@ -119,7 +124,7 @@ def test_an_async_unet_job_is_stored_and_dismissal_deletes_its_objects(site, s3)
     job = status["jobID"]
     results = requests.get(f"{server.url}/jobs/{job}/results?f=json", timeout=10).json()
     assert 0 < results["water_fraction"] < 1
-    assert len(s3.keys(bucket, f"results/{job}/")) == 3
+    assert len(s3.keys(bucket, f"results/{job}/")) == len(MASK_FILES)
     assert blue_pixels(results["layer"]["value"]["getmap"]) > 1000
     assert requests.delete(f"{server.url}/jobs/{job}", timeout=30).status_code == 200
     assert s3.keys(bucket, f"results/{job}/") == []
@@ -164,8 +169,10 @@ def test_a_change_is_stored_and_drawn_from_the_bucket(site, s3):
     outputs = response.json()
     job = outputs["change"]["href"].split("/results/", 1)[1].split("/", 1)[0]
     assert s3.keys(bucket, f"results/{job}/") == [
-        f"results/{job}/{name}" for name in ("after.tif", "before.tif", "change.tif",
-                                             "item.json")], outputs
+        f"results/{job}/{name}" for name in sorted(
+            ["after.tif", "before.tif", "change.tif", "item.json",
+             *style_files("after.tif", "water"), *style_files("before.tif", "water"),
+             *style_files("change.tif", "change")])], outputs
     image = requests.get(outputs["layer"]["value"]["getmap"], timeout=30)
     assert image.status_code == 200 and image.headers["Content-Type"] == "image/png", \
         image.text[:500]
@@ -230,7 +237,7 @@ def test_jobs_on_dask_workers_upload_to_the_bucket(s3, tmp_path_factory):
         record = JobStore(f"sqlite:///{home}/jobs.sqlite").get(job)
         assert record["runner"] == "dask"
         assert record["pid"] in set(client.run(__import__("os").getpid).values())
-        assert len(s3.keys(bucket, f"results/{job}/")) == 3
+        assert len(s3.keys(bucket, f"results/{job}/")) == len(MASK_FILES)
         results = requests.get(f"{server.url}/jobs/{job}/results?f=json", timeout=10).json()
         mask = requests.get(results["mask"]["href"], timeout=30)
         assert mask.status_code == 200 and mask.content[:4] in (b"II*\x00", b"II+\x00")

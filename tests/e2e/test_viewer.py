@@ -10,6 +10,7 @@ console of failing tests go to test-artifacts/viewer/.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 from pathlib import Path
@@ -124,10 +125,18 @@ def is_water_colour(rgb: tuple[int, int, int]) -> bool:
     return b > 200 and r < 90 and b - r > 140
 
 
-def draw_box(page, lower_left: tuple[float, float], upper_right: tuple[float, float]) -> None:
+def draw_box(page, lower_left: tuple[float, float], upper_right: tuple[float, float],
+             drag: bool = True) -> None:
+    """A box drawn as people draw one: a drag from corner to corner, or two clicks."""
     page.get_by_role("button", name="Box").click()
     x1, y1 = pixel_of(page, lower_left)
     x2, y2 = pixel_of(page, upper_right)
+    if drag:
+        page.mouse.move(x1, y1)
+        page.mouse.down()
+        page.mouse.move(x2, y2, steps=8)
+        page.mouse.up()
+        return
     page.mouse.click(x1, y1)
     page.mouse.move((x1 + x2) / 2, (y1 + y2) / 2, steps=3)
     page.mouse.click(x2, y2)
@@ -234,9 +243,11 @@ def test_draw_a_box_run_and_see_the_water(page, server):
     header, row = csv.strip().splitlines()[:2]
     assert header.startswith("datetime,water_area_km2,water_fraction,valid_fraction")
     assert f",{outputs['water_area_km2']}," in row and job["id"] in row
-    # the chart holds the result's point
-    assert page.locator("#chart canvas").count() == 1
-    assert f"{outputs['water_area_km2']:.3f} km²" in page.get_attribute("#chart", "aria-label")
+    # the demo scene says not when it was acquired: its date is unknown, not the processing
+    # time, so the chart has no point to draw
+    assert page.text_content("#stat-date") == "unknown"
+    assert page.locator("#chart canvas").count() == 0
+    assert page.get_attribute("#chart", "aria-label") == "No dated result to chart."
     assert page_errors(page) == []
     # nothing refused on the way (a Content-Security-Policy violation is a console error)
     assert [m for m in page.console_messages if m.startswith("error")] == []
@@ -423,6 +434,271 @@ def test_a_place_and_dates_run_as_a_time_series(page, place_server):
     ring = geometry["coordinates"][0]
     assert ring[0] == ring[-1] and len(ring) == 5
     assert ring[:4] == [pytest.approx(list(c), abs=2e-4) for c in corners + [(west, north)]]
+    assert page_errors(page) == []
+
+
+# -- drawing, numbers and layout (issue #18, item 11) ----------------------------------------
+
+def is_drawn_colour(rgb: tuple[int, int, int]) -> bool:
+    """The drawn place's outline, #7048e8."""
+    r, g, b = rgb
+    return b > 180 and 70 < r < 150 and g < 120
+
+
+def test_a_dragged_box_keeps_both_corners_and_its_area_is_the_box_area(page, place_server):
+    from pyproj import Geod
+
+    open_viewer(page, place_server)
+    page.get_by_label("Sentinel-2 by place and date").check()
+    page.get_by_label("Method", exact=True).select_option("ndwi")
+    west, south = demo_lonlat(0.8 * SIZE, 0.2 * SIZE)
+    east, north = demo_lonlat(0.3 * SIZE, 0.7 * SIZE)
+    draw_box(page, (west, south), (east, north))
+    expect(page.locator("#place-summary")).to_contain_text("Box:")
+    drawn = [float(v) for v in page.input_value("#bbox").split(",")]
+    assert drawn == pytest.approx([west, south, east, north], abs=2e-4)  # both corners kept
+    assert "Drag" not in (page.text_content("#status") or "")  # the instructions are done with
+    image = screenshot_rgb(page)
+    assert is_drawn_colour(image.getpixel(pixel_of(page, ((west + east) / 2, north))))
+    page.fill("#date-start", "2024-06-01")
+    page.fill("#date-end", "2024-06-30")
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_selector("#progress[data-final]", timeout=120_000)
+    assert page.get_attribute("#progress", "data-final") == "successful", \
+        page.text_content("#error")
+    job = requests.get(f"{place_server.url}/viewer/api/results", timeout=30).json()["results"][0]
+    assert job["inputs"]["bbox"] == pytest.approx(drawn, abs=1e-5)  # the field shows 5 digits
+    w, s, e, n = job["inputs"]["bbox"]
+    box_km2 = abs(Geod(ellps="WGS84").polygon_area_perimeter(
+        [w, e, e, w], [s, s, n, n])[0]) / 1e6
+    # the whole box is valid data: its valid area is the box's own ellipsoidal area
+    valid = job["outputs"]["valid_area_km2"]
+    assert valid == pytest.approx(box_km2, rel=0.005), (valid, box_km2)
+    # the earlier results name the process, and say the date the scene was acquired
+    label = page.locator(f"#earlier-select option[value='{job['id']}']").text_content()
+    assert label.startswith("2024-06-12") and "water-detection (ndwi)" in label
+
+    # a polygon closed by a double-click stays drawn
+    page.get_by_role("button", name="Polygon").click()
+    corners = [(west, south), (east, south), (east, north)]
+    for corner in corners:
+        page.mouse.click(*pixel_of(page, corner))
+    page.mouse.dblclick(*pixel_of(page, (west, north)))
+    expect(page.locator("#place-summary")).to_contain_text("Polygon:")
+    page.wait_for_timeout(300)
+    image = screenshot_rgb(page, "polygon.png")
+    assert is_drawn_colour(image.getpixel(pixel_of(page, (west, (south + north) / 2))))
+    assert page_errors(page) == []
+
+
+def test_change_and_frequency_results_show_their_own_numbers_legend_and_cog(page,
+                                                                           place_server):
+    west, south = demo_lonlat(0.8 * SIZE, 0.2 * SIZE)
+    east, north = demo_lonlat(0.3 * SIZE, 0.7 * SIZE)
+    place = {"bbox": [west, south, east, north], "method": "ndwi"}
+    change = place_server.execute({**place, "before": "2024-05-01/2024-05-31",
+                                   "after": "2024-06-01/2024-06-30"}, process_id="water-change")
+    assert change.status_code == 200, change.text
+    frequency = place_server.execute({**place, "datetime": "2024-05-01/2024-06-30"},
+                                     process_id="water-frequency")
+    assert frequency.status_code == 200, frequency.text
+    results = requests.get(f"{place_server.url}/viewer/api/results", timeout=30).json()["results"]
+    by_process = {r["process_id"]: r for r in results}
+    open_viewer(page, place_server)
+
+    done = by_process["water-change"]
+    page.get_by_label("Show an earlier result").select_option(done["id"])
+    gained = value(done["outputs"]["area_km2"])["gained"]
+    expect(page.locator("#stats-other")).to_contain_text(f"Water gained{gained:.3f} km²")
+    assert page.locator("#stats-water").is_hidden()
+    expect(page.locator("#legend-other")).to_be_visible()
+    assert page.locator("#legend").is_hidden()
+    page.wait_for_function("() => document.querySelector('#legend-image').naturalWidth > 0")
+    cog = page.get_attribute("#downloads a:has-text('Water change (COG)')", "href")
+    assert cog == done["outputs"]["change"]["href"]
+    assert requests.get(cog, timeout=30).content[:4] in (b"II*\x00", b"MM\x00*")
+
+    done = by_process["water-frequency"]
+    page.get_by_label("Show an earlier result").select_option(done["id"])
+    mean = value(done["outputs"]["statistics"])["mean_frequency"]
+    expect(page.locator("#stats-other")).to_contain_text(f"Mean frequency{mean * 100:.1f} %")
+    cog = page.get_attribute("#downloads a:has-text('Water frequency (COG)')", "href")
+    assert cog == done["outputs"]["frequency"]["href"]
+    assert page_errors(page) == []
+
+
+def test_another_scene_clears_the_numbers_of_the_last(page, place_server):
+    other = place_server.data_root / "demo" / "other-scene.tif"
+    other.write_bytes((place_server.data_root / DEMO).read_bytes())
+    open_viewer(page, place_server)
+    page.get_by_label("Method", exact=True).select_option("ndwi")
+    page.get_by_label(re.compile(r"^Image")).fill(DEMO)
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_selector("#map[data-layer-state=shown]", timeout=120_000)
+    assert page.locator("#results").is_visible()
+    page.get_by_label(re.compile(r"^Image")).fill("demo/other-scene.tif")
+    page.get_by_label(re.compile(r"^Image")).press("Tab")
+    expect(page.locator("#results")).to_be_hidden()
+    assert page.get_attribute("#map", "data-layer-state") == "none"
+
+
+def test_on_a_phone_the_page_scrolls_to_the_map_after_run(browser, place_server):
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True,
+                                  has_touch=True)
+    page = context.new_page()
+    try:
+        open_viewer(page, place_server)
+        map_top = page.locator("#map").bounding_box()["y"]
+        assert map_top > 400  # below the form, mostly out of sight
+        page.get_by_label("Method", exact=True).select_option("ndwi")
+        page.get_by_label(re.compile(r"^Image")).fill(DEMO)
+        page.get_by_role("button", name="Run").click()
+        page.wait_for_selector("#progress[data-final=successful]", timeout=120_000)
+        # the whole map in sight, scrolled to (the result is drawn there)
+        page.wait_for_function("""() => {
+            const r = document.querySelector('#map').getBoundingClientRect();
+            return scrollY > 0 && r.top >= 0 && r.bottom <= innerHeight + 1; }""",
+                               timeout=10_000)
+    finally:
+        context.close()
+
+
+def test_earlier_results_link_to_this_server_whatever_port_made_them(tmp_path):
+    from aquamask.server.viewer import result_summary
+
+    record = {"identifier": "j1", "process_id": "water-detection", "inputs": {},
+              "outputs": {"mask": {"href": "http://127.0.0.1:5000/results/j1/mask.tif"},
+                          "layer": {"name": "water-j1", "wms": "http://127.0.0.1:5000/ows",
+                                    "getmap": "http://127.0.0.1:5000/ows?SERVICE=WMS"},
+                          "water_area_km2": 1.5}}
+    summary = result_summary(record, tmp_path, "http://127.0.0.1:5001")
+    outputs = summary["outputs"]
+    assert outputs["mask"]["href"] == "http://127.0.0.1:5001/results/j1/mask.tif"
+    assert outputs["layer"]["wms"] == "http://127.0.0.1:5001/ows"
+    assert outputs["layer"]["getmap"] == "http://127.0.0.1:5001/ows?SERVICE=WMS"
+    assert outputs["water_area_km2"] == 1.5
+
+
+# -- pygeoapi's own HTML pages under the strict CSP (issue #18, item 6) ----------------------
+
+def test_pygeoapi_pages_work_under_the_strict_content_security_policy(page, server):
+    from aquamask.server.app import SECURITY_HEADERS
+
+    done = server.execute({"image": {"href": DEMO}, "method": "ndwi"})
+    assert done.status_code == 200, done.text
+    job = requests.get(f"{server.url}/jobs?f=json&limit=1", timeout=30).json()["jobs"][0]
+    for path in ("/processes?f=html", "/openapi?f=html", f"/jobs/{job['jobID']}/results?f=html"):
+        response = requests.get(server.url + path, timeout=30)
+        assert response.status_code == 200
+        assert response.headers["Content-Security-Policy"] == \
+            SECURITY_HEADERS["Content-Security-Policy"], path
+        assert "unpkg.com" not in response.text and "cdn" not in response.text, path
+
+    page.goto(f"{server.url}/processes?f=html")
+    # styled: Bootstrap, from this server, is applied
+    assert page.evaluate("""() => [...document.styleSheets].some(s => s.href
+        && s.href.endsWith('/viewer/static/vendor/bootstrap.min.css') && s.cssRules.length)""")
+    assert page.evaluate("getComputedStyle(document.querySelector('.container')).maxWidth") \
+        != "none"
+    page.goto(f"{server.url}/openapi?f=html")  # Swagger UI draws the OpenAPI document
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("aquamask")
+    expect(page.locator(".opblock-tag").first).to_be_visible()
+    page.goto(f"{server.url}/jobs/{job['jobID']}/results?f=html")
+    shown = json.loads(page.text_content("#results"))
+    assert shown["water_area_km2"] == done.json()["water_area_km2"]
+    # nothing refused by the policy, no script error
+    assert [m for m in page.console_messages if m.startswith(("error", "pageerror"))] == []
+
+
+# -- a time series is one place over dates (issue #18, item 1) ------------------------------
+
+@pytest.fixture(scope="module")
+def series_server(tmp_path_factory):
+    """A server whose page runs a date range as the water-timeseries process, over the demo
+    scene on two dates."""
+    from aquamask.processes.demo import make_demo_scene
+    from tests.support.server import start_server
+
+    home = tmp_path_factory.mktemp("viewer-series-home")
+    scene = make_demo_scene(home / "data" / DEMO)
+    (home / "scenes").mkdir()
+    for day in ("2024-05-10", "2024-06-12"):
+        (home / "scenes" / f"demo_{day}.tif").write_bytes(scene.read_bytes())
+    srv = start_server(home, {"AQUAMASK__SOURCES__DEFAULT": "local",
+                              "AQUAMASK__VIEWER__SERIES_PROCESS": "water-timeseries"},
+                       workers=1)
+    yield srv
+    srv.process.terminate()
+    srv.process.wait(timeout=30)
+
+
+def value(output):
+    """An output's value: a results document qualifies object values ({"value", "mediaType"})."""
+    return output["value"] if isinstance(output, dict) and "mediaType" in output else output
+
+
+def chart_dates(page) -> list[str]:
+    """The dates the chart draws, as its text alternative lists them."""
+    return re.findall(r"\d{4}-\d{2}-\d{2}", page.get_attribute("#chart", "aria-label"))
+
+
+def test_the_chart_shows_one_series_and_nothing_else(page, series_server):
+    srv = series_server
+    # unrelated results first: the whole demo image (no acquisition date) and another box
+    whole = srv.execute({"image": {"href": DEMO}, "method": "ndwi"})
+    assert whole.status_code == 200, whole.text
+    west, south = demo_lonlat(0.9 * SIZE, 0.1 * SIZE)
+    east, north = demo_lonlat(0.1 * SIZE, 0.9 * SIZE)
+    other_box = [west, south, (west + east) / 2, (south + north) / 2]
+    other = srv.execute({"bbox": other_box, "datetime": "2024-06-01/2024-06-30",
+                         "method": "ndwi"})
+    assert other.status_code == 200, other.text
+
+    open_viewer(page, srv)
+    page.get_by_label("Sentinel-2 by place and date").check()
+    page.get_by_label(re.compile(r"^Bounding box")).fill(
+        f"{west:.5f}, {south:.5f}, {east:.5f}, {north:.5f}")
+    page.get_by_label(re.compile(r"^Bounding box")).press("Tab")
+    page.get_by_label("Method", exact=True).select_option("ndwi")
+    page.fill("#date-start", "2024-05-01")
+    page.fill("#date-end", "2024-06-30")
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_selector("#progress[data-final]", timeout=180_000)
+    assert page.get_attribute("#progress", "data-final") == "successful", \
+        page.text_content("#error")
+    page.wait_for_selector("#map[data-layer-state=shown]", timeout=60_000)
+    job = requests.get(f"{srv.url}/jobs?f=json&limit=1", timeout=30).json()["jobs"][0]
+    assert job["processID"] == "water-timeseries"
+    rows = value(requests.get(f"{srv.url}/jobs/{job['jobID']}/results?f=json",
+                              timeout=30).json()["timeseries"])
+    assert [r["date"] for r in rows if r["status"] == "ok"] == ["2024-05-10", "2024-06-12"]
+    # exactly the series' own dates: not the other box's result, not the undated image
+    assert chart_dates(page) == ["2024-05-10", "2024-06-12"]
+    expect(page.locator("#time-out")).to_contain_text("2 of 2")
+    assert page.text_content("#stat-date").startswith("2024-06-12")
+    assert page.text_content("#stat-area") == f"{rows[1]['water_area_km2']:.3f} km²"
+    page.focus("#time")
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#time-out")).to_contain_text("1 of 2")
+    assert page.text_content("#stat-area") == f"{rows[0]['water_area_km2']:.3f} km²"
+    assert page.text_content("#stat-date").startswith("2024-05-10")
+
+    # an earlier single result stands alone: the undated image has no date to chart
+    results = requests.get(f"{srv.url}/viewer/api/results", timeout=30).json()["results"]
+    by_process = {(r["process_id"], bool(r["inputs"].get("image"))): r for r in results}
+    image_result = by_process[("water-detection", True)]
+    assert image_result["datetime"] is None
+    page.get_by_label("Show an earlier result").select_option(image_result["id"])
+    expect(page.locator("#stat-date")).to_have_text("unknown")
+    assert chart_dates(page) == []
+    assert page.locator("#time-field").is_hidden()
+    label = page.locator("#earlier-select option", has_text="date unknown")
+    assert label.count() == 1 and DEMO in label.text_content()
+    # ... and the other box's June result is its own one date, not joined to the series
+    box_result = by_process[("water-detection", False)]
+    page.get_by_label("Show an earlier result").select_option(box_result["id"])
+    expect(page.locator("#stat-date")).to_contain_text("2024-06-12")
+    assert chart_dates(page) == ["2024-06-12"]
     assert page_errors(page) == []
 
 

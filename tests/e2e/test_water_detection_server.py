@@ -260,7 +260,7 @@ def test_the_probability_output_can_be_left_out(server):
     job_id = outputs["mask"]["href"].split("/")[-2]
     assert not (server.results / job_id / "probability.tif").exists()
     item = requests.get(outputs["stac_item"]["href"], timeout=10).json()
-    assert set(item["assets"]) == {"mask"}
+    assert set(item["assets"]) == {"mask", "qgis_style", "sld", "gdal_metadata"}
     bad = server.execute({"image": {"href": "demo/demo-scene.tif"}, "probability": "no"})
     assert bad.status_code == 400 and "true or false" in bad.json()["description"]
 

@@ -108,7 +108,7 @@ def test_every_date_is_reported_with_its_numbers(series, scenes):
     areas = {k: rows[scenes.dates[k].day]["water_area_km2"] for k in USABLE}
     assert areas["d8"] > areas["d5"] > areas["d1"] > areas["d7"]
     cloudy = rows[scenes.dates["d3"].day]
-    assert cloudy["valid_fraction"] == pytest.approx(scenes.valid("d3").mean(), abs=1e-6)
+    assert cloudy["valid_fraction"] == pytest.approx(scenes.valid("d3").sum() / total, abs=1e-6)
     assert 0.2 < cloudy["valid_fraction"] < 0.5
     assert cloudy["reason"].startswith(f"valid fraction {cloudy['valid_fraction']:.3f} below "
                                        "min_valid_fraction 0.5")
@@ -252,7 +252,8 @@ def test_change_between_two_dates(scenes, home):
     valid = scenes.valid("d1") & scenes.valid("d2")
     expected = {"dry": (valid & ~before & ~after).sum(), "gained": (valid & ~before & after).sum(),
                 "lost": (valid & before & ~after).sum(),
-                "permanent": (valid & before & after).sum(), "invalid": (~valid).sum()}
+                "permanent": (valid & before & after).sum(),
+                "invalid": (~valid & scenes.inside).sum()}  # outside the box: no class
     assert outputs["pixels"] == expected
     assert expected["gained"] > 1000 and expected["lost"] > 1000, "the planted change"
     for name, count in expected.items():
@@ -302,8 +303,13 @@ def test_frequency_over_the_interval(scenes, home):
     expected = np.where(valid > 0, np.floor(100 * wet / np.maximum(valid, 1) + 0.5), 255)
     assert np.array_equal(frequency, expected)
     assert {0, 33, 40, 60, 100} <= set(np.unique(frequency).tolist())
-    assert set(np.unique(valid)) == {5, 6}, "the cloud of d3 is five observations, not six"
+    assert set(np.unique(valid[scenes.inside])) == {5, 6}, \
+        "the cloud of d3 is five observations, not six"
+    assert not valid[~scenes.inside].any(), "outside the box is no observation"
     stats = outputs["statistics"]
+    # the grid's corners outside the box are no data, not "no observation" of the box
+    assert stats["no_observation_area_km2"] == 0.0
+    assert stats["valid_area_km2"] == pytest.approx(scenes.pixels() * PIXEL_KM2, rel=1e-3)
     assert stats["ever_wet_area_km2"] == pytest.approx((wet > 0).sum() * PIXEL_KM2, rel=1e-3)
     assert stats["min_observations"] == 5 and stats["max_observations"] == 6
     assert sum(c["area_km2"] for c in stats["classes"]) == pytest.approx(

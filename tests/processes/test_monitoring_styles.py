@@ -14,7 +14,7 @@ from rasterio.transform import from_origin
 
 from aquamask.processes.pipeline.products import to_cog
 from aquamask.processes.publishing import service as publishing
-from aquamask.processes.publishing.styles import CHANGE_CLASSES, FREQUENCY_CLASSES
+from aquamask.processes.styles import CHANGE_CLASSES, FREQUENCY_CLASSES
 from aquamask.processes.types import MaskStats, Product
 from tests.support.mapserver import catalogue_at, ows_app, png_rgba
 

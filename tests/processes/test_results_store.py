@@ -240,7 +240,8 @@ def test_a_water_mask_written_to_the_object_store_is_published_from_vsis3(
     scene.close()
     assert str(product.mask_cog) == f"/vsis3/{store.root}/job-5/mask.tif"
     assert s3.keys(bucket_of(store), "results/job-5/") == [
-        f"results/job-5/{name}" for name in ("item.json", "mask.tif", "probability.tif")]
+        f"results/job-5/{name}" for name in ("item.json", "mask.qml", "mask.sld", "mask.tif",
+                                             "mask.tif.aux.xml", "probability.tif")]
     assert store.exists("job-5", "item.json")
     jobs = JobStore(f"sqlite:///{tmp_path}/jobs.sqlite")
     publisher = MapServerPublisher(tmp_path / "mapserver", "http://127.0.0.1:1", jobs, store)

@@ -29,6 +29,7 @@ from affine import Affine
 from pyproj import Transformer
 
 from tests.support.standins import spain_chip
+from tests.support.water_scenes import pixels_in_box
 
 CRS = "EPSG:32630"
 WEST, NORTH = 700_000.0, 4_220_000.0
@@ -71,6 +72,7 @@ class Scenes:
     folder: Path
     bbox: list[float]
     window: tuple[int, int, int, int]  # row0, col0, height, width of the place's grid
+    inside: np.ndarray  # the grid's pixels whose centre lies in the lon/lat box: the place
     dates: dict[str, DateScene] = field(default_factory=dict)
     loss: tuple[slice, slice] = (slice(0), slice(0))
 
@@ -82,7 +84,7 @@ class Scenes:
         scene = self.dates[key]
         ok = np.isin(scene.scl, (4, 5, 6)) & np.all([scene.bands[b] != 0 for b in BANDS],
                                                      axis=0)
-        return self._crop(ok)
+        return self._crop(ok) & self.inside
 
     def water(self, key: str) -> np.ndarray:
         scene = self.dates[key]
@@ -90,7 +92,7 @@ class Scenes:
         return self._crop(wet) & self.valid(key)
 
     def pixels(self) -> int:
-        return self.window[2] * self.window[3]
+        return int(self.inside.sum())
 
 
 def _spectra(bands: dict[str, np.ndarray], label_water: np.ndarray) -> tuple[dict, dict]:
@@ -167,7 +169,7 @@ def build_scenes(folder: Path) -> Scenes:
     assert str(grid.crs) == CRS and 0 < row0 and 0 < col0
     assert row0 + grid.height < SIZE and col0 + grid.width < SIZE
     scenes = Scenes(folder=folder, bbox=bbox, window=(row0, col0, grid.height, grid.width),
-                    loss=loss)
+                    inside=pixels_in_box(bbox, grid), loss=loss)
     folder.mkdir(parents=True, exist_ok=True)
     for key, (when, cloud) in DATES.items():
         bands = {b: a.copy() for b, a in base.items()}

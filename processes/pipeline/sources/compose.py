@@ -23,12 +23,9 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
-from rasterio.features import geometry_mask
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_geom
 from rasterio.windows import Window
-from rasterio.windows import transform as window_transform
-from shapely.geometry import mapping, shape
+from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
 
@@ -37,8 +34,9 @@ from aquamask.processes.errors import InvalidInput, NoScene, UpstreamError
 from aquamask.processes.pipeline.sources import scl as scl_classes
 from aquamask.processes.pipeline.sources.bands import SCL, BandAsset, SourceItem
 from aquamask.processes.pipeline.sources.cache import WindowCache
-from aquamask.processes.pipeline.sources.grid import Grid
+from aquamask.processes.pipeline.sources.grid import Grid, place_mask
 from aquamask.processes.pipeline.sources.query import PlaceQuery
+from aquamask.processes.pipeline.sources.scale import rescaled_lazily
 from aquamask.processes.types import Scene
 
 LOGGER = logging.getLogger(__name__)
@@ -178,8 +176,9 @@ def place_scene(items: list[SourceItem], grid: Grid, query: PlaceQuery,
                                "it is not a Sentinel-2 L2A/L1C scene this server can read")
     reader = _Reader(grid, gdal_options)
     crs_wkt = grid.crs.to_wkt()
-    place_in_grid = None if query.is_bbox else transform_geom(
-        "OGC:CRS84", grid.crs, mapping(query.geometry))
+    # the grid is the place's envelope in UTM: a box's corners and a polygon's outside are not
+    # the place, so they are no data (and no fraction counts them)
+    place = place_mask(query.geometry, grid)
 
     def cached_item(item: SourceItem, window: Window) -> tuple[np.ndarray, np.ndarray]:
         if cache is None:
@@ -218,18 +217,19 @@ def place_scene(items: list[SourceItem], grid: Grid, query: PlaceQuery,
             best[better] = rank[better]
             if (best == scl_classes.RANK_CLEAR).all():
                 break
-        if place_in_grid is not None:
-            outside = geometry_mask([place_in_grid], out_shape=best.shape,
-                                    transform=window_transform(inner, grid.transform))
-            merged[:, outside] = np.nan
+        merged[:, ~place.inside(inner)] = np.nan
         out[:, rows, cols] = merged
         return out
 
     first = items[0]
     ids = [it.product_id or it.id for it in items]
+    # the scale of scenes whose metadata says none (a local GeoTIFF of reflectance 0-1) is told
+    # from their pixels, as they are read
     return Scene(href=" + ".join(ids), profile=grid.profile(), bands=DETECTION_BANDS,
-                 read=read, source_ids=ids, acquired=first.datetime,
-                 source_items=[it.provenance() for it in items], close=reader.close)
+                 read=rescaled_lazily(read, f"the scene {' + '.join(ids)}"), source_ids=ids,
+                 acquired=first.datetime,
+                 source_items=[it.provenance() for it in items], close=reader.close,
+                 place_pixels=place.pixels)
 
 
 def no_scene(source: str, query: PlaceQuery, found: int = 0) -> NoScene:

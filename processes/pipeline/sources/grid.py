@@ -7,16 +7,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.warp import transform_bounds
+from rasterio.features import geometry_mask
+from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
 from aquamask.processes.errors import TooLarge
+from aquamask.processes.pipeline.blocks import windows
 
 RESOLUTION = 10.0
+# a place's edges are densified to this many degrees (~50 m) before they go into the grid's
+# CRS: a lon/lat box's parallels are curves in UTM
+DENSIFY_DEGREES = 0.0005
 
 
 @dataclass(frozen=True)
@@ -76,3 +85,28 @@ def check_place_pixels(geometry: BaseGeometry, max_pixels: int) -> Grid:
         raise TooLarge(f"the place needs {grid.pixels:,} pixels at 10 m; this server accepts at "
                        f"most {max_pixels:,}")
     return grid
+
+
+@dataclass(frozen=True)
+class PlaceMask:
+    """The pixels of a grid that belong to a place (their centres inside it): the grid is the
+    place's envelope, so what lies outside is no data, not part of any fraction."""
+
+    grid: Grid
+    shape: dict[str, Any]  # the place as GeoJSON in the grid's CRS
+    pixels: int
+
+    def inside(self, window: Window) -> np.ndarray:
+        """Whether each pixel of ``window`` (of the grid) lies inside the place."""
+        return ~geometry_mask([self.shape], out_shape=(int(window.height), int(window.width)),
+                              transform=window_transform(window, self.grid.transform))
+
+
+def place_mask(geometry: BaseGeometry, grid: Grid) -> PlaceMask:
+    """The place ``geometry`` (CRS84) on ``grid``."""
+    dense = geometry.segmentize(DENSIFY_DEGREES)
+    shape = transform_geom("OGC:CRS84", grid.crs, mapping(dense))
+    place = PlaceMask(grid=grid, shape=shape, pixels=0)
+    pixels = sum(int(np.count_nonzero(place.inside(w)))
+                 for w in windows(grid.width, grid.height))
+    return PlaceMask(grid=grid, shape=shape, pixels=pixels)

@@ -14,9 +14,7 @@ The folder (``sources.local.path``, default ``{home}/scenes``) holds either
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -29,37 +27,15 @@ from shapely.geometry import box, mapping, shape
 from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import InvalidInput, UpstreamError
 from aquamask.processes.pipeline.sources import PlaceSource
+from aquamask.processes.pipeline.sources.acquired import dataset_time
 from aquamask.processes.pipeline.sources.bands import S2_NODATA, SCL, BandAsset, SourceItem
 from aquamask.processes.pipeline.sources.query import PlaceQuery
 from aquamask.processes.pipeline.sources.raster import DRIVER, band_indexes, check_geotiff
-from aquamask.processes.pipeline.sources.stac import parse_time, source_item
+from aquamask.processes.pipeline.sources.stac import source_item
 
 LOGGER = logging.getLogger(__name__)
 CATALOG_FILES = ("catalog.json", "collection.json")
 REMOTE_PATHS = ("/vsicurl/http://", "/vsicurl/https://", "/vsis3/")  # bands.gdal_path of URLs
-_NAME_TIME = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?:[T_](\d{2})(\d{2})(\d{2}))?(?!\d)")
-
-
-def _time_from_tags(tags: dict[str, str]) -> dt.datetime | None:
-    for key in ("datetime", "DATETIME", "ACQUISITION_DATE", "acquisition_date",
-                "SENSING_TIME"):
-        if tags.get(key):
-            try:
-                return parse_time(tags[key])
-            except ValueError:
-                LOGGER.warning("unreadable %s tag %r", key, tags[key])
-    return None
-
-
-def _time_from_name(name: str) -> dt.datetime | None:
-    for match in _NAME_TIME.finditer(name):
-        year, month, day, hh, mm, ss = match.groups()
-        try:
-            return dt.datetime(int(year), int(month), int(day), int(hh or 0), int(mm or 0),
-                               int(ss or 0), tzinfo=dt.timezone.utc)
-        except ValueError:
-            continue
-    return None
 
 
 def _float_tag(tags: dict[str, str], *keys: str) -> float | None:
@@ -79,7 +55,7 @@ def geotiff_item(path: Path, source: str) -> SourceItem | None:
         return None
     with dataset:
         tags = dataset.tags()
-        when = _time_from_tags(tags) or _time_from_name(path.stem)
+        when = dataset_time(dataset, path.stem)
         if when is None or dataset.crs is None:
             LOGGER.info("skipping %s: no %s", path,
                         "acquisition date" if when is None else "CRS")

@@ -132,6 +132,14 @@ def parse_datetime(value: Any) -> tuple[dt.datetime | None, dt.datetime | None]:
     return start, end
 
 
+def parse_instant(value: Any, what: str = "datetime") -> dt.datetime:
+    """One instant: an RFC 3339 date-time, or a date (its first second, UTC)."""
+    if not isinstance(value, str) or "/" in value or not value.strip():
+        raise InvalidInput(f"{what} must be one date-time (2019-09-15T10:56:19Z) or date "
+                           "(2019-09-15), not an interval")
+    return _parse_instant(value, f"the {what}", end_of_day=False)
+
+
 def _crs(value: Any) -> CRS:
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput("bbox-crs must be a CRS URI or code, e.g. "

@@ -16,6 +16,7 @@ import contextvars
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, TypeVar
@@ -24,13 +25,20 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import rasterio
 from rasterio.enums import Interleaving
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import InvalidInput, TooLarge
+from aquamask.processes.pipeline.sources.acquired import dataset_time
 from aquamask.processes.pipeline.sources.http import HttpPolicy
 from aquamask.processes.pipeline.sources.remote import RemoteImage
+from aquamask.processes.pipeline.sources.scale import (
+    reflectance_factor,
+    rescaled,
+    rescaled_lazily,
+    sample_windows,
+)
 from aquamask.processes.pipeline.sources.urls import HrefPolicy, check_href_text, file_under
 from aquamask.processes.types import Scene
 
@@ -100,22 +108,22 @@ def resolve_href(href: Any, data_root: Path, policy: HrefPolicy) -> str | Path:
     try:
         parts = urlsplit(href)
     except ValueError:  # e.g. an unclosed [ of an IPv6 host
-        raise InvalidInput(f"image.href: '{href}' is not a valid path or URL") from None
+        raise InvalidInput(f"{policy.field}: '{href}' is not a valid path or URL") from None
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
         policy.check_url(href)
         return href
     if scheme not in ("", "file"):
-        raise InvalidInput(f"image.href: unsupported scheme '{scheme}' "
-                           "(use a path under the data root, or http(s))")
+        raise InvalidInput(f"{policy.field}: unsupported scheme '{scheme}' "
+                           f"(use {policy.local}, or http(s))")
     if scheme == "file":
         if parts.netloc:
-            raise InvalidInput("image.href: a file: URL names no host; write file:///path "
-                               "or just the path under the data root")
+            raise InvalidInput(f"{policy.field}: a file: URL names no host; write "
+                               f"file:///path or just {policy.local}")
         text = check_href_text(unquote(parts.path), policy.field)
     else:
         text = href
-    return file_under(data_root, text, href)
+    return file_under(data_root, text, href, policy.field)
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
@@ -162,14 +170,20 @@ def check_geotiff(path: str, label: str, max_block_bytes: int) -> None:
         raise InvalidInput(f"{label} is not a GeoTIFF; " + ACCEPTED) from err
 
 
-def unreadable(href: str, err: Exception, *hidden: str) -> InvalidInput:
+def unreadable(href: str, err: Exception, *hidden: str, field: str = "image.href"
+               ) -> InvalidInput:
     """InvalidInput for a file GDAL cannot open, its reason without this server's paths."""
     reason = str(err)
     for text in hidden:
         reason = reason.replace(text, href)
     reason = _VSI_PREFIX.sub("", reason)  # rasterio's /vsiriopener_<id>/ of a remote image
-    return InvalidInput(f"image.href: '{href}' cannot be read as a raster ({reason}); "
+    return InvalidInput(f"{field}: '{href}' cannot be read as a raster ({reason}); "
                         + ACCEPTED)
+
+
+# an image without a CRS is refused with a message of ours (areas and layers need one); the
+# warning rasterio gives first would reach a CLI user's terminal as a source line
+warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
 class RasterSource:
@@ -180,10 +194,11 @@ class RasterSource:
     def __init__(self, data_root: Path, max_pixels: int, schemes: Iterable[str],
                  hosts: Iterable[str] = (), private_hosts: Iterable[str] = (),
                  max_block_bytes: int = DEFAULT_MAX_BLOCK_BYTES,
-                 http: HttpPolicy = HttpPolicy()) -> None:
+                 http: HttpPolicy = HttpPolicy(), policy: HrefPolicy | None = None) -> None:
         self.data_root = data_root
         self.max_pixels = max_pixels
-        self.policy = HrefPolicy.of(schemes, hosts, private_hosts)
+        # ``policy`` given: its schemes and hosts, and its names in messages (the CLI's)
+        self.policy = policy or HrefPolicy.of(schemes, hosts, private_hosts)
         self.max_block_bytes = max_block_bytes
         self.http = http
 
@@ -233,28 +248,38 @@ class RasterSource:
             return rasterio.open(image.path, opener=image.opener(), driver=DRIVER)
         except RasterioIOError as err:
             if image is None:
-                raise unreadable(href, err, str(target), str(self.data_root)) from err
+                raise unreadable(href, err, str(target), str(self.data_root),
+                                 field=self.policy.field) from err
             image.close()
-            raise (image.failure or unreadable(href, err, image.path)) from err
+            raise (image.failure or unreadable(href, err, image.path,
+                                               field=self.policy.field)) from err
 
     def _scene(self, opened: "_Opened", href: str, mapping: Mapping[str, Any] | None) -> Scene:
         dataset = opened.dataset
         if dataset.crs is None:
-            raise InvalidInput(f"image.href: '{href}' has no coordinate reference system; "
+            raise InvalidInput(f"{self.policy.field}: '{href}' has no coordinate reference system; "
                                "water areas and map layers need a georeferenced image")
         pixels = dataset.width * dataset.height
         if pixels > self.max_pixels:
             raise TooLarge(f"the image has {pixels:,} pixels; this server accepts at most "
                            f"{self.max_pixels:,}")
-        check_structure(dataset, f"image.href: '{href}'", self.max_block_bytes)
+        label = f"{self.policy.field}: '{href}'"
+        check_structure(dataset, label, self.max_block_bytes)
         indexes = band_indexes(dataset.descriptions, dataset.count, mapping)
         nodata = dataset.nodata
 
         def read(window: Window) -> np.ndarray:
             return opened.run(read_window, dataset, indexes, window, nodata)
 
+        if opened.image is None:  # a local file: its scale is told now, from a sample
+            sample = np.concatenate([read(w).ravel()
+                                     for w in sample_windows(dataset.width, dataset.height)])
+            scaled = rescaled(read, reflectance_factor(sample, label))
+        else:  # a remote one: from the first pixels detection fetches (no reads before that)
+            scaled = rescaled_lazily(read, label)
         return Scene(href=href, profile=dataset.profile.copy(), bands=DETECTION_BANDS,
-                     read=read, close=opened.close)
+                     read=scaled, close=opened.close,
+                     acquired=dataset_time(dataset, Path(urlsplit(href).path).stem))
 
 
 @dataclass

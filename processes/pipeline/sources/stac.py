@@ -7,7 +7,6 @@ requests through a WarpedVRT, see :mod:`.compose`); whole tiles are never downlo
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from typing import Any
 
@@ -21,15 +20,11 @@ from shapely.geometry import mapping
 from aquamask.processes.constants import DETECTION_BANDS
 from aquamask.processes.errors import InvalidInput, UpstreamError
 from aquamask.processes.pipeline.sources import PlaceSource
+from aquamask.processes.pipeline.sources.acquired import parse_time
 from aquamask.processes.pipeline.sources.bands import SourceItem, item_assets
 from aquamask.processes.pipeline.sources.query import PlaceQuery
 
 LOGGER = logging.getLogger(__name__)
-
-
-def parse_time(value: str) -> dt.datetime:
-    parsed = dt.datetime.fromisoformat(value.replace("z", "Z"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 
 def self_href(item: dict[str, Any]) -> str | None:

@@ -89,15 +89,17 @@ class HrefPolicy:
     schemes: frozenset[str] = frozenset({"http", "https"})
     hosts: frozenset[str] = frozenset()
     private_hosts: frozenset[str] = frozenset()
-    field: str = "image.href"
+    field: str = "image.href"  # how messages name the href: the input, or a CLI argument
+    local: str = "a path under the data root"  # what a local href is, as messages say it
 
     @classmethod
     def of(cls, schemes: Iterable[str], hosts: Iterable[str] = (),
-           private_hosts: Iterable[str] = (), field: str = "image.href") -> "HrefPolicy":
+           private_hosts: Iterable[str] = (), field: str = "image.href",
+           local: str = "a path under the data root") -> "HrefPolicy":
         def names(values: Iterable[str]) -> frozenset[str]:
             return frozenset(_host(str(v)) for v in values)
         return cls(frozenset(str(s).lower() for s in schemes), names(hosts),
-                   names(private_hosts), field)
+                   names(private_hosts), field, local)
 
     def check_url(self, url: str) -> None:
         """Refuse, without any network, a URL this server does not fetch."""

@@ -206,18 +206,19 @@ export function buildInputs(caps, state) {
 
 const hrefOf = (value) => (typeof value === "string" ? value : value && value.href) || null;
 // an object output of OGC API - Processes 1.0 results is a qualified value: {value, mediaType}
-const valueOf = (output) => (output && typeof output === "object" && "mediaType" in output
+export const valueOf = (output) => (output && typeof output === "object" && "mediaType" in output
   && "value" in output ? output.value : output);
 
 function entryOf(doc, extra = {}) {
   return {
-    datetime: doc.datetime || doc.acquired || extra.datetime || null,
+    // a single result's acquisition time (null: unknown); never a request's date interval
+    datetime: doc.acquired || extra.datetime || null,
     water_area_km2: doc.water_area_km2 ?? null,
     water_fraction: doc.water_fraction ?? null,
     valid_fraction: doc.valid_fraction ?? null,
     bbox: doc.bbox || extra.bbox || null,
     layer: valueOf(doc.layer) || extra.layer || null,
-    time: doc.time || null,
+    time: extra.time || null,
     mask: hrefOf(doc.mask),
     probability: hrefOf(doc.probability),
     stac_item: hrefOf(doc.stac_item),
@@ -227,15 +228,18 @@ function entryOf(doc, extra = {}) {
   };
 }
 
-/** A results document as a list of dated entries: a monitoring process's `series` (each entry
- * with its own layer, or the top-level layer with a TIME value), or the one result. */
+const OK = "ok";  // a series row that has a mask (the others were skipped or failed)
+
+/** A results document as a list of dated entries: a time-series process's `timeseries` rows
+ * that have a mask (each drawn from the series' time-enabled layer at its TIME), or the one
+ * result. */
 export function seriesFromResults(doc, extra = {}) {
-  const series = Array.isArray(doc.series) ? doc.series
-    : doc.series && Array.isArray(doc.series.value) ? doc.series.value : null;
-  if (series && series.length) {
-    return series.map((item) => entryOf(item, { layer: valueOf(doc.layer), bbox: doc.bbox,
-                                                method: doc.method, job: extra.job,
-                                                href: extra.href }));
+  const rows = valueOf(doc.timeseries);
+  if (Array.isArray(rows)) {
+    return rows.filter((row) => row.status === OK).map((row) => entryOf(
+      { ...row, acquired: row.datetime, layer: null },
+      { layer: valueOf(doc.layer), time: row.layer_time, bbox: doc.bbox, method: doc.method,
+        job: extra.job, href: extra.href }));
   }
   return [entryOf(doc, extra)];
 }
@@ -291,23 +295,38 @@ export function inputHref(inputs) {
   return (typeof image === "string" ? image : image && image.href) || null;
 }
 
-/** Earlier results of the same place and method, with this one, by date: a time series. The
- * same image again is the same acquisition, so it is not a new date. */
-export function historyFor(current, results) {
-  if (!current.bbox) return [current];
+// degrees (about 50 m): the same box typed again or drawn again by hand moves a pixel or two
+const PLACE_TOLERANCE = 5e-4;
+
+function samePlace(a, b) {
+  if (Array.isArray(a.bbox) && Array.isArray(b.bbox)) {
+    return a.bbox.length === b.bbox.length
+      && a.bbox.every((v, i) => Math.abs(v - b.bbox[i]) <= PLACE_TOLERANCE);
+  }
+  if (a.geometry && b.geometry) return JSON.stringify(a.geometry) === JSON.stringify(b.geometry);
+  return false;
+}
+
+const SAME_INPUTS = ["method", "threshold", "source", "collection", "max_cloud_cover",
+                     "bbox-crs"];
+
+/** The one series a single result belongs to: the earlier results of the same process over the
+ * same place (the same box or polygon), with the same method and settings, one per acquisition
+ * date. An image is one acquisition, and results of other places or inputs are never joined:
+ * without a place or a known date a result stands alone. */
+export function historyFor(current, currentInputs, processId, results) {
+  if (!current.datetime || inputHref(currentInputs)
+      || !(currentInputs.bbox || currentInputs.geometry)) {
+    return [current];
+  }
   const same = results
-    .map((r) => seriesFromResults(r.outputs || {}, { job: r.id, datetime: r.datetime,
-                                                     href: inputHref(r.inputs) }))
-    .flat()
-    .filter((e) => e.bbox && e.job !== current.job
-            && !(e.href && e.href === current.href)
-            && (e.method || null) === (current.method || null)
-            && overlap(e.bbox, current.bbox)
-               > 0.5 * Math.max(area(e.bbox), area(current.bbox)));
-  const entries = [current, ...same].filter((e) => e.datetime);
-  const byDate = new Map();
-  for (const e of entries) if (!byDate.has(e.datetime)) byDate.set(e.datetime, e);
-  const list = [...byDate.values()];
-  if (!list.includes(current)) list.push(current);
-  return list.sort((a, b) => String(a.datetime).localeCompare(String(b.datetime)));
+    .filter((r) => r.id !== current.job && r.process_id === processId && r.datetime
+            && !inputHref(r.inputs) && samePlace(r.inputs || {}, currentInputs)
+            && SAME_INPUTS.every((k) => JSON.stringify((r.inputs || {})[k])
+                                        === JSON.stringify(currentInputs[k])))
+    .map((r) => entryOf(r.outputs || {}, { job: r.id, datetime: r.datetime }));
+  const byDate = new Map([[current.datetime, current]]);
+  for (const e of same) if (!byDate.has(e.datetime)) byDate.set(e.datetime, e);
+  return [...byDate.values()].sort((a, b) => String(a.datetime).localeCompare(
+    String(b.datetime)));
 }

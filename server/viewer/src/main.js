@@ -8,7 +8,7 @@ import "./viewer.css";
 import {
   authHeaders, buildInputs, call, capabilities, getJSON, getToken, historyFor, inputHref, parseBbox,
   placeCapable, pointBox, root, sceneUnder, seriesCSV, seriesFromResults, ServerError, setToken,
-  takeTokenFromFragment,
+  takeTokenFromFragment, valueOf,
 } from "./api.js";
 import { createMap } from "./map.js";
 import { drawChart } from "./chart.js";
@@ -27,6 +27,8 @@ const el = {
   valid: $("#stat-valid"), date: $("#stat-date"), timeField: $("#time-field"), time: $("#time"),
   timeOut: $("#time-out"), opacity: $("#opacity"), chart: $("#chart"),
   downloads: $("#downloads"), layerName: $("#layer-name"), token: $("#token"),
+  stats: $("#stats-water"), statsOther: $("#stats-other"), legend: $("#legend"),
+  legendOther: $("#legend-other"), legendImage: $("#legend-image"),
   tokenSave: $("#token-save"), tokenClear: $("#token-clear"), authState: $("#auth-state"),
   auth: $("#auth"), login: $("#login"), clear: $("#clear-drawing"), seriesHint: $("#series-hint"),
 };
@@ -105,7 +107,7 @@ function setTool(tool) {
   }
   map.setTool(tool);
   if (tool) {
-    const hint = { box: "Click two opposite corners on the map.",
+    const hint = { box: "Drag from one corner to the opposite one (or click both).",
                    polygon: "Click the corners on the map; double-click the last one.",
                    point: "Click the point of interest on the map." }[tool];
     setStatus(hint);
@@ -131,6 +133,7 @@ const fmt = (v, digits = 4) => Number(v).toFixed(digits);
 
 function placeDrawn(shape) {
   setTool(null);
+  setStatus("");  // the drawing instructions are done with
   state.shape = shape;
   el.bbox.value = shape.bbox.map((v) => fmt(v, 5)).join(", ");
   const what = { box: "Box", polygon: "Polygon", point: "Point" }[shape.kind];
@@ -145,6 +148,7 @@ function placeDrawn(shape) {
 }
 
 function chooseScene(scene, how) {
+  if (scene.href !== state.shownHref) clearResult();  // its numbers are another scene's
   el.image.value = scene.href;
   map.selectScene(scene.href);
   showError("");
@@ -152,6 +156,7 @@ function chooseScene(scene, how) {
 }
 
 el.image.addEventListener("change", () => {
+  if (state.shownHref && el.image.value.trim() !== state.shownHref) clearResult();
   const scene = state.scenes.find((s) => s.href === el.image.value.trim());
   map.selectScene(scene ? scene.href : null);
   if (scene && scene.bbox) map.fitBbox(scene.bbox);
@@ -236,9 +241,12 @@ function resultLabel(r) {
   const o = r.outputs || {};
   const place = (r.inputs && r.inputs.image && r.inputs.image.href)
     || (o.bbox ? o.bbox.map((v) => fmt(v, 3)).join(",") : r.id);
-  const date = (r.datetime || r.finished || "").slice(0, 10);
+  // the acquisition date; never the processing time
+  const date = r.datetime ? r.datetime.slice(0, 10)
+    : Array.isArray(o.timeseries) ? o.datetime || "" : "date unknown";
   const area = o.water_area_km2 !== undefined ? ` · ${fmt(o.water_area_km2, 3)} km²` : "";
-  return `${date} · ${place} · ${o.method || r.process_id}${area}`;
+  const how = o.method ? `${r.process_id} (${o.method})` : r.process_id;
+  return `${date} · ${place} · ${how}${area}`;
 }
 
 async function loadResults(select) {
@@ -266,7 +274,8 @@ el.earlier.addEventListener("change", async () => {
   state.job = null;
   fillForm(result.inputs || {});
   await showResults(result.outputs, { job: result.id, datetime: result.datetime,
-                                      href: inputHref(result.inputs) });
+                                      href: inputHref(result.inputs), inputs: result.inputs,
+                                      processId: result.process_id });
   setStatus(`Earlier result ${result.id}.`);
 });
 
@@ -338,7 +347,7 @@ el.form.addEventListener("submit", async (event) => {
   el.progress.removeAttribute("data-final");
   setStatus("Submitting the job…");
   try {
-    const extra = { href: inputHref(inputs) };
+    const extra = { href: inputHref(inputs), inputs, processId: process.id };
     const response = await call(`processes/${process.id}/execution`, {
       method: "POST", body: { inputs }, headers: { Prefer: "respond-async" },
     });
@@ -399,8 +408,11 @@ el.cancel.addEventListener("click", async () => {
   }
 });
 
+const stacked = window.matchMedia("(max-width: 760px)");  // the map below the form
+
 async function finish(results, extra) {
   await showResults(results, extra);
+  if (stacked.matches) $("#map").scrollIntoView({ behavior: "smooth", block: "start" });
   setStatus("Done: the water is drawn on the map.");
 }
 
@@ -411,28 +423,85 @@ async function acquisitionTime(entry) {
     const response = await fetch(entry.stac_item, { headers: authHeaders() });
     if (!response.ok) return null;
     const item = await response.json();
-    return (item.properties || {}).datetime || (item.properties || {}).start_datetime || null;
+    const p = item.properties || {};
+    // aquamask:acquired is null when the acquisition time is unknown (start/end_datetime then
+    // only bound it); items without it have their datetime
+    return ("aquamask:acquired" in p ? p["aquamask:acquired"] : p.datetime) || null;
   } catch {
     return null;
   }
 }
 
+/** No result shown: the panel hidden, its layer off the map. */
+function clearResult() {
+  state.series = [];
+  state.shownHref = null;
+  el.results.hidden = true;
+  map.hideLayer();
+}
+
+const pct = (v) => (v === null || v === undefined ? "–" : `${fmt(v * 100, 1)} %`);
+const km2 = (v) => (v === null || v === undefined ? "–" : `${fmt(v, 3)} km²`);
+
+/** What a water-change or water-frequency result says, as (label, value) rows; null for a
+ * water mask or a series (their own fields show them). */
+function otherStats(doc) {
+  if (doc.change) {
+    const a = valueOf(doc.area_km2) || {};
+    const [before, after] = [valueOf(doc.before) || {}, valueOf(doc.after) || {}];
+    return [["Water gained", km2(a.gained)], ["Water lost", km2(a.lost)],
+            ["Net change", km2(valueOf(doc.net_change_km2))],
+            ["Permanent water", km2(a.permanent)],
+            ["Dates", `${before.date || "?"} → ${after.date || "?"}`]];
+  }
+  if (doc.frequency) {
+    const f = valueOf(doc.statistics) || {};
+    return [["Ever water", km2(f.ever_wet_area_km2)], ["Never water", km2(f.never_wet_area_km2)],
+            ["Mean frequency", pct(f.mean_frequency)],
+            ["Observations", String(valueOf(doc.observations_used) ?? "–")]];
+  }
+  return null;
+}
+
+function showKind(doc) {
+  const rows = otherStats(doc);
+  el.stats.hidden = Boolean(rows);
+  el.statsOther.hidden = !rows;
+  el.statsOther.replaceChildren(...(rows || []).map(([label, value]) => {
+    const div = document.createElement("div");
+    const dt = document.createElement("dt");
+    const dd = document.createElement("dd");
+    dt.textContent = label;
+    dd.textContent = value;
+    div.append(dt, dd);
+    return div;
+  }));
+  // the water legend for masks; the layer's own legend (its classes) for the others
+  const layer = valueOf(doc.layer);
+  const legend = rows && layer && layer.legend;
+  el.legend.hidden = Boolean(legend);
+  el.legendOther.hidden = !legend;
+  if (legend) el.legendImage.src = legend;
+}
+
 async function showResults(doc, extra) {
+  state.shownHref = extra.href || null;
+  showKind(doc);
   let series = seriesFromResults(doc, extra);
-  if (series.length === 1) {
+  if (Array.isArray(doc.timeseries)) {  // a series job: its own dates, and only those
+    state.step = Math.max(series.length - 1, 0);
+  } else {
     const current = series[0];
     current.datetime = await acquisitionTime(current);
-    series = historyFor(current, state.results);
+    series = historyFor(current, extra.inputs || {}, extra.processId, state.results);
     state.step = series.indexOf(current);
-  } else {
-    state.step = series.length - 1;
   }
   state.series = series;
   el.results.hidden = false;
   el.timeField.hidden = series.length < 2;
-  el.time.max = String(series.length - 1);
+  el.time.max = String(Math.max(series.length - 1, 0));
   el.time.value = String(state.step);
-  const first = series[state.step];
+  const first = series[state.step] || { bbox: doc.bbox };
   if (first.bbox) map.fitBbox(first.bbox);
   showStep(state.step);
   drawChart(el.chart, series, (i) => { el.time.value = String(i); showStep(i); });
@@ -440,14 +509,17 @@ async function showResults(doc, extra) {
 }
 
 function dateText(value) {
-  if (!value) return "–";
+  if (!value) return "unknown";
   const d = new Date(value);
   return Number.isNaN(d.getTime()) ? String(value) : d.toISOString().slice(0, 16).replace("T", " ");
 }
 
 function showStep(i) {
   const entry = state.series[i];
-  if (!entry) return;
+  if (!entry) {  // a series without a usable date: nothing of an earlier result stays
+    for (const e of [el.area, el.water, el.valid, el.date, el.layerName]) e.textContent = "–";
+    return;
+  }
   state.step = i;
   el.area.textContent = entry.water_area_km2 !== null ? `${fmt(entry.water_area_km2, 3)} km²` : "–";
   el.water.textContent = entry.water_fraction !== null ? `${fmt(entry.water_fraction * 100, 1)} %` : "–";
@@ -488,7 +560,7 @@ function link(href, text, filename) {
 
 let csvUrl = null;
 function renderDownloads(doc, series) {
-  const entry = series[state.step] || series[0];
+  const entry = series[state.step] || series[0] || {};
   const items = [];
   const job = entry.job || "result";
   if (entry.mask) items.push(link(entry.mask, "Water mask (COG)", `${job}-mask.tif`));
@@ -496,10 +568,21 @@ function renderDownloads(doc, series) {
     items.push(link(entry.probability, "Water probability (COG)", `${job}-probability.tif`));
   }
   if (entry.stac_item) items.push(link(entry.stac_item, "STAC item (JSON)", `${job}-item.json`));
+  for (const [key, text] of [["change", "Water change (COG)"],
+                             ["frequency", "Water frequency (COG)"],
+                             ["observations", "Observation counts (COG)"],
+                             ["before_mask", "Water mask, before (COG)"],
+                             ["after_mask", "Water mask, after (COG)"]]) {
+    const href = doc[key] && doc[key].href;
+    if (href) items.push(link(href, text, `${job}-${key}.tif`));
+  }
+  if (doc.stac_item && doc.stac_item.href && !entry.stac_item) {
+    items.push(link(doc.stac_item.href, "STAC item (JSON)", `${job}-item.json`));
+  }
   const serverCsv = doc.csv && (doc.csv.href || doc.csv);
   if (typeof serverCsv === "string") {
     items.push(link(serverCsv, "Time series (CSV)", `${job}.csv`));
-  } else {
+  } else if (!otherStats(doc)) {  // a change or frequency result's numbers are its own
     if (csvUrl) URL.revokeObjectURL(csvUrl);
     csvUrl = URL.createObjectURL(new Blob([seriesCSV(series)], { type: "text/csv" }));
     items.push(link(csvUrl, "Statistics (CSV)", `${job}.csv`));

@@ -7,7 +7,8 @@ import { defaults as defaultControls, ScaleLine } from "ol/control.js";
 import { boundingExtent, getCenter } from "ol/extent.js";
 import TopoJSON from "ol/format/TopoJSON.js";
 import { fromExtent } from "ol/geom/Polygon.js";
-import Draw, { createBox } from "ol/interaction/Draw.js";
+import Draw from "ol/interaction/Draw.js";
+import PointerInteraction from "ol/interaction/Pointer.js";
 import Graticule from "ol/layer/Graticule.js";
 import TileLayer from "ol/layer/Tile.js";
 import VectorLayer from "ol/layer/Vector.js";
@@ -103,13 +104,61 @@ export function createMap(target, { onDrawn, onSceneClicked, onLayerError, authH
   });
 
   // -- drawing -----------------------------------------------------------------------------
+  const CLICK_PX = 5;  // a press released within this is a click, not a drag
+
+  function boxShape(extent) {
+    const bbox = wgs84(extent);
+    const [w, s, e, n] = bbox;
+    return { kind: "box", bbox,
+             geometry: { type: "Polygon", coordinates: [[[w, s], [e, s], [e, n], [w, n], [w, s]]] } };
+  }
+
+  /** The box tool: drag from one corner to the other, or click one corner then the other.
+   * Our own pointer handling: the press is the box's, so the map does not pan under it. */
+  function boxTool() {
+    let first = null;
+    let downPixel = null;
+    let startedHere = false;
+    const sketch = (corner) => {
+      drawn.clear();
+      const feature = new Feature(fromExtent(boundingExtent([first, corner])));
+      feature.setStyle(SKETCH);
+      drawn.addFeature(feature);
+    };
+    return new PointerInteraction({
+      handleDownEvent(event) {
+        downPixel = event.pixel;
+        startedHere = first === null;
+        if (startedHere) first = event.coordinate;
+        return true;
+      },
+      handleDragEvent(event) { sketch(event.coordinate); },
+      handleMoveEvent(event) { if (first) sketch(event.coordinate); },
+      handleUpEvent(event) {
+        const moved = Math.hypot(event.pixel[0] - downPixel[0],
+                                 event.pixel[1] - downPixel[1]) > CLICK_PX;
+        if (!moved && startedHere) return false;  // the first corner's click: wait
+        const extent = boundingExtent([first, event.coordinate]);
+        first = null;
+        drawn.clear();
+        drawn.addFeature(new Feature(fromExtent(extent)));
+        setTimeout(() => onDrawn(boxShape(extent)), 0);
+        return false;
+      },
+    });
+  }
+
   let draw = null;
   function setTool(tool) {
     if (draw) map.removeInteraction(draw);
     draw = null;
     if (!tool) return;
-    const options = { box: { type: "Circle", geometryFunction: createBox() },
-                      polygon: { type: "Polygon" }, point: { type: "Point" } }[tool];
+    if (tool === "box") {
+      draw = boxTool();
+      map.addInteraction(draw);
+      return;
+    }
+    const options = { polygon: { type: "Polygon" }, point: { type: "Point" } }[tool];
     draw = new Draw({ source: drawn, ...options, style: SKETCH });
     draw.on("drawstart", () => drawn.clear());
     draw.on("drawend", (event) => {
@@ -133,9 +182,7 @@ export function createMap(target, { onDrawn, onSceneClicked, onLayerError, authH
   function showBox(bbox) {
     drawn.clear();
     drawn.addFeature(new Feature(fromExtent(webMercator(bbox))));
-    const [w, s, e, n] = bbox;
-    return { kind: "box", bbox,
-             geometry: { type: "Polygon", coordinates: [[[w, s], [e, s], [e, n], [w, n], [w, s]]] } };
+    return { ...boxShape(webMercator(bbox)), bbox };
   }
 
   map.on("singleclick", (event) => {
@@ -244,8 +291,15 @@ export function createMap(target, { onDrawn, onSceneClicked, onLayerError, authH
     drawn.clear();
   }
 
+  function hideLayer() {
+    shownKey = null;
+    resultLayer.setSource(null);
+    setLayerState("none");
+  }
+
   return {
-    setTool, showBox, setScenes, selectScene, fitBbox, setBasemap, showLayer, clearDrawing,
+    setTool, showBox, setScenes, selectScene, fitBbox, setBasemap, showLayer, hideLayer,
+    clearDrawing,
     setOpacity: (value) => resultLayer.setOpacity(value),
     showScenes: (visible) => scenesLayer.setVisible(visible),
     debug: {
