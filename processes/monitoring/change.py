@@ -29,8 +29,7 @@ from aquamask.processes.monitoring.files import (
 from aquamask.processes.monitoring.parallel import run_parallel
 from aquamask.processes.monitoring.rasters import change_raster
 from aquamask.processes.monitoring.request import MonitoringRequest
-from aquamask.processes.pipeline.products import to_cog
-from aquamask.processes.publishing.names import layer_title
+from aquamask.processes.pipeline.products import product_title, to_cog
 from aquamask.processes.settings import Settings
 from aquamask.processes.styles import write_style_files
 from aquamask.processes.types import ProgressCallback
@@ -92,7 +91,7 @@ def run_change(request: MonitoringRequest, settings: Settings, job_id: str,
         final = staging.commit()
         progress(95, "publishing the change layer")
         layer = publish_styled(job_id, final, CHANGE_TIF, profile,
-                               layer_title("Water change", request.method,
+                               product_title("Water change", request.method,
                                            f"{rows[0]['date']} to {rows[1]['date']}"),
                                settings, areas["gained"] + areas["permanent"],
                                sum(v for k, v in areas.items() if k != "invalid"))

@@ -25,8 +25,7 @@ from aquamask.processes.monitoring.files import (
 )
 from aquamask.processes.monitoring.rasters import FREQUENCY_NODATA, frequency_rasters
 from aquamask.processes.monitoring.request import MonitoringRequest
-from aquamask.processes.pipeline.products import to_cog
-from aquamask.processes.publishing.names import layer_title
+from aquamask.processes.pipeline.products import product_title, to_cog
 from aquamask.processes.settings import Settings
 from aquamask.processes.styles import write_style_files
 from aquamask.processes.types import ProgressCallback, scaled
@@ -69,7 +68,7 @@ def run_frequency(request: MonitoringRequest, settings: Settings, job_id: str,
         final = staging.commit()
         progress(96, "publishing the frequency layer")
         layer = publish_styled(job_id, final, FREQUENCY_TIF, profile,
-                               layer_title("Water frequency", request.method,
+                               product_title("Water frequency", request.method,
                                            query.datetime_text), settings,
                                stats["ever_wet_area_km2"], stats["valid_area_km2"])
         return {

@@ -39,8 +39,9 @@ from aquamask.processes.monitoring.files import (
     series_csv,
 )
 from aquamask.processes.monitoring.request import MonitoringRequest
+from aquamask.processes.pipeline.products import product_title
 from aquamask.processes.publishing import service as publishing
-from aquamask.processes.publishing.names import layer_title, series_name
+from aquamask.processes.publishing.names import series_name
 from aquamask.processes.settings import Settings
 from aquamask.processes.types import Layer, Product, ProgressCallback, scaled
 
@@ -100,7 +101,7 @@ def _run(request: MonitoringRequest, settings: Settings, job_id: str,
         moved = replace(product, directory=final / DATES_DIR / product.id,
                         mask_cog=final / DATES_DIR / product.id / product.mask_cog.name,
                         stac_item=final / DATES_DIR / product.id / product.stac_item.name,
-                        title=layer_title("Water time series", request.method, row["date"]))
+                        title=product_title("Water time series", request.method, row["date"]))
         published.append(moved.id)
         layer = publishing.publish(moved, settings, background=False,
                                    series=series_name(job_id))

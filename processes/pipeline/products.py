@@ -24,7 +24,6 @@ from aquamask import __version__
 from aquamask.processes.constants import COG_MEDIA_TYPE, INVALID
 from aquamask.processes.files import write_atomic
 from aquamask.processes.pipeline.detection import release
-from aquamask.processes.publishing.names import layer_title
 from aquamask.processes.styles import style_files, write_style_files
 from aquamask.processes.types import Mask, Product, Scene
 
@@ -71,6 +70,16 @@ def to_cog(source: Path | str, target: Path, *, resampling: Any, nodata: Any = N
         with open(target, "wb") as out:
             shutil.copyfileobj(cog, out, 16 << 20)
     return target
+
+
+def product_title(process: str, method: str, subject: str,
+                  run: dt.datetime | None = None) -> str:
+    """A product's title, its layer's too: the process, its method, what it shows (an input,
+    a date or an interval) and when it ran, so that the layers of one place differ in a
+    client's list (QGIS, GDAL) by more than their ids."""
+    run = run or dt.datetime.now(dt.timezone.utc)
+    return (f"{process} ({method}): {subject}, "
+            f"run {run.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
 
 
 def write_cogs(mask: Mask, directory: Path) -> tuple[Path, Path | None]:
@@ -232,7 +241,7 @@ def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[st
                    stac_item=final / ITEM_FILE,
                    stats=mask.stats, bbox_wgs84=wgs84_bounds(mask.profile),
                    crs=f"EPSG:{crs.to_epsg()}" if crs.to_epsg() else crs.to_wkt(),
-                   title=layer_title("Water detection", mask.method, Path(scene.href).name
+                   title=product_title("Water detection", mask.method, Path(scene.href).name
                                      + (f", acquired {scene.acquired:%Y-%m-%d}"
                                         if scene.acquired else ""), started),
                    datetime=scene.acquired)

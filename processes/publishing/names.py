@@ -49,13 +49,3 @@ def derived_id(job_id: str, suffix: str) -> str:
     """The id of one of several products a job publishes (a time series' dates):
     ``{job_id}--{suffix}``; unpublishing the job removes them with the job's own."""
     return validate_product_id(f"{job_id}{DERIVED_SEPARATOR}{suffix}")
-
-
-def layer_title(process: str, method: str, subject: str,
-                run: dt.datetime | None = None) -> str:
-    """A layer's title: the process, its method, what it shows (an input, a date or an
-    interval) and when it ran, so that the layers of one place differ in a client's list
-    (QGIS, GDAL) by more than their ids."""
-    run = run or dt.datetime.now(dt.timezone.utc)
-    return (f"{process} ({method}): {subject}, "
-            f"run {run.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
