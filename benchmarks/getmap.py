@@ -105,7 +105,7 @@ def main() -> None:
                                  "AQUAMASK__MAPSERVER__PROCESSES": str(processes)})
     try:
         outputs = server.execute({"image": {"href": "scene.tif"}, "public": True}).json()
-        layer = outputs["layer"]["name"]
+        layer = outputs["layer"]["value"]["name"]
         for _ in range(args.layers - 1):
             assert server.execute({"image": {"href": "small.tif"}}).status_code == 200
         west, south, east, north = outputs["bbox"]

@@ -205,7 +205,7 @@ def main() -> None:
         published = server.execute({"image": {"href": "scene.tif"}})
         published.raise_for_status()
         outputs = published.json()
-        layer, bbox = outputs["layer"]["name"], outputs["bbox"]
+        layer, bbox = outputs["layer"]["value"]["name"], outputs["bbox"]
         body = {"inputs": {"image": {"href": "small.tif"}, "method": "ndwi"}}
 
         start = time.monotonic()
