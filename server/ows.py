@@ -98,12 +98,7 @@ class CapabilitiesCache:
                 fresh = run()
                 if fresh.status_code != 200:
                     return fresh
-                try:
-                    body = b"".join(fresh.response)  # type: ignore[arg-type]  # bytes here
-                finally:
-                    fresh.close()
-                headers = [(k, v) for k, v in fresh.headers.items()
-                           if k.lower() != "content-length"]
+                body, headers = drained(fresh)
                 hit = (etag, fresh.status_code, headers, body)
                 with self._lock:
                     self._answers[etag] = hit
@@ -384,12 +379,17 @@ def corrected(response: Response, fix: Callable[[bytes], bytes]) -> Response:
     """A successful answer of MapServer with its document rewritten by ``fix``."""
     if response.status_code != 200:
         return response
+    body, headers = drained(response)
+    return Response(fix(body), status=200, headers=headers)
+
+
+def drained(response: Response) -> tuple[bytes, list[tuple[str, str]]]:
+    """A streamed answer's whole body, and its headers but the length (the body may change)."""
     try:
         body = b"".join(response.response)  # type: ignore[arg-type]  # bytes here
     finally:
         response.close()
-    headers = [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
-    return Response(fix(body), status=200, headers=headers)
+    return body, [(k, v) for k, v in response.headers.items() if k.lower() != "content-length"]
 
 
 def _client_pairs() -> list[tuple[str, str]] | Response:
