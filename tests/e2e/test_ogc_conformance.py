@@ -20,6 +20,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +72,19 @@ class Receiver:
         raise TimeoutError(f"no callback to {path}: {[p for p, _ in self.received]}")
 
 
+
+def damaged_tile(source: Path, target: Path) -> Path:
+    """``source`` as a tiled DEFLATE GeoTIFF whose top-left tile's bytes are garbage."""
+    rasterio.shutil.copy(source, target, driver="GTiff", tiled=True, blockxsize=256,
+                         blockysize=256, compress="deflate")
+    with rasterio.open(target) as tiff:  # pixel-interleaved: one block holds every band
+        offset = int(tiff.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(tiff.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    with open(target, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\xff" * size)
+    return target
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     from aquamask.processes.demo import make_demo_scene
@@ -79,12 +93,10 @@ def site(tmp_path_factory):
     data = home / "data"
     make_demo_scene(data / "demo.tif", size=256)
     make_demo_scene(data / "big.tif", size=2048)  # U-Net for several seconds: a running job
-    # a COG (its header first) cut short: it opens, but its pixels do not read, so a job on
-    # it fails as it runs
-    rasterio.shutil.copy(make_demo_scene(home / "whole.tif", size=512), home / "cog.tif",
-                         driver="COG")
-    whole = (home / "cog.tif").read_bytes()
-    (data / "broken.tif").write_bytes(whole[:len(whole) // 3])
+    # one damaged tile in a corner: the file opens and the pixels sampled at submission (for
+    # the reflectance scale, away from the corners) read, so a job on it starts and fails
+    # as it runs
+    damaged_tile(make_demo_scene(home / "whole.tif", size=2048), data / "broken.tif")
     # the demo scene in lon/lat: a coverage whose steps (~9e-05 degrees) need every digit
     with rasterio.open(data / "demo.tif") as demo, WarpedVRT(demo, crs="EPSG:4326") as vrt:
         rasterio.shutil.copy(vrt, data / "geo.tif", driver="GTiff")
