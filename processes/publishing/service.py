@@ -38,8 +38,9 @@ from typing import Any, Callable
 from aquamask.processes.procfs import command_line
 from aquamask.processes.publishing.base import Publisher, load_publisher
 from aquamask.processes.publishing.geoserver import GeoServerError, GeoServerPublisher
-from aquamask.processes.publishing.mapserver import product_facts
+from aquamask.processes.publishing.mapserver import product_facts, scene_facts
 from aquamask.processes.publishing.names import (
+    derived_id,
     job_of,
     layer_name,
     series_name,
@@ -49,6 +50,7 @@ from aquamask.processes.publishing.names import (
 from aquamask.processes.settings import Settings
 from aquamask.processes.storage.jobstore import job_store
 from aquamask.processes.storage.results import results_store
+from aquamask.processes.styles import SCENE_VIEWS
 from aquamask.processes.types import Layer, MaskStats, Product
 
 LOGGER = logging.getLogger(__name__)
@@ -379,6 +381,27 @@ def publish_embedded(product: Product, settings: Settings) -> Layer:
     layer = load_publisher(settings).publish(product, row)
     job_store(settings).put_layer(row)
     return layer
+
+
+def publish_scene(product: Product, settings: Settings) -> list[str]:
+    """The input scene of ``product`` (its ``scene_cog``) as a layer per view in
+    ``SCENE_VIEWS``, on the embedded engine alone (GeoServer is given masks only): rows of the
+    product's job, so they have its owner and visibility and are unpublished with it. The
+    names of the layers published."""
+    if product.scene_cog is None:
+        return []
+    embedded = load_publisher(settings)
+    mask_row = _layer_row(product, settings, series=None, engine=EMBEDDED, state=PUBLISHED)
+    names = []
+    for view in SCENE_VIEWS:
+        scene_id = derived_id(product.id, view)
+        row = dict(mask_row, product_id=scene_id, name=layer_name(scene_id),
+                   facts=scene_facts(product, view, results_store(settings)),
+                   geoserver=None, attempts=0)
+        embedded.publish(product, row)  # its files before the row that shows it
+        job_store(settings).put_layer(row)
+        names.append(row["name"])
+    return names
 
 
 def engine(publisher: str, settings: Settings) -> Publisher:
