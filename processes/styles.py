@@ -56,6 +56,9 @@ SCENE_BANDS = ("B02", "B03", "B04", "B08", "B11")
 STRETCH_TAG = "AQUAMASK_STRETCH"
 SCENE_VIEWS = {"truecolor": ("True colour", ("B04", "B03", "B02")),
                "falsecolor": ("False colour (SWIR, NIR, red)", ("B11", "B08", "B04"))}
+# the water probability beside the mask: drawn white (0) to the mask's blue (1), and answering
+# GetFeatureInfo with the probability under a pixel
+PROBABILITY_VIEW = "probability"
 
 def raster_style(tags: dict[str, str]) -> str:
     """The style a COG asks for in its ``AQUAMASK_STYLE`` tag (monitoring products: ``change``,

@@ -50,6 +50,7 @@ from aquamask.processes.styles import (
     BAND_DESCRIPTIONS,
     CHANGE_CLASSES,
     FREQUENCY_CLASSES,
+    PROBABILITY_VIEW,
     RANGE_LABELS,
     SCENE_VIEWS,
     STRETCH_TAG,
@@ -234,6 +235,23 @@ def scene_facts(product: Product, view: str, results_store=None) -> dict[str, An
                         "band's 2 and 98 % percentiles."}
 
 
+def probability_facts(product: Product, results_store=None) -> dict[str, Any]:
+    """The ``facts`` of the layer of a product's water probability (``probability_cog``)."""
+    import contextlib
+
+    import rasterio
+
+    if product.probability_cog is None:
+        raise ValueError(f"{product.id} has no probability")
+    path, env = _product_path(Path(product.probability_cog), results_store)
+    with env or contextlib.nullcontext(), rasterio.open(str(path)) as src:
+        grid = _grid(src, path.name)
+    return {**grid, "style": PROBABILITY_VIEW, "path": str(path), "bbox_wgs84": _bbox(product),
+            "crs": product.crs, "title": f"Water probability: {product.title or product.id}",
+            "abstract": f"The water probability (0 to 1) that water mask {product.id} was "
+                        "thresholded from, white to blue; GetFeatureInfo answers it."}
+
+
 class MapServerPublisher(Publisher):
     """Derives MapServer's files in ``workdir`` from the layer rows of ``store``.
 
@@ -345,11 +363,12 @@ class MapServerPublisher(Publisher):
             "abstract": facts.get("abstract") or "",
             "style": facts.get("style") or "water",
         }
-        scene = layer["style"] in SCENE_VIEWS
-        if scene:
+        if layer["style"] in SCENE_VIEWS:
             layer.update(bands=[int(b) for b in facts["bands"]],
                          scale=[[float(v) for v in pair] for pair in facts["scale"]])
-        block = _templates().get_template(SCENE_TEMPLATE if scene else LAYER_TEMPLATE).render(
+        template = SCENE_TEMPLATE if layer["style"] in (*SCENE_VIEWS, PROBABILITY_VIEW) \
+            else LAYER_TEMPLATE
+        block = _templates().get_template(template).render(
             format=FORMAT, layer=layer, water_rgb=WATER_RGB, change_classes=CHANGE_CLASSES,
             frequency_classes=FREQUENCY_CLASSES, range_labels=RANGE_LABELS,
             band_descriptions=BAND_DESCRIPTIONS, end_marker=END_MARKER)

@@ -1,6 +1,7 @@
-"""The input scene under a water mask: its display bands written beside the mask, published as a
-true colour and a false colour layer of the mask's job (same owner and visibility, removed with
-it), drawn stretched from each band's 2-98 % range."""
+"""What a viewer shows with a water mask: the input scene's display bands written beside the
+mask, published as a true colour and a false colour layer of the mask's job (same owner and
+visibility, removed with it) drawn stretched from each band's 2-98 % range, and the water
+probability as a layer answering GetFeatureInfo."""
 from __future__ import annotations
 
 import json
@@ -18,9 +19,12 @@ from tests.support.mapserver import (
     BOB,
     GRIDS,
     SIZE,
+    WATER,
+    WATER_PIXEL,
     layer_names,
     make_product,
     ows_app,
+    png_rgba,
     write_mask_cog,
 )
 
@@ -49,15 +53,25 @@ def scene_of(crs: str = "EPSG:32630") -> Scene:
     return Scene(href="scene.tif", profile=profile, bands=bands, read=read)
 
 
+def write_probability(path, crs: str = "EPSG:32630"):
+    """0.9 on the mask's water, 0.1 elsewhere."""
+    probability = np.full((SIZE, SIZE), 0.1, np.float32)
+    probability[WATER] = 0.9
+    with rasterio.open(path, "w", driver="GTiff", width=SIZE, height=SIZE, count=1,
+                       dtype="float32", crs=crs, transform=GRIDS[crs]) as dst:
+        dst.write(probability, 1)
+    return path
+
+
 @pytest.fixture
 def published(catalogue, tmp_path):
-    """Alice's water detection job with its mask and scene published."""
+    """Alice's water detection job with its mask, scene and probability published."""
     mask = write_mask_cog(tmp_path / "product" / "mask.tif")
-    scene_cog = write_scene_cog(scene_of(), mask.path.parent)
     catalogue.publish(mask, JOB, owner=ALICE)
     product = make_product(mask, JOB, title="Water detection (test)")
-    product.scene_cog = scene_cog
-    names = publishing.publish_scene(product, catalogue.settings)
+    product.scene_cog = write_scene_cog(scene_of(), mask.path.parent)
+    product.probability_cog = write_probability(mask.path.parent / "probability.tif")
+    names = publishing.publish_views(product, catalogue.settings)
     return mask, names
 
 
@@ -80,10 +94,9 @@ def bbox_query(mask) -> str:
 
 @pytest.mark.parametrize("view", list(EXPECTED))
 def test_the_scene_layers_draw_the_scene_stretched(catalogue, published, view):
-    from tests.support.mapserver import png_rgba
-
     mask, names = published
-    assert names == [f"water-{JOB}--truecolor", f"water-{JOB}--falsecolor"]
+    assert names == [f"water-{JOB}--truecolor", f"water-{JOB}--falsecolor",
+                     f"water-{JOB}--probability"]
     client = ows_app(catalogue, ALICE).test_client()
     response = client.get(
         f"/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS=water-{JOB}--{view}&STYLES="
@@ -94,6 +107,26 @@ def test_the_scene_layers_draw_the_scene_stretched(catalogue, published, view):
     assert tuple(image[32, 32]) == pytest.approx((*left, 255), abs=3)
     assert tuple(image[32, SIZE - 32]) == pytest.approx((*right, 255), abs=3)
     assert image[240, 64, 3] == 0  # no data is transparent
+
+
+def test_the_probability_layer_draws_and_answers_the_probability(catalogue, published):
+    mask, _ = published
+    client = ows_app(catalogue, ALICE).test_client()
+    layer = f"water-{JOB}--probability"
+    image = png_rgba(client.get(
+        f"/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetMap&LAYERS={layer}&STYLES="
+        f"&{bbox_query(mask)}&FORMAT=image/png&TRANSPARENT=TRUE").data)
+    row, col = WATER_PIXEL
+    # white (0) to the mask's blue (1): 0.9 is nearly blue, 0.1 nearly white
+    assert tuple(image[row, col]) == pytest.approx((26, 126, 255, 255), abs=3)
+    assert tuple(image[16, 16]) == pytest.approx((230, 240, 255, 255), abs=3)
+    response = client.get(
+        f"/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetFeatureInfo&LAYERS={layer}"
+        f"&QUERY_LAYERS={layer}&STYLES=&{bbox_query(mask)}&I={col}&J={row}"
+        "&INFO_FORMAT=application/json&FORMAT=image/png")
+    assert response.status_code == 200, response.data
+    (feature,) = json.loads(response.data)["features"]
+    assert float(feature["properties"]["value_0"]) == pytest.approx(0.9)
 
 
 def test_the_scene_layers_are_listed_with_titles_for_their_owner_only(catalogue, published):
