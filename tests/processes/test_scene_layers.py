@@ -21,6 +21,7 @@ from tests.support.mapserver import (
     SIZE,
     WATER,
     WATER_PIXEL,
+    coverage_ids,
     layer_names,
     make_product,
     ows_app,
@@ -136,6 +137,10 @@ def test_the_scene_layers_are_listed_with_titles_for_their_owner_only(catalogue,
     assert set(names) <= set(layer_names(listed))
     assert b"True colour: Water detection (test)" in listed
     assert b"False colour (SWIR, NIR, red): Water detection (test)" in listed
+    # pictures, not data: no WCS coverage
+    wcs = ows_app(catalogue, ALICE).test_client().get(
+        "/ows?SERVICE=WCS&VERSION=2.0.1&REQUEST=GetCapabilities").data
+    assert coverage_ids(wcs) == [f"water-{JOB}"]
     bob = ows_app(catalogue, BOB).test_client()
     assert not set(names) & set(layer_names(bob.get(caps).data))
     mask, _ = published
