@@ -49,6 +49,17 @@ STYLE_ABSTRACTS = {
 }
 
 
+# the input scene of a water detection, shown under its mask: the bands its COG holds
+# (pipeline.products.write_scene_cog), each band's stretch in STRETCH_TAG, and the two views of
+# it that are published (view: title, its red, green and blue bands)
+SCENE_BANDS = ("B02", "B03", "B04", "B08", "B11")
+STRETCH_TAG = "AQUAMASK_STRETCH"
+SCENE_VIEWS = {"truecolor": ("True colour", ("B04", "B03", "B02")),
+               "falsecolor": ("False colour (SWIR, NIR, red)", ("B11", "B08", "B04"))}
+# the water probability beside the mask: drawn white (0) to the mask's blue (1), and answering
+# GetFeatureInfo with the probability under a pixel
+PROBABILITY_VIEW = "probability"
+
 def raster_style(tags: dict[str, str]) -> str:
     """The style a COG asks for in its ``AQUAMASK_STYLE`` tag (monitoring products: ``change``,
     ``frequency``); a plain water mask has none."""

@@ -98,7 +98,8 @@ class Mask:
 
 @dataclass
 class Product:
-    """A finished result on disk: the mask COG, its optional probability COG, the STAC item."""
+    """A finished result on disk: the mask COG, its optional probability COG, the STAC item,
+    and the input scene's display bands (``scene_cog``: water detection's products only)."""
 
     id: str
     directory: Path
@@ -110,6 +111,7 @@ class Product:
     probability_cog: Path | None = None
     title: str = ""
     datetime: dt.datetime | None = None
+    scene_cog: Path | None = None
 
 
 @dataclass

@@ -216,4 +216,5 @@ class WaterDetectionProcessor(AquamaskProcessor[DetectionRequest]):
         product = run_detection(request, self.settings, job_id, progress)
         progress(95, "publishing the WMS/WCS layer")
         layer = publishing.publish(product, self.settings)  # GeoServer, else/meanwhile here
+        publishing.publish_views(product, self.settings)
         return outputs_document(product, layer, request, self.settings.url)

@@ -90,13 +90,15 @@ def detect_product(scene: Scene, method: str, threshold: float, model: "WaterMod
                    work: Path, product_id: str, parameters: dict[str, Any],
                    results: "Path | ResultStore", started: dt.datetime, *,
                    with_probability: bool = True, fan_out: BlockFanOut | None = None,
+                   with_scene: bool = False,
                    progress: ProgressCallback = no_progress) -> tuple[Mask, Product]:
     """Detect water in ``scene`` (its files in ``work``), then write the product ``product_id``
     into ``results`` (a store, or a folder): its COGs and STAC item."""
     mask = detect(scene, method, threshold, work, model=model, progress=scaled(progress, 0, 97),
                   with_probability=with_probability, fan_out=fan_out)
     progress(97, "writing the cloud-optimized GeoTIFFs and the STAC item")
-    return mask, write_product(product_id, mask, scene, parameters, results, started)
+    return mask, write_product(product_id, mask, scene, parameters, results, started,
+                               with_scene=with_scene)
 
 
 def run_detection(request: DetectionRequest, settings: Settings, product_id: str,
@@ -121,7 +123,7 @@ def run_detection(request: DetectionRequest, settings: Settings, product_id: str
             _, product = detect_product(
                 scene, request.method, request.threshold, model, work, product_id,
                 request.parameters(), store, started, with_probability=request.probability,
-                fan_out=fan_out, progress=_detection_progress(progress))
+                fan_out=fan_out, with_scene=True, progress=_detection_progress(progress))
     except ResultStoreError:  # the object store's own words; nothing of the job was kept
         raise
     except OSError as err:  # asked now: the partial files are removed below

@@ -11,7 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pystac
+import rasterio
 from pyproj import CRS
 from rasterio.io import MemoryFile
 from rasterio.transform import array_bounds
@@ -23,8 +25,14 @@ from shapely.geometry import box, mapping
 from aquamask import __version__
 from aquamask.processes.constants import COG_MEDIA_TYPE, INVALID
 from aquamask.processes.files import write_atomic
+from aquamask.processes.pipeline.blocks import gtiff_profile, windows
 from aquamask.processes.pipeline.detection import release
-from aquamask.processes.styles import style_files, write_style_files
+from aquamask.processes.styles import (
+    SCENE_BANDS,
+    STRETCH_TAG,
+    style_files,
+    write_style_files,
+)
 from aquamask.processes.types import Mask, Product, Scene
 
 if TYPE_CHECKING:
@@ -33,6 +41,11 @@ if TYPE_CHECKING:
 MASK_FILE = "mask.tif"
 PROBABILITY_FILE = "probability.tif"
 ITEM_FILE = "item.json"
+# the input scene's display bands (styles.SCENE_BANDS), uint16 reflectance x 10000 (0: no
+# data), stretched by their 2-98 % percentiles when drawn
+SCENE_FILE = "scene.tif"
+STRETCH_PERCENTILES = (2, 98)
+SAMPLE_STEP = 8  # every 8th pixel of each row and column gives the percentiles
 PROCESSING_EXTENSION = "https://stac-extensions.github.io/processing/v1.2.0/schema.json"
 PROJECTION_EXTENSION = "https://stac-extensions.github.io/projection/v2.0.0/schema.json"
 # the mask's style files (``style_files``), as STAC assets
@@ -104,6 +117,33 @@ def write_cogs(mask: Mask, directory: Path) -> tuple[Path, Path | None]:
     finally:
         release(mask)  # the detection's rasters: in memory, or in the job's work folder
     return mask_cog, probability_cog
+
+
+def write_scene_cog(scene: Scene, directory: Path) -> Path:
+    """The display bands of ``scene`` as a COG in ``directory``, block by block, with their
+    stretch (``STRETCH_TAG``): the map engine reads this file, never the user's input."""
+    picks = [scene.bands.index(band) for band in SCENE_BANDS]
+    raw = directory / "scene.raw.tif"
+    samples = []
+    try:
+        with rasterio.open(raw, "w", **gtiff_profile(scene.profile, "uint16", 0,
+                                                      count=len(SCENE_BANDS))) as dst:
+            for window in windows(scene.width, scene.height):
+                data = scene.read(window)[picks]
+                valid = np.isfinite(data).all(axis=0)
+                values = np.where(valid, np.clip(np.nan_to_num(data), 1, 65535), 0)
+                dst.write(values.astype("uint16"), window=window)
+                step = values[:, ::SAMPLE_STEP, ::SAMPLE_STEP]
+                samples.append(step[:, valid[::SAMPLE_STEP, ::SAMPLE_STEP]])
+            sampled = np.concatenate(samples, axis=1)
+            stretch = {band: ([float(v) for v in np.percentile(sampled[i], STRETCH_PERCENTILES)]
+                              if sampled.shape[1] else [0.0, 10000.0])
+                       for i, band in enumerate(SCENE_BANDS)}
+            dst.update_tags(**{STRETCH_TAG: json.dumps(stretch)})
+            dst.descriptions = SCENE_BANDS
+        return to_cog(raw, directory / SCENE_FILE, resampling="average", nodata=0)
+    finally:
+        raw.unlink(missing_ok=True)
 
 
 def new_item(item_id: str, profile: dict[str, Any], properties: dict[str, Any], *,
@@ -214,11 +254,13 @@ def wgs84_bounds(profile: dict[str, Any]) -> tuple[float, float, float, float]:
 
 
 def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[str, Any],
-                  results: "Path | ResultStore", started: dt.datetime) -> Product:
+                  results: "Path | ResultStore", started: dt.datetime, *,
+                  with_scene: bool = False) -> Product:
     """Write COGs and STAC item into a staging folder, then commit it to the results store
     (a folder: renamed into place; an object store: uploaded, the item last), so a reader
     never sees a half-written product and a failure leaves nothing behind.
 
+    ``with_scene``: also the scene's display bands (``write_scene_cog``).
     ``results`` is a store or a folder. The product's paths are where GDAL reads its files
     (``ResultStore.gdal_path``: local paths, or /vsis3/... for an object store)."""
     from aquamask.processes.storage.results import LocalResultStore
@@ -228,6 +270,8 @@ def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[st
     try:
         mask_cog, probability_cog = write_cogs(mask, staging)
         write_style_files(mask_cog, "water")
+        if with_scene:
+            write_scene_cog(scene, staging)
         item = stac_item(product_id, mask, scene, parameters, started)
         write_item(item, staging / ITEM_FILE)
         store.commit(product_id, staging)
@@ -244,4 +288,5 @@ def write_product(product_id: str, mask: Mask, scene: Scene, parameters: dict[st
                    title=product_title("Water detection", mask.method, Path(scene.href).name
                                      + (f", acquired {scene.acquired:%Y-%m-%d}"
                                         if scene.acquired else ""), started),
-                   datetime=scene.acquired)
+                   datetime=scene.acquired,
+                   scene_cog=final / SCENE_FILE if with_scene else None)

@@ -50,7 +50,10 @@ from aquamask.processes.styles import (
     BAND_DESCRIPTIONS,
     CHANGE_CLASSES,
     FREQUENCY_CLASSES,
+    PROBABILITY_VIEW,
     RANGE_LABELS,
+    SCENE_VIEWS,
+    STRETCH_TAG,
     STYLE_ABSTRACTS,
     STYLE_DTYPES,
     WATER_RGB,
@@ -67,6 +70,7 @@ LAYERS_DIR, SERIES_DIR, VIEWS_DIR, SETS_DIR = "layers", "series", "views", "sets
 TEMPLATE = "mapfile.j2"
 LAYER_TEMPLATE = "mapfile-layer.j2"
 SERIES_TEMPLATE = "mapfile-series.j2"
+SCENE_TEMPLATE = "mapfile-scene.j2"
 # the first line of every file written; a file of another format is rendered again
 FORMAT = "aquamask mapfile format 4"
 END_MARKER = "# end of aquamask file\n"
@@ -144,6 +148,22 @@ def is_vsi(path: str | os.PathLike) -> bool:
     return str(path).startswith("/vsi")
 
 
+def _grid(src, name: str) -> dict[str, Any]:
+    """A raster's native extent, size, resolution and CRS."""
+    if src.crs is None:
+        raise ValueError(f"{name} has no CRS")
+    epsg = src.crs.to_epsg()
+    left, bottom, right, top = src.bounds
+    return {
+        "extent": [left, bottom, right, top],
+        "width": src.width,
+        "height": src.height,
+        "resolution": [abs(src.transform.a), abs(src.transform.e)],
+        "epsg": int(epsg) if epsg else None,
+        "wkt": src.crs.to_wkt(),
+    }
+
+
 def raster_facts(path: Path | str, env=None) -> dict[str, Any]:
     """What a mapfile needs from the COG itself: native extent, size, resolution, CRS, and
     the style it is drawn with. ``env``: the ``rasterio.Env`` to open it in (an object
@@ -157,31 +177,29 @@ def raster_facts(path: Path | str, env=None) -> dict[str, Any]:
         if src.count < 1 or src.dtypes[0] != STYLE_DTYPES[style]:
             raise ValueError(f"{Path(str(path)).name} is not a {STYLE_DTYPES[style]} "
                              + ("mask" if style == "water" else f"{style} raster"))
-        if src.crs is None:
-            raise ValueError(f"{Path(str(path)).name} has no CRS")
-        epsg = src.crs.to_epsg()
-        left, bottom, right, top = src.bounds
-        return {
-            "extent": [left, bottom, right, top],
-            "width": src.width,
-            "height": src.height,
-            "resolution": [abs(src.transform.a), abs(src.transform.e)],
-            "epsg": int(epsg) if epsg else None,
-            "wkt": src.crs.to_wkt(),
-            "style": style,
-        }
+        return {**_grid(src, Path(str(path)).name), "style": style}
+
+
+def _product_path(path: Path, results_store) -> tuple[Path, Any]:
+    """A product file's path as MapServer reads it, and the ``rasterio.Env`` to open it in."""
+    path = path if is_vsi(path) else path.expanduser().resolve()
+    safe_path(path)
+    return path, (results_store.gdal_env()
+                  if is_vsi(path) and results_store is not None else None)
+
+
+def _bbox(product: Product) -> list[float]:
+    bbox = [float(v) for v in product.bbox_wgs84]
+    if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
+        raise ValueError(f"invalid WGS84 bbox {product.bbox_wgs84!r}")
+    return bbox
 
 
 def product_facts(product: Product, results_store=None) -> dict[str, Any]:
     """The ``facts`` of a product's layer row: its COG's facts, WGS84 box, title, abstract."""
-    path = Path(product.mask_cog)
-    path = path if is_vsi(path) else path.expanduser().resolve()
-    safe_path(path)
-    facts = raster_facts(path, results_store.gdal_env()
-                         if is_vsi(path) and results_store is not None else None)
-    bbox = [float(v) for v in product.bbox_wgs84]
-    if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox):
-        raise ValueError(f"invalid WGS84 bbox {product.bbox_wgs84!r}")
+    path, env = _product_path(Path(product.mask_cog), results_store)
+    facts = raster_facts(path, env)
+    bbox = _bbox(product)
     stats = product.stats
     when = utc_time(product.datetime.isoformat()) if product.datetime else None
     abstract = STYLE_ABSTRACTS.get(facts["style"]) or (
@@ -191,6 +209,47 @@ def product_facts(product: Product, results_store=None) -> dict[str, Any]:
           "1 water, 255 no data.")
     return {**facts, "path": str(path), "bbox_wgs84": bbox, "crs": product.crs,
             "title": product.title or "Water mask", "abstract": abstract}
+
+
+def scene_facts(product: Product, view: str, results_store=None) -> dict[str, Any]:
+    """The ``facts`` of one view of a product's input scene (``SCENE_VIEWS``): its COG's grid,
+    the 1-based bands drawn as red, green and blue, and their stretch."""
+    import contextlib
+
+    import rasterio
+
+    if product.scene_cog is None:
+        raise ValueError(f"{product.id} has no scene")
+    path, env = _product_path(Path(product.scene_cog), results_store)
+    title, bands = SCENE_VIEWS[view]
+    with env or contextlib.nullcontext(), rasterio.open(str(path)) as src:
+        grid = _grid(src, path.name)
+        stretch = json.loads(src.tags()[STRETCH_TAG])
+        names = list(src.descriptions)
+    return {**grid, "style": view, "path": str(path), "bbox_wgs84": _bbox(product),
+            "crs": product.crs, "bands": [names.index(b) + 1 for b in bands],
+            "scale": [[float(v) for v in stretch[b]] for b in bands],
+            "title": f"{title}: {product.title or 'input scene'}",
+            "abstract": f"The input scene of water mask {product.id} in {title.lower()} "
+                        f"({', '.join(bands)} as red, green, blue), stretched between each "
+                        "band's 2 and 98 % percentiles."}
+
+
+def probability_facts(product: Product, results_store=None) -> dict[str, Any]:
+    """The ``facts`` of the layer of a product's water probability (``probability_cog``)."""
+    import contextlib
+
+    import rasterio
+
+    if product.probability_cog is None:
+        raise ValueError(f"{product.id} has no probability")
+    path, env = _product_path(Path(product.probability_cog), results_store)
+    with env or contextlib.nullcontext(), rasterio.open(str(path)) as src:
+        grid = _grid(src, path.name)
+    return {**grid, "style": PROBABILITY_VIEW, "path": str(path), "bbox_wgs84": _bbox(product),
+            "crs": product.crs, "title": f"Water probability: {product.title or product.id}",
+            "abstract": f"The water probability (0 to 1) that water mask {product.id} was "
+                        "thresholded from, white to blue; GetFeatureInfo answers it."}
 
 
 class MapServerPublisher(Publisher):
@@ -304,7 +363,12 @@ class MapServerPublisher(Publisher):
             "abstract": facts.get("abstract") or "",
             "style": facts.get("style") or "water",
         }
-        block = _templates().get_template(LAYER_TEMPLATE).render(
+        if layer["style"] in SCENE_VIEWS:
+            layer.update(bands=[int(b) for b in facts["bands"]],
+                         scale=[[float(v) for v in pair] for pair in facts["scale"]])
+        template = SCENE_TEMPLATE if layer["style"] in (*SCENE_VIEWS, PROBABILITY_VIEW) \
+            else LAYER_TEMPLATE
+        block = _templates().get_template(template).render(
             format=FORMAT, layer=layer, water_rgb=WATER_RGB, change_classes=CHANGE_CLASSES,
             frequency_classes=FREQUENCY_CLASSES, range_labels=RANGE_LABELS,
             band_descriptions=BAND_DESCRIPTIONS, end_marker=END_MARKER)

@@ -38,8 +38,13 @@ from typing import Any, Callable
 from aquamask.processes.procfs import command_line
 from aquamask.processes.publishing.base import Publisher, load_publisher
 from aquamask.processes.publishing.geoserver import GeoServerError, GeoServerPublisher
-from aquamask.processes.publishing.mapserver import product_facts
+from aquamask.processes.publishing.mapserver import (
+    probability_facts,
+    product_facts,
+    scene_facts,
+)
 from aquamask.processes.publishing.names import (
+    derived_id,
     job_of,
     layer_name,
     series_name,
@@ -49,6 +54,7 @@ from aquamask.processes.publishing.names import (
 from aquamask.processes.settings import Settings
 from aquamask.processes.storage.jobstore import job_store
 from aquamask.processes.storage.results import results_store
+from aquamask.processes.styles import PROBABILITY_VIEW, SCENE_VIEWS
 from aquamask.processes.types import Layer, MaskStats, Product
 
 LOGGER = logging.getLogger(__name__)
@@ -379,6 +385,30 @@ def publish_embedded(product: Product, settings: Settings) -> Layer:
     layer = load_publisher(settings).publish(product, row)
     job_store(settings).put_layer(row)
     return layer
+
+
+def publish_views(product: Product, settings: Settings) -> list[str]:
+    """What a viewer shows with a water mask: its input scene (``scene_cog``) in each of
+    ``SCENE_VIEWS``, and its water probability (``probability_cog``), as layers on the
+    embedded engine alone (GeoServer is given masks only). Rows of the product's job, so they
+    have its owner and visibility and are unpublished with it. The names of the layers."""
+    facts = {view: scene_facts(product, view, results_store(settings))
+             for view in SCENE_VIEWS if product.scene_cog is not None}
+    if product.probability_cog is not None:
+        facts[PROBABILITY_VIEW] = probability_facts(product, results_store(settings))
+    if not facts:
+        return []
+    embedded = load_publisher(settings)
+    mask_row = _layer_row(product, settings, series=None, engine=EMBEDDED, state=PUBLISHED)
+    names = []
+    for view, view_facts in facts.items():
+        view_id = derived_id(product.id, view)
+        row = dict(mask_row, product_id=view_id, name=layer_name(view_id), facts=view_facts,
+                   geoserver=None, attempts=0)
+        embedded.publish(product, row)  # its files before the row that shows it
+        job_store(settings).put_layer(row)
+        names.append(row["name"])
+    return names
 
 
 def engine(publisher: str, settings: Settings) -> Publisher:

@@ -15,6 +15,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image
@@ -262,6 +263,36 @@ def test_draw_a_box_run_and_see_the_water(page, server):
     image = screenshot_rgb(page)
     assert is_water_colour(image.getpixel(pixel_of(page, LAKE)))
     assert not is_water_colour(image.getpixel(pixel_of(page, DRY)))
+    assert page_errors(page) == []
+
+
+def test_the_scene_shows_under_the_mask_and_a_click_tells_class_and_probability(page, server):
+    open_viewer(page, server)
+    page.fill("#image", DEMO)
+    page.get_by_label("Method", exact=True).select_option("ndwi")
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_selector("#map[data-layer-state=shown]", timeout=120_000)
+    expect(page.locator("#scene-view")).to_be_visible()
+    mask = page.text_content("#layer-name")
+
+    def scene_tile(response) -> bool:
+        return f"LAYERS={mask}--truecolor" in response.url and "GetMap" in response.url
+
+    with page.expect_response(scene_tile) as tile:
+        page.get_by_label("True colour").check()
+    assert tile.value.status == 200
+    rgba = np.asarray(Image.open(io.BytesIO(tile.value.body())).convert("RGBA"))
+    assert (rgba[..., 3] == 255).any() and rgba[..., :3].std() > 5  # an image, not a blank
+    assert page.get_attribute("#map", "data-scene-layer") == f"{mask}--truecolor"
+    page.get_by_label("None").check()
+    assert page.get_attribute("#map", "data-scene-layer") == ""
+
+    page.mouse.click(*pixel_of(page, LAKE))
+    expect(page.locator("#point-info")).to_contain_text(re.compile(
+        r": Water, water probability \d\.\d\d$"))
+    page.mouse.click(*pixel_of(page, DRY))
+    expect(page.locator("#point-info")).to_contain_text(re.compile(
+        r": Dry, water probability \d\.\d\d$"))
     assert page_errors(page) == []
 
 

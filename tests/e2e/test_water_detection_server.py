@@ -7,6 +7,7 @@ it skip with the reason when it is absent.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import sqlite3
@@ -23,6 +24,8 @@ from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
 from aquamask.model.indices import ndwi
+from aquamask.processes.pipeline.products import SCENE_FILE
+from aquamask.processes.styles import SCENE_VIEWS, STRETCH_TAG
 from tests.support.server import SPAIN_IMAGE, SPAIN_LABEL, require_spain
 
 
@@ -129,6 +132,29 @@ def test_wms_getmap_draws_water_blue_and_dry_transparent(spain_job, server, tmp_
                 else:
                     assert pixel[3] == 0, pixel
                 break
+
+
+def test_the_input_scene_is_published_under_the_mask_stretched(spain_job, server):
+    """Each view of the scene draws its COG's bands stretched from their 2-98 % range."""
+    name = spain_job["layer"]["value"]["name"]
+    wms = WebMapService(f"{server.url}/ows", version="1.3.0")
+    with rasterio.open(server.results / name.removeprefix("water-") / SCENE_FILE) as src:
+        data = {band: src.read(i + 1).astype(float) for i, band in enumerate(src.descriptions)}
+        stretch = json.loads(src.tags()[STRETCH_TAG])
+        srs, bounds, size = f"EPSG:{src.crs.to_epsg()}", tuple(src.bounds), (src.width,
+                                                                             src.height)
+    valid = data["B04"] > 0
+    for view, (title, bands) in SCENE_VIEWS.items():
+        layer = f"{name}--{view}"
+        assert layer in wms.contents and wms[layer].title.startswith(title)
+        image = wms.getmap(layers=[layer], srs=srs, bbox=bounds, size=size,
+                           format="image/png", transparent=True)
+        rgba = np.asarray(Image.open(io.BytesIO(image.read())).convert("RGBA")).astype(float)
+        assert (rgba[..., 3][valid] == 255).all()
+        for channel, band in enumerate(bands):
+            low, high = stretch[band]
+            want = np.clip((data[band] - low) / (high - low) * 255, 0, 255)
+            assert np.median(np.abs(rgba[..., channel] - want)[valid]) <= 2, (view, band)
 
 
 def test_wcs_getcoverage_returns_the_mask_values(spain_job, server, tmp_path):

@@ -31,7 +31,9 @@ const el = {
   legendOther: $("#legend-other"), legendImage: $("#legend-image"),
   tokenSave: $("#token-save"), tokenClear: $("#token-clear"), authState: $("#auth-state"),
   auth: $("#auth"), login: $("#login"), clear: $("#clear-drawing"), seriesHint: $("#series-hint"),
+  sceneView: $("#scene-view"), pointInfo: $("#point-info"),
 };
+const POINT_HINT = el.pointInfo.textContent;
 
 const state = {
   config: null, caps: null, processId: "water-detection", scenes: [], results: [],
@@ -88,6 +90,7 @@ const map = createMap($("#map"), {
   onSceneClicked: (scene) => {
     if (currentSource() === "scene") chooseScene(scene, "clicked");
   },
+  onPointClicked: (urls, lonlat) => showPointInfo(urls, lonlat),
   onLayerError: (message) => showError(message),
   authHeaders,
   hasToken: () => Boolean(getToken()),
@@ -486,6 +489,12 @@ function showKind(doc) {
 
 async function showResults(doc, extra) {
   state.shownHref = extra.href || null;
+  // a water detection's mask has its input scene and probability beside it (a series' dates
+  // and the monitoring rasters do not)
+  state.withViews = extra.processId === "water-detection" && !Array.isArray(doc.timeseries);
+  el.sceneView.hidden = !state.withViews;
+  el.pointInfo.hidden = !state.withViews;
+  el.pointInfo.textContent = POINT_HINT;
   showKind(doc);
   let series = seriesFromResults(doc, extra);
   if (Array.isArray(doc.timeseries)) {  // a series job: its own dates, and only those
@@ -528,6 +537,39 @@ function showStep(i) {
   el.timeOut.textContent = `${dateText(entry.datetime)} (${i + 1} of ${state.series.length})`;
   el.layerName.textContent = (entry.layer && entry.layer.name) || "–";
   if (entry.layer) map.showLayer(entry.layer, entry.time, Number(el.opacity.value));
+  showViews();
+}
+
+function showViews() {
+  const entry = state.series[state.step];
+  const mask = state.withViews && entry && entry.layer ? entry.layer.name : null;
+  map.showViews(mask, el.sceneView.querySelector("input:checked").value);
+}
+
+el.sceneView.addEventListener("change", showViews);
+
+/** The first feature's properties of a GetFeatureInfo answer; null where there is none. */
+async function pointProperties(url) {
+  const doc = await (await call(url)).json();
+  return doc.features && doc.features.length ? doc.features[0].properties : null;
+}
+
+async function showPointInfo(urls, [lon, lat]) {
+  const where = `${fmt(lat, 5)}, ${fmt(lon, 5)}`;
+  el.pointInfo.textContent = `Looking up ${where}…`;
+  // the probability is there unless the job was asked not to write it
+  const [water, probability] = await Promise.allSettled(
+    [urls.water, urls.probability].map(pointProperties));
+  if (water.status === "rejected") {
+    el.pointInfo.textContent = `No answer for ${where}: ${water.reason.message}`;
+    return;
+  }
+  const props = water.value;
+  const chance = probability.status === "fulfilled" && probability.value
+    ? Number(probability.value.value_0) : NaN;
+  el.pointInfo.textContent = !props ? `${where}: no data (outside the image or not observed)`
+    : `${where}: ${props.class}` + (Number.isFinite(chance)
+      ? `, water probability ${fmt(chance, 2)}` : "");
 }
 
 el.time.addEventListener("input", () => showStep(Number(el.time.value)));

@@ -57,8 +57,8 @@ const SKETCH = new Style({
 const wgs84 = (extent) => transformExtent(extent, "EPSG:3857", "EPSG:4326");
 const webMercator = (bbox) => transformExtent(bbox, "EPSG:4326", "EPSG:3857");
 
-export function createMap(target, { onDrawn, onSceneClicked, onLayerError, authHeaders,
-                                    hasToken }) {
+export function createMap(target, { onDrawn, onSceneClicked, onPointClicked, onLayerError,
+                                    authHeaders, hasToken }) {
   target.tabIndex = 0;
   target.setAttribute("role", "application");
   target.setAttribute("aria-label", "Map. Arrow keys pan, plus and minus zoom.");
@@ -84,10 +84,13 @@ export function createMap(target, { onDrawn, onSceneClicked, onLayerError, authH
   // the result as 256 px WMS tiles on the view's tile grid: a pan or zoom fetches only the
   // tiles it has not seen, which the browser keeps (the server sends ETags and max-age)
   const resultLayer = new TileLayer({ zIndex: 10, opacity: 0.85 });
+  // the input scene of the mask (true or false colour), under it and above the base map
+  const sceneLayer = new TileLayer({ zIndex: 5 });
+  const owsUrl = new URL("ows", root).href;
 
   const map = new Map({
     target,
-    layers: [world, graticule, resultLayer, scenesLayer, drawnLayer],
+    layers: [world, graticule, sceneLayer, resultLayer, scenesLayer, drawnLayer],
     controls: defaultControls({ attributionOptions: { collapsible: true } })
       .extend([new ScaleLine()]),
     view: new View({ center: fromLonLat([0, 20]), zoom: 2, maxZoom: 20 }),
@@ -187,6 +190,7 @@ export function createMap(target, { onDrawn, onSceneClicked, onLayerError, authH
 
   map.on("singleclick", (event) => {
     if (draw) return;
+    if (viewsOf) onPointClicked(pointInfoUrls(event.coordinate), toLonLat(event.coordinate));
     const features = map.getFeaturesAtPixel(event.pixel, { layerFilter: (l) => l === scenesLayer,
                                                            hitTolerance: 3 });
     let hit = features.length ? features[0] : null;
@@ -287,6 +291,37 @@ export function createMap(target, { onDrawn, onSceneClicked, onLayerError, authH
     resultLayer.setSource(source);
   }
 
+  // -- what is shown with a water mask: its scene under it, its class and probability on click
+  let viewsOf = null;  // the mask layer whose scene and probability layers are shown, queried
+  let sceneName = null;
+  function showViews(mask, view) {
+    viewsOf = mask;
+    const name = mask && view ? `${mask}--${view}` : null;
+    if (name === sceneName) return;
+    sceneName = name;
+    if (!name) {
+      sceneLayer.setSource(null);
+      target.dataset.sceneLayer = "";
+      return;
+    }
+    const params = { LAYERS: name, FORMAT: "image/png", TRANSPARENT: true, VERSION: "1.3.0" };
+    const options = { url: owsUrl, params, transition: 0 };
+    if (hasToken()) options.tileLoadFunction = loadWithToken;
+    const source = new TileWMS(options);
+    source.on("tileloaderror", () => onLayerError(`The map server did not draw the layer ${name}.`));
+    sceneLayer.setSource(source);
+    target.dataset.sceneLayer = name;
+  }
+
+  /** GetFeatureInfo of the mask (its class) and of its probability at ``coordinate``. */
+  function pointInfoUrls(coordinate) {
+    const resolution = map.getView().getResolution();
+    const info = new TileWMS({ url: owsUrl, params: { VERSION: "1.3.0" } });
+    const url = (name) => info.getFeatureInfoUrl(coordinate, resolution, "EPSG:3857", {
+      LAYERS: name, QUERY_LAYERS: name, INFO_FORMAT: "application/json" });
+    return { water: url(viewsOf), probability: url(`${viewsOf}--probability`) };
+  }
+
   function clearDrawing() {
     drawn.clear();
   }
@@ -294,12 +329,13 @@ export function createMap(target, { onDrawn, onSceneClicked, onLayerError, authH
   function hideLayer() {
     shownKey = null;
     resultLayer.setSource(null);
+    showViews(null, null);
     setLayerState("none");
   }
 
   return {
     setTool, showBox, setScenes, selectScene, fitBbox, setBasemap, showLayer, hideLayer,
-    clearDrawing,
+    showViews, clearDrawing,
     setOpacity: (value) => resultLayer.setOpacity(value),
     showScenes: (visible) => scenesLayer.setVisible(visible),
     debug: {
