@@ -234,11 +234,14 @@ def _job_pid(server, job_id: str) -> int:
         return db.execute("select pid from jobs where identifier = ?", (job_id,)).fetchone()[0]
 
 
-def _big_scene(server) -> str:
+@pytest.fixture
+def big_scene(server, data_files) -> str:
+    """A 2048² scene in the session server's data root, removed after the test (the viewer's
+    tests pick scenes from that folder)."""
     from aquamask.processes.demo import make_demo_scene
     path = server.data_root / "big" / "scene.tif"
-    if not path.exists():
-        make_demo_scene(path, size=2048)
+    make_demo_scene(path, size=2048)
+    data_files.append(path)
     return "big/scene.tif"
 
 
@@ -249,8 +252,8 @@ def _wait_running(server, job_url: str) -> None:
         time.sleep(0.05)
 
 
-def test_dismissing_a_running_job_stops_it_and_removes_everything(server):
-    response = server.execute({"image": {"href": _big_scene(server)}}, asynchronous=True)
+def test_dismissing_a_running_job_stops_it_and_removes_everything(server, big_scene):
+    response = server.execute({"image": {"href": big_scene}}, asynchronous=True)
     job_url = response.headers["Location"]
     job_id = job_url.rsplit("/", 1)[1]
     _wait_running(server, job_url)
@@ -265,8 +268,8 @@ def test_dismissing_a_running_job_stops_it_and_removes_everything(server):
     assert not [p for p in server.results.iterdir() if job_id in p.name]
 
 
-def test_a_killed_worker_ends_the_job_failed_with_the_reason(server):
-    response = server.execute({"image": {"href": _big_scene(server)}}, asynchronous=True)
+def test_a_killed_worker_ends_the_job_failed_with_the_reason(server, big_scene):
+    response = server.execute({"image": {"href": big_scene}}, asynchronous=True)
     job_url = response.headers["Location"]
     job_id = job_url.rsplit("/", 1)[1]
     _wait_running(server, job_url)
@@ -296,7 +299,8 @@ def _job_record(server, job_id: str) -> dict:
     return JobStore(f"sqlite:///{server.home}/jobs.sqlite").get(job_id)
 
 
-def test_small_sync_jobs_run_in_the_web_worker_and_large_ones_in_a_worker_process(server):
+def test_small_sync_jobs_run_in_the_web_worker_and_large_ones_in_a_worker_process(server,
+                                                                                big_scene):
     web_workers = {int(p) for p in subprocess.run(
         ["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout.split()}
     small = server.execute({"image": {"href": "demo/demo-scene.tif"}, "method": "ndwi"})
@@ -304,7 +308,7 @@ def test_small_sync_jobs_run_in_the_web_worker_and_large_ones_in_a_worker_proces
     record = _job_record(server, small.json()["mask"]["href"].split("/")[-2])
     assert record["runner"] == "inline" and record["pid"] in web_workers
     assert record["status"] == "successful" and record["progress"] == 100
-    large = server.execute({"image": {"href": _big_scene(server)}, "method": "ndwi",
+    large = server.execute({"image": {"href": big_scene}, "method": "ndwi",
                             "probability": False})  # 2048² px: over jobs.inline_max_pixels
     assert large.status_code == 200, large.text
     record = _job_record(server, large.json()["mask"]["href"].split("/")[-2])
