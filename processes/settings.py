@@ -95,6 +95,7 @@ class DetectionSettings:
     weights_dir: str | None  # the operator's own weights, beside the shipped ones
     device: str | None
     fan_out_pixels: Size
+    scene_layers_max_pixels: Size  # 0: the input scene is never published beside the mask
 
 
 @dataclass(config=_SECTION)

@@ -123,7 +123,9 @@ def run_detection(request: DetectionRequest, settings: Settings, product_id: str
             _, product = detect_product(
                 scene, request.method, request.threshold, model, work, product_id,
                 request.parameters(), store, started, with_probability=request.probability,
-                fan_out=fan_out, with_scene=True, progress=_detection_progress(progress))
+                fan_out=fan_out, progress=_detection_progress(progress),
+                with_scene=scene.width * scene.height
+                <= settings.detection.scene_layers_max_pixels)
     except ResultStoreError:  # the object store's own words; nothing of the job was kept
         raise
     except OSError as err:  # asked now: the partial files are removed below

@@ -155,3 +155,26 @@ def test_the_scene_layers_are_removed_with_their_job(catalogue, published):
     assert set(names) <= set(catalogue.names())
     catalogue.unpublish(JOB)
     assert catalogue.names() == []
+
+
+@pytest.mark.parametrize("cap, published", [(10**8, True), (100, False)])
+def test_the_scene_is_written_only_up_to_its_pixel_cap(tmp_path, demo_scene, cap, published):
+    """``detection.scene_layers_max_pixels``: a whole tile's display COG costs tens of seconds,
+    so larger scenes get their mask without the scene views."""
+    import shutil
+
+    from aquamask.processes.ogc.water_detection import parse_inputs
+    from aquamask.processes.pipeline.flow import run_detection
+    from aquamask.processes.settings import Settings
+    from aquamask.processes.storage.jobstore import JobStore
+    from aquamask.processes.types import no_progress
+
+    settings = Settings.load(environ={"AQUAMASK__HOME": str(tmp_path),
+                                      "AQUAMASK__DETECTION__SCENE_LAYERS_MAX_PIXELS": str(cap)})
+    settings.ensure_dirs()
+    JobStore(settings.database_url)
+    shutil.copy(demo_scene, settings.data_root / "scene.tif")
+    product = run_detection(parse_inputs({"image": {"href": "scene.tif"}, "method": "ndwi"},
+                                         settings), settings, f"cap-{cap}", no_progress)
+    assert (product.scene_cog is not None) is published
+    assert (product.directory / SCENE_FILE).exists() is published

@@ -61,7 +61,7 @@ def test_bbox_crs_follows_its_axis_order(settings):
     ({}, MissingInput, "'image' is required"),
     ({"image": {"href": "a.tif"}, "bbox": BBOX, "datetime": "2023-08-01"}, InvalidInput,
      "either 'image' or a place"),
-    ({"image": {"href": "a.tif"}, "datetime": "2023-08-01"}, InvalidInput,
+    ({"image": {"href": "a.tif"}, "max_cloud_cover": 20}, InvalidInput,
      "only go with a place"),
     ({"bbox": BBOX, "geometry": {"type": "Polygon", "coordinates": []},
       "datetime": "2023-08-01"}, InvalidInput, "not both"),
