@@ -61,6 +61,7 @@ from werkzeug.exceptions import (
     RequestTimeout,
 )
 
+from aquamask.processes.errors import exception_document
 from aquamask.processes.settings import Settings
 from aquamask.server import health
 
@@ -113,8 +114,7 @@ def error_response(error: HTTPException) -> bytes:
     bytes on the wire, closing the connection."""
     status = error.code or 500
     code = error.name.replace(" ", "")
-    body = json.dumps({"type": code, "code": code, "title": HTTPStatus(status).phrase,
-                       "status": status, "description": error.description or ""}).encode()
+    body = json.dumps(exception_document(status, code, error.description or "")).encode()
     head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
             "Content-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n"

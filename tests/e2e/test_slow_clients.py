@@ -129,7 +129,7 @@ def test_slowloris_holds_no_thread_and_is_answered_408_at_the_header_deadline(fr
     assert len(latencies) >= 2 * HEADER_TIMEOUT_S - 4  # normal requests all the while
     assert max(latencies) < 1.5, latencies
     assert [status_of(a) for a in answers.values()] == [408] * 16
-    assert json_of(next(iter(answers.values())))["type"] == "RequestTimeout"
+    assert json_of(next(iter(answers.values())))["code"] == "RequestTimeout"
     # a deadline for the whole head, whatever the client keeps sending
     assert HEADER_TIMEOUT_S - 0.5 < min(answered_after) <= max(answered_after) \
         < HEADER_TIMEOUT_S + 2, answered_after

@@ -157,8 +157,10 @@ def test_the_error_answer_is_the_apps_json_on_a_closed_connection():
     lines = head.decode().split("\r\n")
     assert lines[0] == "HTTP/1.1 413 Request Entity Too Large"
     assert "Connection: close" in lines and f"Content-Length: {len(body)}" in lines
-    assert json.loads(body) == {"type": "RequestEntityTooLarge", "code": "RequestEntityTooLarge",
+    # the app's exception document (problem details with the OWS code and description)
+    assert json.loads(body) == {"type": "about:blank", "code": "RequestEntityTooLarge",
                                 "title": "Request Entity Too Large", "status": 413,
+                                "detail": "the request body is larger than 5 bytes",
                                 "description": "the request body is larger than 5 bytes"}
 
 
