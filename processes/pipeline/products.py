@@ -15,7 +15,9 @@ import numpy as np
 import pystac
 import rasterio
 from pyproj import CRS
+from rasterio.errors import RasterioIOError
 from rasterio.io import MemoryFile
+from rasterio.shutil import delete
 from rasterio.transform import array_bounds
 from rasterio.warp import transform_bounds
 from rio_cogeo.cogeo import cog_translate
@@ -26,7 +28,7 @@ from aquamask import __version__
 from aquamask.processes.constants import COG_MEDIA_TYPE, INVALID
 from aquamask.processes.files import write_atomic
 from aquamask.processes.pipeline.blocks import gtiff_profile, windows
-from aquamask.processes.pipeline.detection import release
+from aquamask.processes.pipeline.detection import intermediate_folder, release
 from aquamask.processes.styles import (
     SCENE_BANDS,
     STRETCH_TAG,
@@ -123,7 +125,10 @@ def write_scene_cog(scene: Scene, directory: Path) -> Path:
     """The display bands of ``scene`` as a COG in ``directory``, block by block, with their
     stretch (``STRETCH_TAG``): the map engine reads this file, never the user's input."""
     picks = [scene.bands.index(band) for band in SCENE_BANDS]
-    raw = directory / "scene.raw.tif"
+    # in memory when it fits, like detection's rasters: only the COG reaches the disk, and a
+    # full disk is then Python's error (to_cog), not GDAL's
+    raw_bytes = scene.width * scene.height * len(SCENE_BANDS) * 2  # uint16 bands
+    raw = intermediate_folder(directory, raw_bytes, False) / "scene.raw.tif"
     samples = []
     try:
         with rasterio.open(raw, "w", **gtiff_profile(scene.profile, "uint16", 0,
@@ -143,7 +148,10 @@ def write_scene_cog(scene: Scene, directory: Path) -> Path:
             dst.descriptions = SCENE_BANDS
         return to_cog(raw, directory / SCENE_FILE, resampling="average", nodata=0)
     finally:
-        raw.unlink(missing_ok=True)
+        try:
+            delete(str(raw))
+        except RasterioIOError:
+            pass  # never written
 
 
 def new_item(item_id: str, profile: dict[str, Any], properties: dict[str, Any], *,
