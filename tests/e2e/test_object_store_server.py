@@ -19,11 +19,13 @@ import requests
 from PIL import Image
 from rio_cogeo.cogeo import cog_validate
 
+from aquamask.processes.pipeline.products import SCENE_FILE
 from aquamask.processes.styles import style_files
 from tests.support.server import job_id_of, start_server
 
-# a water mask's objects: the COGs, the STAC item and the style files beside the mask
-MASK_FILES = sorted(["item.json", "mask.tif", "probability.tif",
+# a water mask's objects: the COGs, the scene's display bands (scene views), the STAC item and
+# the style files beside the mask
+MASK_FILES = sorted(["item.json", "mask.tif", "probability.tif", SCENE_FILE,
                      *style_files("mask.tif", "water")])
 
 BLUE = np.array([0, 112, 255])
