@@ -97,6 +97,13 @@ def expect(locator):
     return playwright_expect(locator)
 
 
+def run_job(page, timeout_ms: int = 120_000) -> str:
+    """Press Run and wait for the job's end: its final state."""
+    page.get_by_role("button", name="Run").click()
+    page.wait_for_selector("#progress[data-final]", timeout=timeout_ms)
+    return page.get_attribute("#progress", "data-final")
+
+
 def open_viewer(page, server) -> None:
     page.goto(f"{server.url}/viewer")
     page.wait_for_selector("body[data-ready=true]")
@@ -205,11 +212,7 @@ def test_draw_a_box_run_and_see_the_water(page, server):
              (west + 0.45 * (east - west), south + 0.45 * (north - south)))
     expect(page.locator("#image")).to_have_value(DEMO)
     page.get_by_label("Method", exact=True).select_option("ndwi")
-    page.get_by_role("button", name="Run").click()
-
-    page.wait_for_selector("#progress[data-final]", timeout=120_000)
-    assert page.get_attribute("#progress", "data-final") == "successful", \
-        page.text_content("#error")
+    assert run_job(page) == "successful", page.text_content("#error")
     page.wait_for_selector("#map[data-layer-state=shown]", timeout=60_000)
     assert page.eval_on_selector("#progress", "e => e.value") == 100
     assert page.text_content("#progress-text") == "100 %"
@@ -407,9 +410,7 @@ def test_a_place_and_dates_run_as_a_time_series(page, place_server):
         page.fill("#date-start", start)
         page.fill("#date-end", end)
         page.evaluate("document.querySelector('#progress').removeAttribute('data-final')")
-        page.get_by_role("button", name="Run").click()
-        page.wait_for_selector("#progress[data-final]", timeout=120_000)
-        return page.get_attribute("#progress", "data-final")
+        return run_job(page)
 
     # typed by keyboard: no scene on those dates, so the job fails with the server's reason
     page.get_by_label(re.compile(r"^Bounding box")).fill(
@@ -493,10 +494,7 @@ def test_a_dragged_box_keeps_both_corners_and_its_area_is_the_box_area(page, pla
     assert is_drawn_colour(image.getpixel(pixel_of(page, ((west + east) / 2, north))))
     page.fill("#date-start", "2024-06-01")
     page.fill("#date-end", "2024-06-30")
-    page.get_by_role("button", name="Run").click()
-    page.wait_for_selector("#progress[data-final]", timeout=120_000)
-    assert page.get_attribute("#progress", "data-final") == "successful", \
-        page.text_content("#error")
+    assert run_job(page) == "successful", page.text_content("#error")
     job = requests.get(f"{place_server.url}/viewer/api/results", timeout=30).json()["results"][0]
     assert job["inputs"]["bbox"] == pytest.approx(drawn, abs=1e-5)  # the field shows 5 digits
     w, s, e, n = job["inputs"]["bbox"]
@@ -693,10 +691,7 @@ def test_the_chart_shows_one_series_and_nothing_else(page, series_server):
     page.get_by_label("Method", exact=True).select_option("ndwi")
     page.fill("#date-start", "2024-05-01")
     page.fill("#date-end", "2024-06-30")
-    page.get_by_role("button", name="Run").click()
-    page.wait_for_selector("#progress[data-final]", timeout=180_000)
-    assert page.get_attribute("#progress", "data-final") == "successful", \
-        page.text_content("#error")
+    assert run_job(page, 180_000) == "successful", page.text_content("#error")
     page.wait_for_selector("#map[data-layer-state=shown]", timeout=60_000)
     job = requests.get(f"{srv.url}/jobs?f=json&limit=1", timeout=30).json()["jobs"][0]
     assert job["processID"] == "water-timeseries"
