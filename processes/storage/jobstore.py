@@ -284,9 +284,9 @@ class JobStore:
                                                   f"{column.name} {kind}"))
                         for index in table.indexes:
                             index.create(conn, checkfirst=True)
-                    if conn.execute(select(func.count()).select_from(catalogue)).scalar_one() \
-                            == 0:
-                        conn.execute(catalogue.insert().values(id=1, revision=0))
+                    # its one row, by whichever process gets there first (no read, then
+                    # write: two processes starting together would both insert)
+                    self._insert_if_absent(conn, catalogue, "id", id=1, revision=0)
                 return
             except exc.IntegrityError:
                 if attempt == 2:
@@ -347,16 +347,22 @@ class JobStore:
             return True
         return self._begin(work)
 
-    def _lock_owner(self, conn: Connection, owner: str) -> None:
-        """Write the owner's row: its lock serialises this owner's submissions until commit."""
+    def _insert_if_absent(self, conn: Connection, table: Table, key: str,
+                          **values: Any) -> None:
+        """``values`` as a row of ``table`` unless one with its ``key`` exists: race-free on
+        SQLite and PostgreSQL (ON CONFLICT DO NOTHING), read then write elsewhere."""
         insert = {"sqlite": sqlite_insert, "postgresql": postgresql_insert}.get(
             self.engine.dialect.name)
         if insert is not None:
-            conn.execute(insert(owners).values(owner=owner, submissions=0)  # both dialects'
-                         .on_conflict_do_nothing(index_elements=["owner"]))  # type: ignore
-        elif conn.execute(select(owners.c.owner).where(owners.c.owner == owner)).first() \
+            conn.execute(insert(table).values(**values)  # both dialects'
+                         .on_conflict_do_nothing(index_elements=[key]))  # type: ignore
+        elif conn.execute(select(table.c[key]).where(table.c[key] == values[key])).first() \
                 is None:
-            conn.execute(owners.insert().values(owner=owner, submissions=0))
+            conn.execute(table.insert().values(**values))
+
+    def _lock_owner(self, conn: Connection, owner: str) -> None:
+        """Write the owner's row: its lock serialises this owner's submissions until commit."""
+        self._insert_if_absent(conn, owners, "owner", owner=owner, submissions=0)
         conn.execute(update(owners).where(owners.c.owner == owner)
                      .values(submissions=owners.c.submissions + 1))
 
