@@ -85,12 +85,12 @@ def _done(value) -> Future:
 IN_MEMORY_BYTES = 1 << 30
 
 
-def intermediate_folder(workdir: Path, pixels: int, with_probability: bool) -> Path:
-    """Where ``detect`` writes its classes and probability rasters: GDAL's in-memory file
-    system when they fit ``IN_MEMORY_BYTES`` (then only the COGs ever reach the disk), else
-    ``workdir``. ``release`` frees them."""
+def intermediate_folder(workdir: Path, nbytes: int) -> Path:
+    """Where rasters of ``nbytes`` in between go (detection's classes and probability, the
+    scene's display bands): GDAL's in-memory file system when they fit ``IN_MEMORY_BYTES``
+    (then only the COGs ever reach the disk), else ``workdir``. ``release`` frees them."""
     workdir.mkdir(parents=True, exist_ok=True)  # the caller's COGs go there
-    if pixels * (5 if with_probability else 1) <= IN_MEMORY_BYTES:
+    if nbytes <= IN_MEMORY_BYTES:
         return Path(f"/vsimem/aquamask-{uuid.uuid4().hex}")
     return workdir
 
@@ -135,7 +135,9 @@ def detect(scene: Scene, method: str, threshold: float, workdir: Path, *,
     else:
         predict, halo = chosen.predictor(model)
     fit_seconds = time.perf_counter() - started
-    folder = intermediate_folder(workdir, scene.width * scene.height, with_probability)
+    # uint8 classes, and float32 probability
+    folder = intermediate_folder(workdir, scene.width * scene.height
+                                 * (5 if with_probability else 1))
     # not the COGs' names: a caller may write those into the same work folder
     classes_path = folder / "classes.raw.tif"
     probability_path = folder / "probability.raw.tif"

@@ -128,7 +128,7 @@ def write_scene_cog(scene: Scene, directory: Path) -> Path:
     # in memory when it fits, like detection's rasters: only the COG reaches the disk, and a
     # full disk is then Python's error (to_cog), not GDAL's
     raw_bytes = scene.width * scene.height * len(SCENE_BANDS) * 2  # uint16 bands
-    raw = intermediate_folder(directory, raw_bytes, False) / "scene.raw.tif"
+    raw = intermediate_folder(directory, raw_bytes) / "scene.raw.tif"
     samples = []
     try:
         with rasterio.open(raw, "w", **gtiff_profile(scene.profile, "uint16", 0,

@@ -97,6 +97,15 @@ def expect(locator):
     return playwright_expect(locator)
 
 
+def draw_polygon(page, west: float, south: float, east: float, north: float) -> None:
+    """The Polygon tool: three corners clicked, the fourth double-clicked to close it."""
+    page.get_by_role("button", name="Polygon").click()
+    for corner in [(west, south), (east, south), (east, north)]:
+        page.mouse.click(*pixel_of(page, corner))
+    page.mouse.dblclick(*pixel_of(page, (west, north)))
+    expect(page.locator("#place-summary")).to_contain_text("Polygon:")
+
+
 def run_job(page, timeout_ms: int = 120_000) -> str:
     """Press Run and wait for the job's end: its final state."""
     page.get_by_role("button", name="Run").click()
@@ -454,18 +463,14 @@ def test_a_place_and_dates_run_as_a_time_series(page, place_server):
     assert "2024-05-10" in label and "2024-06-12" in label
 
     # a polygon goes as a GeoJSON geometry (lon/lat), closed
-    page.get_by_role("button", name="Polygon").click()
-    corners = [(west, south), (east, south), (east, north)]
-    for corner in corners:
-        page.mouse.click(*pixel_of(page, corner))
-    page.mouse.dblclick(*pixel_of(page, (west, north)))
-    expect(page.locator("#place-summary")).to_contain_text("Polygon:")
+    draw_polygon(page, west, south, east, north)
     assert run("2023-05-01", "2023-05-31") == "failed"
     geometry = sent[-1]["inputs"]["geometry"]
     assert "bbox" not in sent[-1]["inputs"] and geometry["type"] == "Polygon"
     ring = geometry["coordinates"][0]
     assert ring[0] == ring[-1] and len(ring) == 5
-    assert ring[:4] == [pytest.approx(list(c), abs=2e-4) for c in corners + [(west, north)]]
+    drawn = [(west, south), (east, south), (east, north), (west, north)]
+    assert ring[:4] == [pytest.approx(list(c), abs=2e-4) for c in drawn]
     assert page_errors(page) == []
 
 
@@ -508,12 +513,7 @@ def test_a_dragged_box_keeps_both_corners_and_its_area_is_the_box_area(page, pla
     assert label.startswith("2024-06-12") and "water-detection (ndwi)" in label
 
     # a polygon closed by a double-click stays drawn
-    page.get_by_role("button", name="Polygon").click()
-    corners = [(west, south), (east, south), (east, north)]
-    for corner in corners:
-        page.mouse.click(*pixel_of(page, corner))
-    page.mouse.dblclick(*pixel_of(page, (west, north)))
-    expect(page.locator("#place-summary")).to_contain_text("Polygon:")
+    draw_polygon(page, west, south, east, north)
     page.wait_for_timeout(300)
     image = screenshot_rgb(page, "polygon.png")
     assert is_drawn_colour(image.getpixel(pixel_of(page, (west, (south + north) / 2))))
