@@ -45,26 +45,38 @@ def test_serve_host_sets_the_bind_address(monkeypatch):
     assert "AQUAMASK__SERVER__URL" not in env
 
 
-def test_a_server_on_every_address_publishes_no_wildcard_link(tmp_path):
-    """``aquamask serve --host 0.0.0.0``, as an operator starts it (no server.url)."""
-    port = free_port()
+def serve_on_every_address(home) -> tuple[subprocess.Popen, int]:
+    """``aquamask serve --host 0.0.0.0`` answering /health. A port probed free can be taken by
+    another program before the server binds it; the CLI then refuses it and another is tried."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AQUAMASK__SERVER__")}
-    env["AQUAMASK__HOME"] = str(tmp_path)
-    log = open(tmp_path / "server.log", "ab")
-    process = subprocess.Popen([sys.executable, "-m", "aquamask.server.cli", "serve",
-                                "--host", "0.0.0.0", "--port", str(port), "--workers", "1"],
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
-    local = f"http://127.0.0.1:{port}"
-    try:
+    env["AQUAMASK__HOME"] = str(home)
+    log_path = home / "server.log"
+    for _ in range(3):
+        port = free_port()
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen([sys.executable, "-m", "aquamask.server.cli", "serve",
+                                        "--host", "0.0.0.0", "--port", str(port),
+                                        "--workers", "1"],
+                                       env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and process.poll() is None:
             try:
-                if requests.get(f"{local}/health", timeout=5).status_code == 200:
-                    break
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    return process, port
             except requests.ConnectionError:
                 time.sleep(0.3)
-        else:
-            pytest.fail((tmp_path / "server.log").read_text()[-2000:])
+        process.terminate()
+        process.wait(timeout=30)
+        if "cannot listen on" not in log_path.read_text():
+            break
+    pytest.fail(log_path.read_text()[-2000:])
+
+
+def test_a_server_on_every_address_publishes_no_wildcard_link(tmp_path):
+    """``aquamask serve --host 0.0.0.0``, as an operator starts it (no server.url)."""
+    process, port = serve_on_every_address(tmp_path)
+    local = f"http://127.0.0.1:{port}"
+    try:
         public = f"http://{machine_name()}:{port}"
         for path in ("/?f=json", "/processes", "/jobs",
                      "/ows?SERVICE=WMS&VERSION=1.3.0&REQUEST=GetCapabilities"):

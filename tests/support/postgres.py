@@ -13,7 +13,6 @@ import atexit
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from tests.support.server import free_port
 
 PG_ROOT = Path("/usr/lib/postgresql")
 SUPERUSER = "aquamask"
@@ -35,12 +36,6 @@ def find_bindir() -> Path | None:
         return tuple(int(n) for n in re.findall(r"\d+", path.parents[1].name))
     found = [p for p in PG_ROOT.glob("*/bin/initdb") if (p.parent / "pg_ctl").exists()]
     return max(found, key=version).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PostgresCluster:
@@ -81,7 +76,7 @@ class PostgresCluster:
         self._run(self.bindir / "initdb", "-D", self.data, "-U", SUPERUSER, "--auth=trust",
                   "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
         for attempt in range(5):  # another process may take the free port before we bind it
-            self.port = _free_port()
+            self.port = free_port()
             try:
                 self._start_server()
                 break

@@ -27,8 +27,10 @@ def require_spain() -> None:
 
 
 def free_port() -> int:
+    """A port no socket uses on any address: probing loopback alone may hand out a port that a
+    connection on another interface holds, which a server on 0.0.0.0 then cannot bind."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("0.0.0.0", 0))
         return sock.getsockname()[1]
 
 
