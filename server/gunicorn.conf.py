@@ -35,6 +35,10 @@ def post_fork(server, worker):
     if Settings.load().jobs.scheduler is None:
         from aquamask.processes.jobs.executors import start_fork_server
         threading.Thread(target=start_fork_server, name="fork-server-start", daemon=True).start()
+    # and its MapServer processes, ready for its first map
+    from aquamask.server.ows import start_map_engine
+    threading.Thread(target=start_map_engine, args=(server.app.wsgi(),),
+                     name="map-engine-start", daemon=True).start()
 
 
 def child_exit(server, worker):

@@ -28,7 +28,7 @@ from html import unescape
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Flask, Response, request
 
 from aquamask.processes.identity import current_identity
 from aquamask.server import wcs_documents
@@ -42,6 +42,7 @@ CHUNK = 256 * 1024
 HEADER_LIMIT = 64 * 1024
 FORM_TYPE = "application/x-www-form-urlencoded"
 FORM_LIMIT = 64 * 1024
+ENGINE_KEY = "aquamask_ows_engine"
 # Headers of MapServer's CGI output worth passing on; Content-Length is computed here.
 PASSED_HEADERS = {"content-type", "content-disposition", "content-description", "content-id",
                   "cache-control", "expires", "last-modified"}
@@ -432,6 +433,9 @@ def ows_blueprint(settings, name: str = "aquamask_ows") -> Blueprint:
                         settings.mapserver.processes, settings.mapserver.timeout)
         return state["access"], state["engine"], state["capabilities"]
 
+    # the app's handle on this worker's engine (start_map_engine)
+    blueprint.record_once(lambda setup: setup.app.extensions.setdefault(ENGINE_KEY, parts))
+
     @blueprint.route("/ows", methods=["GET", "POST"])
     def ows() -> Response:
         pairs = _client_pairs()
@@ -464,6 +468,20 @@ def ows_blueprint(settings, name: str = "aquamask_ows") -> Blueprint:
         return response
 
     return blueprint
+
+
+def start_map_engine(app: Flask) -> None:
+    """Start this process's MapServer pool now rather than on the first map request (called in
+    each web worker as it starts; the master never serves maps)."""
+    parts = app.extensions.get(ENGINE_KEY)
+    if parts is None:
+        return
+    try:
+        engine = parts()[1]
+        if engine.available():
+            engine.pool.start()
+    except Exception:  # noqa: BLE001 - the first map request tries again and answers the error
+        LOGGER.exception("the map engine could not be started ahead of the first request")
 
 
 def make_ows_blueprint(settings) -> Blueprint:
