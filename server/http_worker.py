@@ -316,6 +316,8 @@ class BufferingWorker(ThreadWorker):
         self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.on_request_data, conn))
         if buffered:
             self.advance(conn, buffer)
+        else:  # gthread found the socket readable: read now rather than on the next wait
+            self.on_request_data(conn, conn.sock)
 
     def on_request_data(self, conn: TConn, sock: socket.socket) -> None:
         data = _receive(sock)
