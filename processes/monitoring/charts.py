@@ -35,7 +35,18 @@ def _save(figure, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+def _legend_below(figure, handles: list, labels: list[str]) -> None:
+    """The legend in its own band under the date axis: inside the plot it would hide points
+    (a series' first dates sit in the upper left as often as anywhere)."""
+    if handles:
+        figure.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
+
+
 def timeseries_chart(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    _save(timeseries_figure(rows, title), path)
+
+
+def timeseries_figure(rows: list[dict[str, Any]], title: str):
     """Water area over time; skipped (cloudy) dates marked as grey crosses and failed dates as
     red crosses along the bottom."""
     import matplotlib.dates as mdates
@@ -62,14 +73,17 @@ def timeseries_chart(rows: list[dict[str, Any]], path: Path, title: str) -> None
     locator = mdates.AutoDateLocator()
     axes.xaxis.set_major_locator(locator)
     axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    if rows:
-        axes.legend(loc="upper left")
-    figure.subplots_adjust(left=0.08, right=0.97, top=0.92, bottom=0.1)
-    _save(figure, path)
+    _legend_below(figure, *axes.get_legend_handles_labels())
+    figure.subplots_adjust(left=0.08, right=0.97, top=0.92, bottom=0.17)
+    return figure
 
 
 def validation_chart(result: dict[str, Any], rows: list[dict[str, Any]], field: FieldSeries,
                      path: Path) -> None:
+    _save(validation_figure(result, rows, field), path)
+
+
+def validation_figure(result: dict[str, Any], rows: list[dict[str, Any]], field: FieldSeries):
     """The water area and the field measurements on one time axis (two y axes), the matched
     pairs joined by a line, the coefficients in the title."""
     import matplotlib.dates as mdates
@@ -100,6 +114,6 @@ def validation_chart(result: dict[str, Any], rows: list[dict[str, Any]], field: 
     axes.grid(True, alpha=0.3)
     handles = axes.get_legend_handles_labels()
     more = other.get_legend_handles_labels()
-    axes.legend(handles[0] + more[0], handles[1] + more[1], loc="upper left")
-    figure.subplots_adjust(left=0.08, right=0.92, top=0.92, bottom=0.1)
-    _save(figure, path)
+    _legend_below(figure, handles[0] + more[0], handles[1] + more[1])
+    figure.subplots_adjust(left=0.08, right=0.92, top=0.92, bottom=0.17)
+    return figure

@@ -10,12 +10,14 @@ import json
 import numpy as np
 import pytest
 import rasterio
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from aquamask.processes.errors import Cancelled, InvalidInput, MissingInput, TooLarge
 from aquamask.processes.monitoring.change import run_change
-from aquamask.processes.monitoring.charts import CHART_SIZE
+from aquamask.processes.monitoring.charts import CHART_SIZE, timeseries_figure, validation_figure
 from aquamask.processes.monitoring.frequency import run_frequency
+from aquamask.processes.monitoring.insitu import parse_field_csv
 from aquamask.processes.monitoring.parallel import run_parallel
 from aquamask.processes.monitoring.timeseries import run_timeseries
 from aquamask.processes.ogc import water_change, water_frequency, water_timeseries
@@ -154,6 +156,31 @@ def test_files_csv_json_chart(series, scenes):
             colours = image.convert("RGB").getcolors(1 << 20)
             assert len(colours) > 20, "a drawn chart, not a blank image"
     assert not list(settings.results_dir.glob(f".*{JOB}*")), "no staging or work left"
+
+
+def test_chart_legends_hide_no_point_and_no_label(series):
+    """The legend has its own band under the date axis: inside the plot it covered the first
+    dates' points (issue #18)."""
+    rows = series["outputs"]["timeseries"]
+    figures = [timeseries_figure(rows, "a title"),
+               validation_figure(series["outputs"]["field_validation"], rows,
+                                 parse_field_csv(series["csv"]))]
+    for figure in figures:
+        canvas = FigureCanvasAgg(figure)
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        legend = figure.legends[0].get_window_extent(renderer)
+        assert figure.bbox.contains(legend.x0, legend.y0) \
+            and figure.bbox.contains(legend.x1, legend.y1)
+        for axes in figure.axes:
+            assert not legend.overlaps(axes.get_window_extent(renderer))
+            labels = axes.get_xticklabels() + axes.get_yticklabels() \
+                + [axes.xaxis.get_offset_text(), axes.xaxis.label, axes.yaxis.label]
+            for label in labels:
+                if label.get_visible() and label.get_text():
+                    assert not legend.overlaps(label.get_window_extent(renderer)), \
+                        label.get_text()
+        assert len(figure.legends[0].get_texts()) >= 2
 
 
 def test_field_validation(series, scenes):
