@@ -31,8 +31,8 @@ def orphans(settings: Settings) -> list[str]:
 
 
 def import_result(job_id: str, settings: Settings) -> dict[str, Any]:
-    """A water-detection result without a record made a successful job again, its mask
-    published (privately: its owner is not known); the job's outputs."""
+    """A water-detection result without a record made a successful job again, its mask and its
+    views published (privately: its owner is not known); the job's outputs."""
 
     results = results_store(settings)
     if job_store(settings).get(job_id) is not None:
@@ -53,6 +53,7 @@ def import_result(job_id: str, settings: Settings) -> dict[str, Any]:
         "location": results.location_of(job_id)})
     product = publishing.product_from_results(job_id, settings)
     layer = publishing.publish(product, settings, background=False)
+    publishing.publish_views(product, settings)  # the scene and probability views, as at first
     outputs = {"mask": _link(settings, job_id, MASK_FILE),
                "stac_item": _link(settings, job_id, ITEM_FILE),
                "water_area_km2": props.get("aquamask:water_area_km2"),

@@ -84,6 +84,7 @@ def describe(product: Product) -> dict[str, Any]:
         "directory": str(product.directory), "mask_cog": str(product.mask_cog),
         "stac_item": str(product.stac_item),
         "probability_cog": str(product.probability_cog) if product.probability_cog else None,
+        "scene_cog": str(product.scene_cog) if product.scene_cog else None,
         "bbox_wgs84": [float(v) for v in product.bbox_wgs84], "crs": product.crs,
         "title": product.title,
         "datetime": product.datetime.isoformat() if product.datetime else None,
@@ -107,6 +108,7 @@ def product_from_results(product_id: str, settings: Settings) -> Product:
             bbox_wgs84=tuple(described["bbox_wgs84"]), crs=described["crs"],
             probability_cog=Path(described["probability_cog"])
             if described.get("probability_cog") else None,
+            scene_cog=Path(described["scene_cog"]) if described.get("scene_cog") else None,
             title=described.get("title") or "",
             datetime=dt.datetime.fromisoformat(described["datetime"])
             if described.get("datetime") else None)
@@ -126,10 +128,11 @@ def product_from_results(product_id: str, settings: Settings) -> Product:
     stats = MaskStats(0, 0, 0, float(props.get("aquamask:water_area_km2") or 0.0),
                       float(props.get("aquamask:valid_area_km2") or 0.0))
     acquired = props.get("aquamask:acquired") or None
-    probability = directory / "probability.tif"
+    probability, scene = directory / "probability.tif", directory / "scene.tif"
     return Product(id=product_id, directory=directory, mask_cog=mask, stac_item=item_path,
                    stats=stats, bbox_wgs84=tuple(item["bbox"]), crs=crs,
                    probability_cog=probability if store.is_file(probability) else None,
+                   scene_cog=scene if store.is_file(scene) else None,
                    title=props.get("title") or "",
                    datetime=dt.datetime.fromisoformat(acquired) if acquired else None)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import requests
 
+from aquamask.processes.publishing.names import derived_id
 from aquamask.processes.storage.jobstore import JobStore
 from tests.support.faults import NO_LIMIT, fork_servers_by_web_worker, kill_server, new_home
 from tests.support.server import Server, job_id_of, start_server, wait_running
@@ -229,6 +230,8 @@ def test_a_deleted_job_store_is_reported_and_its_results_can_be_imported(tmp_pat
         store = store_of(srv)
         assert store.get(job_id)["status"] == "successful"
         assert store.layer(job_id) is not None
+        for view in ("truecolor", "falsecolor", "probability"):  # the viewer's toggles again
+            assert store.layer(derived_id(job_id, view)) is not None, view
         assert_settled(srv, store)
     finally:
         srv.process.terminate()
