@@ -49,6 +49,11 @@ EDITS: dict[str, list[tuple[str, str, int]]] = {
         _inline("getElementById\\('results'\\)"),
         '<script type="application/json" data-into="results">{{ data.result | tojson }}'
         "</script>" + _script("data.js"), 1)],
+    # ReDoc (a CDN bundle) is not shipped: the landing page offers Swagger UI alone, and
+    # ?ui=redoc draws Swagger UI too (REUSED) rather than a blank page
+    "landing_page.html": [(
+        r"\s*<a href=\"\{\{ config\['server'\]\['url'\] \}\}/openapi\?f=html&ui=redoc\">"
+        r"\{% trans %\}ReDoc\{% endtrans %\}</a>", "", 1)],
     "openapi/swagger.html": [
         # its five assets (styles, icons, scripts) in one folder of swagger-ui-dist
         (re.escape("https://unpkg.com/swagger-ui-dist/"), f"{VENDOR}/", 5),
@@ -58,6 +63,10 @@ EDITS: dict[str, list[tuple[str, str, int]]] = {
         (_inline("SwaggerUIBundle\\("), _script("swagger-init.js"), 1),
     ],
 }
+
+
+# template -> the derived template it is a copy of
+REUSED = {"openapi/redoc.html": "openapi/swagger.html"}
 
 
 def derive(text: str, edits: list[tuple[str, str, int]], name: str) -> str:
@@ -77,4 +86,6 @@ def write_templates(folder: Path) -> Path:
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(target, derive(source, edits, name))
+    for name, original in REUSED.items():
+        write_atomic(folder / name, (folder / original).read_text(encoding="utf-8"))
     return folder
