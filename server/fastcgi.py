@@ -221,8 +221,10 @@ class MapServerPool:
     """``size`` persistent ``mapserv`` FastCGI processes owned by this process.
 
     ``environment`` is each process's whole environment (nothing of the server's own is
-    inherited: no secrets reach MapServer). Processes start on first use; one that dies, or is
-    killed for running past ``timeout``, is started again by the next request that takes it.
+    inherited: no secrets reach MapServer). Processes start with ``start()`` (a web worker
+    calls it as it starts), else on first use; one that dies, or is killed for running past
+    ``timeout``, is started again by the next request that takes it. Waiting requests take
+    free processes in arrival order (``FairLifo``).
     """
 
     binary: str
