@@ -184,7 +184,9 @@ def test_publish_keeps_the_jobs_server_and_unpublish_says_what_it_removed(demo_s
     assert urls and all(u.startswith("http://127.0.0.1:5123/") for u in urls), layer
     removed = aquamask("unpublish", "j5123", env=env)
     assert removed.returncode == 0, removed.stderr
-    assert json.loads(removed.stdout) == {"job": "j5123", "removed": [layer["name"]]}
+    views = [f"{layer['name']}--{view}" for view in ("falsecolor", "probability", "truecolor")]
+    # the mask's layer and the views published with it (the scene, the probability)
+    assert json.loads(removed.stdout) == {"job": "j5123", "removed": [layer["name"], *views]}
     again = aquamask("unpublish", "j5123", env=env)
     assert json.loads(again.stdout) == {"job": "j5123", "removed": []}
     assert "job j5123 had no published layer" in again.stderr
