@@ -187,8 +187,7 @@ def main() -> None:
         pool.close()
         front.close()
     finally:
-        server.process.terminate()
-        server.process.wait(30)
+        server.stop()
     ratios = ratios_of(report, args.clients)
     per_round = [ratios_of({arm: results[i] for arm, results in rounds.items()
                             if len(results) > i}, args.clients) for i in range(args.rounds)]

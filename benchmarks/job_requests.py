@@ -67,8 +67,7 @@ def main() -> None:
                 "GET /jobs?limit=20": timed(f"{server.url}/jobs?limit=20&f=json", args.requests),
             }
     finally:
-        server.process.terminate()
-        server.process.wait(30)
+        server.stop()
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"machine": f"{platform.processor() or platform.machine()}, "
                          f"{__import__('os').cpu_count()} cores", "results": results}

@@ -228,8 +228,7 @@ def main() -> None:
             thread.join(max(1.0, deadline + args.job_timeout + 30 - time.monotonic()))
         elapsed = time.monotonic() - start
     finally:
-        server.process.terminate()
-        server.process.wait(30)
+        server.stop()
     shutil.rmtree(home, ignore_errors=True)  # kept (server.log) when the run failed
 
     report = summary(rec, elapsed)

@@ -27,8 +27,7 @@ def server(tmp_path_factory) -> Server:
     srv = start_server(home, {"AQUAMASK__LIMITS__MAX_PIXELS": "5000000",
                               "AQUAMASK__LIMITS__HREF_PRIVATE_HOSTS": '["127.0.0.2"]'})
     yield srv
-    srv.process.terminate()
-    srv.process.wait(timeout=30)
+    srv.stop()
 
 
 @pytest.fixture

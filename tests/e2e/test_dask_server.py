@@ -36,8 +36,7 @@ def cluster_server(tmp_path_factory):
                               "AQUAMASK__LIMITS__MAX_JOBS_PER_USER": "0",
                               "AQUAMASK__JOBS__SCHEDULER": cluster.scheduler_address})
     yield srv, client
-    srv.process.terminate()
-    srv.process.wait(timeout=30)
+    srv.stop()
     client.close()
     cluster.close()
 

@@ -79,8 +79,7 @@ def test_jobs_wait_out_a_postgresql_restart(tmp_path, scenes, postgres_cluster):
         assert requests.get(f"{srv.url}/health", timeout=30).status_code == 200
         assert_settled(srv, store)
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=30)
+        srv.stop()
 
 
 # -- 2. every accepted job has a process answering for it ----------------------------------------
@@ -119,8 +118,7 @@ def test_a_server_killed_in_a_burst_of_submissions_leaves_no_job_stuck(tmp_path,
         again = srv.execute({"image": {"href": "demo.tif"}, "method": "ndwi"})
         assert again.status_code == 200
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=30)
+        srv.stop()
 
 
 def test_a_silent_worker_is_failed_killed_and_its_slot_freed(tmp_path, scenes):
@@ -144,8 +142,7 @@ def test_a_silent_worker_is_failed_killed_and_its_slot_freed(tmp_path, scenes):
         assert follow.status_code == 200, follow.text
         assert_settled(srv, store)
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=30)
+        srv.stop()
 
 
 # -- 3. the map engine's files are derived: losing them loses nothing ----------------------------
@@ -194,8 +191,7 @@ def test_lost_and_broken_map_files_are_rebuilt_and_dismissals_never_break_reader
         assert {r["name"].split("--")[0] for r in store.layers()} == {names[-1]}
         assert_settled(srv, store)
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=30)
+        srv.stop()
 
 
 def test_a_deleted_job_store_is_reported_and_its_results_can_be_imported(tmp_path, scenes):
@@ -213,8 +209,7 @@ def test_a_deleted_job_store_is_reported_and_its_results_can_be_imported(tmp_pat
         assert refused.status_code == 503, refused.text
         assert not (home / "jobs.sqlite").exists()  # never silently recreated
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=30)
+        srv.stop()
     srv = start_server(home, NO_LIMIT, workers=1)  # a restart makes a new, empty store
     try:
         log = (home / "server.log").read_text()
@@ -234,8 +229,7 @@ def test_a_deleted_job_store_is_reported_and_its_results_can_be_imported(tmp_pat
             assert store.layer(derived_id(job_id, view)) is not None, view
         assert_settled(srv, store)
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=30)
+        srv.stop()
 
 
 # -- 6. synchronous clients get what the store says ----------------------------------------------
@@ -263,8 +257,7 @@ def test_a_sync_client_gets_its_jobs_outcome_when_the_fork_server_dies(tmp_path,
         assert response.json()["mask"]["href"].endswith("/mask.tif")
         assert_settled(srv, store)
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=30)
+        srv.stop()
 
 
 def test_racing_dismissals_and_a_dismissed_sync_job(tmp_path, scenes):
@@ -294,8 +287,7 @@ def test_racing_dismissals_and_a_dismissed_sync_job(tmp_path, scenes):
         assert not [p for p in srv.home.rglob(f"*{running}*") if "server.log" not in p.name]
         assert_settled(srv, store)
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=30)
+        srv.stop()
 
 
 # -- 7. no request outlives its time limit -------------------------------------------------------
@@ -313,5 +305,4 @@ def test_a_synchronous_request_past_server_timeout_is_stopped(tmp_path, scenes):
         records = assert_settled(srv, store)
         assert [r["status"] for r in records] == ["failed"]
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=30)
+        srv.stop()

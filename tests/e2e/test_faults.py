@@ -17,6 +17,7 @@ import requests
 from aquamask.processes.storage.jobstore import JobStore
 from tests.support.faults import NO_LIMIT, fork_servers_by_web_worker, kill_server, new_home
 from tests.support.server import job_id_of, start_server, wait_running
+from tests.support.tmpfs import mounted_tmpfs
 
 
 def test_fifty_concurrent_async_executions_on_four_workers(tmp_path, scenes):
@@ -51,8 +52,7 @@ def test_fifty_concurrent_async_executions_on_four_workers(tmp_path, scenes):
             mask = requests.get(results["mask"]["href"], timeout=10)
             assert mask.status_code == 200 and mask.content[:2] == b"II"
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=30)
+        srv.stop()
 
 
 def test_a_job_outlives_a_killed_server_and_is_listed_after_the_restart(tmp_path, scenes):
@@ -77,8 +77,7 @@ def test_a_job_outlives_a_killed_server_and_is_listed_after_the_restart(tmp_path
             mask = results["mask"]["href"].split("/results/", 1)[1]
             assert requests.get(f"{srv.url}/results/{mask}", timeout=10).status_code == 200
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=30)
+        srv.stop()
 
 
 def test_a_job_whose_worker_died_with_the_server_is_failed_at_restart(tmp_path, scenes):
@@ -107,24 +106,15 @@ def test_a_job_whose_worker_died_with_the_server_is_failed_at_restart(tmp_path, 
         assert not (home / "results" / job_id).exists()
         assert not list((home / "results").glob(f".*-{job_id}*"))
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=30)
+        srv.stop()
 
 
 @pytest.fixture
 def small_results_disk(tmp_path, scenes):
     """The results folder on a 3 MiB tmpfs of its own."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
     home = new_home(tmp_path, scenes)
-    results = home / "results"
-    results.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(results)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    yield home
-    subprocess.run(["umount", "-l", str(results)], check=False)
+    with mounted_tmpfs(home / "results", "3m"):
+        yield home
 
 
 def test_a_full_or_read_only_results_disk_fails_the_job_cleanly(small_results_disk):
@@ -158,5 +148,4 @@ def test_a_full_or_read_only_results_disk_fails_the_job_cleanly(small_results_di
         assert requests.get(f"{srv.url}/health", timeout=10).status_code in (200, 503)
         assert requests.get(kept.json()["mask"]["href"], timeout=10).content == before
     finally:
-        srv.process.terminate()
-        srv.process.wait(timeout=30)
+        srv.stop()

@@ -21,8 +21,7 @@ def limited(tmp_path):
     server = start_server(tmp_path, {"AQUAMASK__LIMITS__MAX_JOBS_PER_USER": "4",
                                      "AQUAMASK__JOBS__MAX_RUNNING": "1"}, workers=2)
     yield server
-    server.process.terminate()
-    server.process.wait(30)
+    server.stop()
 
 
 def test_the_per_user_limit_holds_under_concurrent_submissions(limited):
@@ -66,8 +65,7 @@ def test_a_job_past_its_runtime_limit_is_stopped_and_failed(tmp_path):
         assert server.execute({"image": {"href": "small.tif"}, "method": "ndwi"}) \
             .status_code == 200
     finally:
-        server.process.terminate()
-        server.process.wait(30)
+        server.stop()
 
 
 def test_owners_are_issuer_and_subject_and_anonymous_clients_apart(tmp_path):
@@ -101,7 +99,6 @@ def test_owners_are_issuer_and_subject_and_anonymous_clients_apart(tmp_path):
         # a token of an issuer this server does not trust is refused outright
         assert call("GET", "/jobs", other.token(sub="anonymous")).status_code == 401
     finally:
-        server.process.terminate()
-        server.process.wait(30)
+        server.stop()
         issuer.httpd.shutdown()
         other.httpd.shutdown()

@@ -33,8 +33,7 @@ def site(tmp_path_factory):
     (home / "data").mkdir()
     server = start_server(home, {"AQUAMASK__MONITORING__MAX_PARALLEL_DATES": "2"}, workers=2)
     yield server, scenes
-    server.process.terminate()
-    server.process.wait(timeout=30)
+    server.stop()
 
 
 

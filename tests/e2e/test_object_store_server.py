@@ -47,8 +47,7 @@ def site(s3, tmp_path_factory):
     server = start_server(home, {**s3.environment(bucket),
                                  "AQUAMASK__LIMITS__MAX_JOBS_PER_USER": "0"})
     yield server, bucket, scenes
-    server.process.terminate()
-    server.process.wait(timeout=30)
+    server.stop()
 
 
 
@@ -248,7 +247,6 @@ def test_jobs_on_dask_workers_upload_to_the_bucket(s3, tmp_path_factory):
         assert requests.delete(f"{server.url}/jobs/{job}", timeout=30).status_code == 200
         assert s3.keys(bucket, f"results/{job}/") == []
     finally:
-        server.process.terminate()
-        server.process.wait(timeout=30)
+        server.stop()
         client.close()
         cluster.close()

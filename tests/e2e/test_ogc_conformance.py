@@ -105,8 +105,7 @@ def site(tmp_path_factory):
     server = start_server(home, {"AQUAMASK__JOBS__MAX_RUNNING": "1",
                                  "AQUAMASK__LIMITS__HREF_PRIVATE_HOSTS": '["127.0.0.1"]'})
     yield server, receiver
-    server.process.terminate()
-    server.process.wait(timeout=30)
+    server.stop()
     receiver.httpd.shutdown()
 
 

@@ -27,8 +27,7 @@ def pg_server(tmp_path_factory, postgres_url) -> Server:
                               "AQUAMASK__SERVER__WORKERS": "3",
                               "AQUAMASK__LIMITS__MAX_JOBS_PER_USER": "0"}, workers=3)
     yield srv
-    srv.process.terminate()
-    srv.process.wait(timeout=30)
+    srv.stop()
 
 
 def listed(srv: Server) -> dict:

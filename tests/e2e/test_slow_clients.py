@@ -24,6 +24,7 @@ from aquamask.processes.settings import Settings
 from aquamask.server.cli import gunicorn_command
 from aquamask.server.metrics import default_multiprocess_dir
 from tests.support.server import REPO, Server, free_port, start_server
+from tests.support.tmpfs import mounted_tmpfs
 
 MAX_BODY = 1048576  # limits.max_request_bytes, the default
 HEADER_TIMEOUT_S = 10  # server.header_timeout_s, the default
@@ -57,8 +58,7 @@ def start_front(home: Path, overrides: dict[str, str] | None = None,
 
 
 def stop(srv: Server) -> None:
-    srv.process.terminate()
-    srv.process.wait(timeout=30)
+    srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -298,16 +298,8 @@ def test_readiness_names_no_sql_when_the_job_store_breaks(front):
 # -- a full home disk (needs root, to mount a small tmpfs as home) ------------------------------
 @pytest.fixture
 def small_home(tmp_path):
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    home = tmp_path / "home"
-    home.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(home)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    yield home
-    subprocess.run(["umount", "-l", str(home)], check=False)
+    with mounted_tmpfs(tmp_path / "home", "24m") as home:
+        yield home
 
 
 def fill(folder: Path) -> None:

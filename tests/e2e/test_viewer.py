@@ -396,8 +396,7 @@ def place_server(tmp_path_factory):
         (home / "scenes" / f"demo_{day}.tif").write_bytes(scene.read_bytes())
     srv = start_server(home, {"AQUAMASK__SOURCES__DEFAULT": "local"}, workers=1)
     yield srv
-    srv.process.terminate()
-    srv.process.wait(timeout=30)
+    srv.stop()
 
 
 def test_a_place_and_dates_run_as_a_time_series(page, place_server):
@@ -658,8 +657,7 @@ def series_server(tmp_path_factory):
                               "AQUAMASK__VIEWER__SERIES_PROCESS": "water-timeseries"},
                        workers=1)
     yield srv
-    srv.process.terminate()
-    srv.process.wait(timeout=30)
+    srv.stop()
 
 
 def value(output):

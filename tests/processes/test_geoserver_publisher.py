@@ -701,8 +701,7 @@ def test_server_job_pending_then_switched_then_dismissed(tmp_path, standin):
         assert requests.delete(job_url, timeout=30).status_code == 200
         assert ("aquamask", f"water-{job_id}") not in standin.stores
     finally:
-        server.process.terminate()
-        server.process.wait(timeout=30)
+        server.stop()
     log = (home / "server.log").read_text(errors="replace")
     assert "HTTP 500" in log and PASSWORD not in log
 

@@ -178,5 +178,4 @@ def test_place_and_date_through_the_server(tiles, tmp_path):
         after = len(requests.get(f"{server.url}/jobs", timeout=10).json().get("jobs", []))
         assert after == before
     finally:
-        server.process.terminate()
-        server.process.wait(timeout=30)
+        server.stop()

@@ -103,8 +103,7 @@ def secured(issuer, tmp_path_factory):
         "AQUAMASK__AUTH__ROLES__MANAGER": json.dumps(["aquamask-managers"]),
         "AQUAMASK__DETECTION__METHOD": "ndwi"}, workers=1)
     yield server
-    server.process.terminate()
-    server.process.wait(30)
+    server.stop()
 
 
 def call(server, method: str, path: str, token: str | None = None, **kwargs):

@@ -144,5 +144,4 @@ def test_aquamask_serve_starts_the_map_engine_with_each_web_worker(tmp_path):
         wait_until(lambda: len(engines()) == 3, timeout=30)
         assert not (tmp_path / "server.log").read_text().count("GET /ows")
     finally:
-        server.process.terminate()
-        server.process.wait(30)
+        server.stop()

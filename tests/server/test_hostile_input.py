@@ -165,8 +165,7 @@ def test_jobs_beyond_the_per_user_limit_are_429(tmp_path):
         third = limited.execute({"image": {"href": "scene.tif"}, "method": "ndwi"})
         assert third.status_code == 200, "a dismissed job frees its place"
     finally:
-        limited.process.terminate()
-        limited.process.wait(30)
+        limited.stop()
 
 
 def test_job_list_offsets(server):

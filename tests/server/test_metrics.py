@@ -159,8 +159,7 @@ def guarded(tmp_path_factory, standin):
                               "AQUAMASK__AUTH__ANONYMOUS": "nobody",
                               "AQUAMASK__METRICS__TOKEN": TOKEN}, workers=1)
     yield srv
-    srv.process.terminate()
-    srv.process.wait(timeout=30)
+    srv.stop()
 
 
 def test_metrics_need_the_scrape_token_when_anonymous_access_is_off(guarded):

@@ -45,6 +45,11 @@ class Server:
     def results(self) -> Path:
         return self.home / "results"
 
+    def stop(self) -> None:
+        """Stop the server (gunicorn ends its workers, their MapServer processes with them)."""
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
     def execute(self, inputs: dict, asynchronous: bool = False,
                 process_id: str = "water-detection", **kwargs) -> requests.Response:
         headers = {"Prefer": "respond-async"} if asynchronous else {}
