@@ -142,8 +142,8 @@ def main() -> None:
         pool = MapServerPool(find_mapserv(), 2 * processes, environment)
         # keep-alive connections through urllib3 (what requests runs on): requests' own
         # layers cost the client ~0.5 ms a call, which is the client's time, not the server's
-        front = urllib3.HTTPConnectionPool(urlsplit(server.url).hostname,
-                                           urlsplit(server.url).port, maxsize=args.clients,
+        where = urlsplit(server.url)
+        front = urllib3.HTTPConnectionPool(where.hostname, where.port, maxsize=args.clients,
                                            block=True, timeout=30)
 
         def via_ows() -> bytes:
